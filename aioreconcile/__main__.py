@@ -1,0 +1,5 @@
+import sys
+
+from aioreconcile.cli import main
+
+sys.exit(main())

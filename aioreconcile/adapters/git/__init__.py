@@ -1,0 +1,1 @@
+"""Git sources, driven by the git CLI through anyio subprocesses."""

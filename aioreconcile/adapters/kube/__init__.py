@@ -1,0 +1,1 @@
+"""The Kubernetes API through kubernetes_asyncio: connect, discover, apply, watch."""

@@ -1,0 +1,1 @@
+"""OpenTelemetry setup and spans: one trace per commit."""

@@ -1,0 +1,1 @@
+"""Webhook receivers (aiohttp): verify, normalise to a PushEvent, enqueue."""

@@ -1,0 +1,115 @@
+"""A real Jaeger v2 on loopback: in-memory storage, OTLP receivers and the query API.
+
+Every port is chosen free at start, so parallel runs and a developer's own Jaeger never clash.
+"""
+
+import shutil
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from aioreconcile.testing.controlplane import free_port, http_ok
+from aioreconcile.testing.processes import ManagedProcess
+from aioreconcile.testing.toolchain import require
+
+
+@dataclass
+class Jaeger:
+    """A running Jaeger: where to send spans and where to query them."""
+
+    otlp_http_endpoint: str  # base URL, e.g. http://127.0.0.1:43180 (the exporter adds /v1/traces)
+    otlp_grpc_endpoint: str  # host:port
+    query_url: str  # UI and HTTP query API, e.g. http://127.0.0.1:16686
+    process: ManagedProcess
+    workdir: Path
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _config(
+    *, otlp_grpc: int, otlp_http: int, query_http: int, query_grpc: int, health: int
+) -> dict[str, object]:
+    def loopback(port: int) -> dict[str, str]:
+        return {"endpoint": f"127.0.0.1:{port}"}
+
+    return {
+        "service": {
+            "extensions": ["jaeger_storage", "jaeger_query", "healthcheckv2"],
+            "pipelines": {
+                "traces": {
+                    "receivers": ["otlp"],
+                    "processors": ["batch"],
+                    "exporters": ["jaeger_storage_exporter"],
+                }
+            },
+            # No self-metrics endpoint: it would take the fixed port 8888.
+            "telemetry": {"metrics": {"level": "none"}, "logs": {"level": "warn"}},
+        },
+        "extensions": {
+            "healthcheckv2": {"use_v2": True, "http": loopback(health)},
+            "jaeger_query": {
+                "storage": {"traces": "memstore"},
+                "http": loopback(query_http),
+                "grpc": loopback(query_grpc),
+            },
+            "jaeger_storage": {"backends": {"memstore": {"memory": {"max_traces": 100000}}}},
+        },
+        "receivers": {
+            "otlp": {"protocols": {"grpc": loopback(otlp_grpc), "http": loopback(otlp_http)}}
+        },
+        "processors": {"batch": {"timeout": "200ms"}},
+        "exporters": {"jaeger_storage_exporter": {"trace_storage": "memstore"}},
+    }
+
+
+@asynccontextmanager
+async def start_jaeger(
+    workdir: Path | None = None, *, startup_timeout: float = 60.0
+) -> AsyncIterator[Jaeger]:
+    """Start Jaeger v2 (all-in-one, memory storage) on free loopback ports; stop it on exit."""
+    binary = require("jaeger")
+    keep = workdir is not None
+    root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="aioreconcile-jaeger-"))
+    root.mkdir(parents=True, exist_ok=True)
+    ports = {
+        name: free_port()
+        for name in ("otlp_grpc", "otlp_http", "query_http", "query_grpc", "health")
+    }
+    config_path = root / "jaeger.yaml"
+    config_path.write_text(yaml.safe_dump(_config(**ports), sort_keys=False))
+    process = ManagedProcess(
+        "jaeger", [str(binary), f"--config={config_path}"], log_path=root / "jaeger.log"
+    )
+    jaeger = Jaeger(
+        otlp_http_endpoint=f"http://127.0.0.1:{ports['otlp_http']}",
+        otlp_grpc_endpoint=f"127.0.0.1:{ports['otlp_grpc']}",
+        query_url=f"http://127.0.0.1:{ports['query_http']}",
+        process=process,
+        workdir=root,
+    )
+    began = time.monotonic()
+    try:
+        process.start()
+        await process.wait_ready(
+            lambda: http_ok(f"http://127.0.0.1:{ports['health']}/status"),
+            timeout=startup_timeout,
+            what="healthy",
+        )
+        await process.wait_ready(
+            lambda: http_ok(f"{jaeger.query_url}/api/services"),
+            timeout=startup_timeout,
+            what="serving its query API",
+        )
+        jaeger.timings["jaeger_ready_s"] = time.monotonic() - began
+        yield jaeger
+    finally:
+        try:
+            await process.stop()
+        finally:
+            process.kill_now()
+            if not keep:
+                shutil.rmtree(root, ignore_errors=True)

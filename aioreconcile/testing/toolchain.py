@@ -1,0 +1,105 @@
+"""Where the real test components live, and building them when they are missing.
+
+The binaries are built from Go modules by ``toolchain/build.sh`` into a cache outside any clone,
+keyed by the versions pinned in ``toolchain/versions.env``; this module reads the same pins so
+Python and the script always agree on the paths.
+"""
+
+import os
+import subprocess
+from collections.abc import AsyncIterator, Callable, Iterable
+from pathlib import Path
+from typing import Final
+
+import anyio
+import anyio.abc
+
+TOOLCHAIN_DIR: Final = Path(__file__).parent / "toolchain"
+BUILD_SCRIPT: Final = TOOLCHAIN_DIR / "build.sh"
+COMPONENTS: Final = ("etcd", "kube-apiserver", "helm", "jaeger")
+_VERSION_KEY: Final = {
+    "kube-apiserver": "KUBE_VERSION",
+    "etcd": "ETCD_VERSION",
+    "jaeger": "JAEGER_VERSION",
+    "helm": "HELM_VERSION",
+}
+CACHE_ENV: Final = "AIORECONCILE_TESTENV_CACHE"
+
+
+class ToolchainError(Exception):
+    """A component is missing or could not be built; the message says what to run."""
+
+
+def pinned_versions() -> dict[str, str]:
+    """Return component -> version, as pinned in versions.env."""
+    pins: dict[str, str] = {}
+    for line in (TOOLCHAIN_DIR / "versions.env").read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not line.lstrip().startswith("#"):
+            pins[key.strip()] = value.strip()
+    return {component: pins[key] for component, key in _VERSION_KEY.items()}
+
+
+def cache_root() -> Path:
+    configured = os.environ.get(CACHE_ENV)
+    if configured:
+        return Path(configured)
+    return Path.home() / ".cache" / "aioreconcile" / "testenv"
+
+
+def binary_path(component: str) -> Path:
+    """Where ``component`` is (or will be) cached: <cache>/<component>-<version>/bin/<component>."""
+    if component not in _VERSION_KEY:
+        raise ToolchainError(f"unknown component {component!r}; known: {', '.join(COMPONENTS)}")
+    version = pinned_versions()[component]
+    return cache_root() / f"{component}-{version}" / "bin" / component
+
+
+def missing(components: Iterable[str] = COMPONENTS) -> list[str]:
+    return [c for c in components if not os.access(binary_path(c), os.X_OK)]
+
+
+def require(component: str) -> Path:
+    """Return the cached binary, or fail with the command that builds it."""
+    path = binary_path(component)
+    if not os.access(path, os.X_OK):
+        raise ToolchainError(
+            f"{component} is not built ({path} is missing). Build it once per machine with "
+            f"`bash hack/testenv/build.sh {component}` or `aioreconcile testenv build`."
+        )
+    return path
+
+
+async def ensure_built(
+    components: Iterable[str] = COMPONENTS, *, progress: Callable[[str], object] = print
+) -> dict[str, Path]:
+    """Build whatever of ``components`` is missing, reporting the builder's progress lines."""
+    wanted = list(components)
+    todo = missing(wanted)
+    if todo:
+        lines: list[str] = []
+        async with await anyio.open_process(
+            ["bash", str(BUILD_SCRIPT), *todo],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        ) as process:
+            assert process.stderr is not None
+            async for line in _lines(process.stderr):
+                lines.append(line)
+                progress(line)
+            code = await process.wait()
+        if code != 0:
+            raise ToolchainError("\n".join(lines[-40:]) or f"build.sh exited with {code}")
+    return {c: require(c) for c in wanted}
+
+
+async def _lines(stream: anyio.abc.ByteReceiveStream) -> AsyncIterator[str]:
+    buffer = b""
+    async for chunk in stream:
+        buffer += chunk
+        *complete, buffer = buffer.split(b"\n")
+        for raw in complete:
+            yield raw.decode(errors="replace")
+    if buffer:
+        yield buffer.decode(errors="replace")
