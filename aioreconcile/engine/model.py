@@ -1,0 +1,83 @@
+"""The values every part passes around: which object, at which revision, wanting what."""
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, NewType
+
+Revision = NewType("Revision", str)
+"""A full Git commit SHA (or, for a directory applied by hand, a content digest)."""
+
+JsonObject = dict[str, Any]
+"""A Kubernetes object as decoded JSON: what the API sends and what we apply."""
+
+
+class ManifestError(ValueError):
+    """An object in the source is unusable; the message names the file and the field."""
+
+
+@dataclass(frozen=True, order=True)
+class ObjectRef:
+    """The identity of an object in a cluster.
+
+    ``version`` is carried but not compared: moving a manifest from ``v1beta1`` to ``v1`` names
+    the same stored object, and must not make the old one look stale and get pruned.
+    """
+
+    group: str  # "" for the core group
+    kind: str
+    namespace: str  # "" for cluster-scoped objects
+    name: str
+    version: str = field(default="", compare=False)
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    @property
+    def inventory_id(self) -> str:
+        """``<namespace>_<name>_<group>_<kind>``, the entry format Flux users know."""
+        return f"{self.namespace}_{self.name}_{self.group}_{self.kind}"
+
+    def with_namespace(self, namespace: str) -> "ObjectRef":
+        return ObjectRef(self.group, self.kind, namespace, self.name, self.version)
+
+    def __str__(self) -> str:
+        kind = f"{self.kind}.{self.group}" if self.group else self.kind
+        return f"{kind}/{self.namespace}/{self.name}" if self.namespace else f"{kind}/{self.name}"
+
+    @classmethod
+    def of(cls, obj: Mapping[str, Any]) -> "ObjectRef":
+        """The identity of a decoded object; raises ManifestError naming what is missing."""
+        api_version = obj.get("apiVersion")
+        kind = obj.get("kind")
+        metadata = obj.get("metadata")
+        if not isinstance(api_version, str) or not api_version:
+            raise ManifestError("missing apiVersion")
+        if not isinstance(kind, str) or not kind:
+            raise ManifestError("missing kind")
+        if not isinstance(metadata, Mapping):
+            raise ManifestError("missing metadata")
+        name = metadata.get("name")
+        if not isinstance(name, str) or not name:
+            raise ManifestError("missing metadata.name")
+        namespace = metadata.get("namespace") or ""
+        if not isinstance(namespace, str):
+            raise ManifestError("metadata.namespace is not a string")
+        group, _, version = api_version.rpartition("/")
+        return cls(group=group, kind=kind, namespace=namespace, name=name, version=version)
+
+    @classmethod
+    def parse_inventory_id(cls, entry: str, version: str = "") -> "ObjectRef":
+        """Inverse of ``inventory_id``. Names and namespaces cannot contain ``_``; groups can't
+        either, so the split is unambiguous."""
+        namespace, name, group, kind = entry.split("_", 3)
+        return cls(group=group, kind=kind, namespace=namespace, name=name, version=version)
+
+
+@dataclass(frozen=True, eq=False)
+class Manifest:
+    """One desired object and where it came from (``origin`` names the file for errors)."""
+
+    ref: ObjectRef
+    body: JsonObject
+    origin: str
