@@ -1,16 +1,15 @@
-"""Every ``async def`` test runs on anyio's asyncio backend (session-scoped via the plugin)."""
+"""Every ``async def`` test runs on anyio's asyncio backend (``anyio_mode = auto``), one loop."""
 
-import inspect
 import os
 from collections.abc import Generator
 
 import pytest
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if isinstance(item, pytest.Function) and inspect.iscoroutinefunction(item.obj):
-            item.add_marker(pytest.mark.anyio)
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    """One event loop for the session, so session-scoped async fixtures (the cluster) work."""
+    return "asyncio"
 
 
 @pytest.hookimpl(wrapper=True)

@@ -26,6 +26,7 @@ class Pki:
     admin_cert: Path
     admin_key: Path
     service_account_key: Path
+    service_account_public_key: Path
 
 
 def _key() -> ec.EllipticCurvePrivateKey:
@@ -117,13 +118,17 @@ def write_pki(directory: Path) -> Pki:
         (ca_name, ca_key),
         usage=ExtendedKeyUsageOID.CLIENT_AUTH,
     )
+    service_account_key = _key()
     files = {
         "ca.crt": ca.public_bytes(serialization.Encoding.PEM),
         "apiserver.crt": serving.public_bytes(serialization.Encoding.PEM),
         "apiserver.key": _pem_key(serving_key),
         "admin.crt": admin.public_bytes(serialization.Encoding.PEM),
         "admin.key": _pem_key(admin_key),
-        "service-account.key": _pem_key(_key()),
+        "service-account.key": _pem_key(service_account_key),
+        "service-account.pub": service_account_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ),
     }
     for name, content in files.items():
         path = directory / name
@@ -136,4 +141,5 @@ def write_pki(directory: Path) -> Pki:
         admin_cert=directory / "admin.crt",
         admin_key=directory / "admin.key",
         service_account_key=directory / "service-account.key",
+        service_account_public_key=directory / "service-account.pub",
     )

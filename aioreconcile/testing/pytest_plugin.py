@@ -5,8 +5,14 @@
 - ``namespace`` (function): a fresh, uniquely named Namespace in that cluster;
 - ``jaeger`` (session): a running Jaeger with its OTLP endpoint and query URL.
 
-The fixtures are async and session-scoped, so the event loop must be too: the plugin sets
-``anyio_backend`` to a session-scoped ``"asyncio"`` (override it in your conftest if needed).
+The fixtures are async and session-scoped, so the event loop must be too. anyio's own
+``anyio_backend`` fixture is module-scoped and a plugin cannot override it; put this in your
+``conftest.py``::
+
+    @pytest.fixture(scope="session")
+    def anyio_backend() -> str:
+        return "asyncio"
+
 A component that is not built fails the fixture with the command that builds it; it never skips.
 """
 
@@ -42,11 +48,6 @@ def _require_built(*components: str) -> None:
             "(it caches the binaries outside the clone)",
             pytrace=False,
         )
-
-
-@pytest.fixture(scope="session")
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 @pytest.fixture(scope="session")

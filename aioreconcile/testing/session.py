@@ -23,7 +23,7 @@ async def build(components: list[str]) -> None:
 
 async def up(*, with_jaeger: bool, workdir: Path | None, out: TextIO = sys.stdout) -> None:
     """Build what is missing, start everything, print the exports, wait for Ctrl-C/SIGTERM."""
-    needed = ["etcd", "kube-apiserver", "helm"] + (["jaeger"] if with_jaeger else [])
+    needed = ["etcd", "kube-apiserver"] + (["jaeger"] if with_jaeger else [])
     await ensure_built(needed, progress=_progress)
     async with AsyncExitStack() as stack:
         # Signals are received from the start, so Ctrl-C during start-up still cleans up.

@@ -139,11 +139,26 @@ build() {
   esac
 }
 
+locked=false
 for c in "${@:-${all[@]}}"; do
   bin="$(component_dir "$c")/bin/$c"
   if [[ -x "$bin" ]]; then
     say "$c: cached at $bin"
     continue
+  fi
+  if ! $locked; then
+    # One builder per cache at a time: a second one (another clone, CI) waits, then reuses.
+    mkdir -p "$cache_root"
+    exec 9>"$cache_root/build.lock"
+    if ! flock -n 9; then
+      say "another build is running on this cache; waiting for it"
+      flock 9
+    fi
+    locked=true
+    if [[ -x "$bin" ]]; then
+      say "$c: cached at $bin (built meanwhile)"
+      continue
+    fi
   fi
   say "$c: building (first time on this machine; this takes minutes)..."
   start=$SECONDS
