@@ -4,6 +4,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NewType
 
+from aioreconcile.engine.errors import AioreconcileError
+
 Revision = NewType("Revision", str)
 """A full Git commit SHA (or, for a directory applied by hand, a content digest)."""
 
@@ -11,7 +13,7 @@ JsonObject = dict[str, Any]
 """A Kubernetes object as decoded JSON: what the API sends and what we apply."""
 
 
-class ManifestError(ValueError):
+class ManifestError(AioreconcileError, ValueError):
     """An object in the source is unusable; the message names the file and the field."""
 
 

@@ -1,0 +1,40 @@
+"""Our error hierarchy. Adapters map library exceptions to these (``raise ... from e``) so the
+reactor and the CLI decide on retries and messages without knowing any client library."""
+
+from dataclasses import dataclass
+
+
+class AioreconcileError(Exception):
+    """Base of every error we raise on purpose."""
+
+
+class TransientError(AioreconcileError):
+    """Worth retrying: the server was unreachable, overloaded or timed out."""
+
+
+@dataclass
+class ApiError(AioreconcileError):
+    """The API server answered with an error status; ``message`` is the server's own words."""
+
+    status: int
+    reason: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.reason or 'Error'} ({self.status}): {self.message}"
+
+    @property
+    def transient(self) -> bool:
+        return self.status == 429 or self.status >= 500
+
+
+class NotFoundError(ApiError):
+    """404: the object (or its kind) is not there."""
+
+
+class ConflictError(ApiError):
+    """409: a conflict (field manager, resourceVersion or AlreadyExists)."""
+
+
+class UnknownKindError(AioreconcileError):
+    """The cluster serves no resource for an apiVersion/kind, even after refreshing discovery."""

@@ -1,0 +1,297 @@
+"""From rendered text to Manifests: parse, expand lists, default namespaces, refuse duplicates.
+
+Everything here is a function of its arguments, so every rule about what a source may contain is
+tested with strings. Error messages name the file, the document and the field, and never quote
+the document: sources hold Secrets, and messages end up in logs, events and status.
+"""
+
+import json
+from collections.abc import Callable, Iterable
+from typing import Any, Final
+
+import yaml
+from yaml.constructor import ConstructorError
+from yaml.nodes import MappingNode, Node, ScalarNode
+from yaml.reader import ReaderError
+
+from aioreconcile.engine.model import JsonObject, Manifest, ManifestError, ObjectRef
+
+NamespaceScope = Callable[[ObjectRef], bool | None]
+"""Whether a kind is namespaced, as discovery knows it; ``None`` for a kind it doesn't know yet."""
+
+_CRD_GROUP: Final = "apiextensions.k8s.io"
+_MERGE_TAG: Final = "tag:yaml.org,2002:merge"
+
+try:
+    from yaml import CSafeLoader as _SafeLoader
+except ImportError:  # PyYAML built without libyaml: same results, slower
+    from yaml import SafeLoader as _SafeLoader  # type: ignore[assignment]
+
+
+class _ManifestLoader(_SafeLoader):
+    """Safe YAML read the way the Kubernetes API reads it.
+
+    Timestamps stay text and scalar keys become strings (``9000:`` in a ConfigMap means
+    ``"9000"``), so every document is JSON. A key given twice is an error, not a silently lost
+    value.
+    """
+
+    def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[object] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == _MERGE_TAG or not isinstance(key_node, ScalarNode):
+                continue  # merged keys may be overridden; unhashable keys are refused below
+            key = _json_key(self.construct_object(key_node))
+            if key in seen:
+                raise ConstructorError(
+                    "while constructing a mapping",
+                    node.start_mark,
+                    f"duplicate key {key!r}",
+                    key_node.start_mark,
+                )
+            seen.add(key)
+        mapping = super().construct_mapping(node, deep=deep)
+        return {_json_key(key): value for key, value in mapping.items()}
+
+
+def _timestamp_as_text(loader: yaml.SafeLoader, node: Node) -> str:
+    assert isinstance(node, ScalarNode)
+    return str(loader.construct_scalar(node))
+
+
+_ManifestLoader.add_constructor("tag:yaml.org,2002:timestamp", _timestamp_as_text)
+
+
+def _json_key(key: object) -> object:
+    if isinstance(key, bool):
+        return "true" if key else "false"
+    if key is None:
+        return "null"
+    if isinstance(key, int | float):
+        return str(key)
+    return key
+
+
+def parse_documents(text: str, *, origin: str) -> list[Manifest]:
+    """Every object in a YAML stream, in document order; empty documents are skipped.
+
+    ``origin`` names the source (a file, a rendered template) in errors and in each Manifest,
+    together with the 1-based document number, counted including empty documents so that it
+    matches the ``---`` a reader counts in the file.
+    """
+    manifests: list[Manifest] = []
+    for number, document in _load_yaml(text, origin=origin):
+        manifests.extend(_manifests_of(document, origin=f"{origin}, document {number}"))
+    return manifests
+
+
+def parse_json(text: str, *, origin: str) -> list[Manifest]:
+    """The objects in one JSON file (one object, or a List of them).
+
+    JSON gets its own parser rather than YAML's: YAML 1.1 refuses some valid JSON (tabs), and
+    JSON's error positions are exact.
+    """
+    try:
+        document = json.loads(text, object_pairs_hook=_refuse_duplicate_keys)
+    except json.JSONDecodeError as e:
+        raise ManifestError(f"{origin}: line {e.lineno}, column {e.colno}: {e.msg}") from None
+    except _DuplicateKeyError as e:
+        raise ManifestError(f"{origin}: duplicate key {e.key!r}") from None
+    return _manifests_of(document, origin=origin)
+
+
+def expand_lists(obj: JsonObject, *, origin: str) -> list[tuple[JsonObject, str]]:
+    """The objects a document stands for, each with its origin.
+
+    A ``List`` (or any ``*List`` kind carrying ``items``) stands for its items, recursively, as
+    kubectl treats it; anything else stands for itself.
+    """
+    kind = obj.get("kind")
+    if not (isinstance(kind, str) and kind.endswith("List") and "items" in obj):
+        return [(obj, origin)]
+    items = obj["items"]
+    if items is None:
+        return []
+    if not isinstance(items, list):
+        raise ManifestError(f"{origin}: {kind} items is {_describe_type(items)}, not a list")
+    expanded: list[tuple[JsonObject, str]] = []
+    for position, item in enumerate(items):
+        item_origin = f"{origin}, items[{position}]"
+        if not isinstance(item, dict):
+            raise ManifestError(f"{item_origin}: expected an object, found {_describe_type(item)}")
+        expanded.extend(expand_lists(item, origin=item_origin))
+    return expanded
+
+
+def check_unique(manifests: Iterable[Manifest]) -> None:
+    """Refuse an object defined more than once: which definition would win is an accident.
+
+    Run it after ``default_namespace``, which can make two definitions name the same object.
+    """
+    first: dict[ObjectRef, Manifest] = {}
+    duplicates: list[str] = []
+    for manifest in manifests:
+        earlier = first.setdefault(manifest.ref, manifest)
+        if earlier is not manifest:
+            duplicates.append(
+                f"{manifest.ref} is defined twice: in {earlier.origin} and in {manifest.origin}"
+            )
+    if duplicates:
+        raise ManifestError("; ".join(duplicates))
+
+
+def default_namespace(
+    manifests: Iterable[Manifest], namespace: str | None, *, is_namespaced: NamespaceScope
+) -> list[Manifest]:
+    """Put namespaced objects that name no namespace into ``namespace``; inputs are not mutated.
+
+    Scope comes from ``is_namespaced`` (discovery) and, for kinds it doesn't know, from the
+    CustomResourceDefinitions among ``manifests``: a CRD and its first objects usually arrive in
+    the same commit. A kind neither knows is left as it is, to be decided once its CRD is
+    established. A cluster-scoped object naming a namespace is refused: the author meant
+    something the API would silently drop.
+    """
+    manifests = list(manifests)
+    declared = _scopes_declared_by_crds(manifests)
+    defaulted: list[Manifest] = []
+    for manifest in manifests:
+        ref = manifest.ref
+        namespaced = is_namespaced(ref)
+        if namespaced is None:
+            namespaced = declared.get((ref.group, ref.kind))
+        if namespaced is False and ref.namespace:
+            raise ManifestError(
+                f"{manifest.origin}: {ref.with_namespace('')} is cluster-scoped, "
+                f"but sets metadata.namespace {ref.namespace!r}"
+            )
+        if namespaced and namespace and not ref.namespace:
+            manifest = _with_namespace(manifest, namespace)
+        defaulted.append(manifest)
+    return defaulted
+
+
+def _with_namespace(manifest: Manifest, namespace: str) -> Manifest:
+    """A copy with the namespace set; only the two levels that change are copied."""
+    body = {**manifest.body, "metadata": {**manifest.body["metadata"], "namespace": namespace}}
+    return Manifest(ref=manifest.ref.with_namespace(namespace), body=body, origin=manifest.origin)
+
+
+def _scopes_declared_by_crds(manifests: Iterable[Manifest]) -> dict[tuple[str, str], bool]:
+    scopes: dict[tuple[str, str], bool] = {}
+    for manifest in manifests:
+        if manifest.ref.group != _CRD_GROUP or manifest.ref.kind != "CustomResourceDefinition":
+            continue
+        spec = manifest.body.get("spec")
+        if not isinstance(spec, dict) or not isinstance(spec.get("names"), dict):
+            continue
+        group, kind, scope = spec.get("group"), spec["names"].get("kind"), spec.get("scope")
+        if isinstance(group, str) and isinstance(kind, str) and scope in ("Namespaced", "Cluster"):
+            scopes[(group, kind)] = scope == "Namespaced"
+    return scopes
+
+
+def _load_yaml(text: str, *, origin: str) -> list[tuple[int, object]]:
+    """(document number, content) for each non-empty document.
+
+    The stream is walked node by node rather than with ``load_all`` to know which document an
+    error is in: an error while looking for the next document belongs to that next document.
+    Errors are raised ``from None`` because PyYAML's own message quotes the offending line.
+    """
+    documents: list[tuple[int, object]] = []
+    number = 0
+    starting_next = True
+    try:
+        loader = _ManifestLoader(text)
+        try:
+            while True:
+                starting_next = True
+                if not loader.check_node():
+                    break
+                number += 1
+                starting_next = False
+                content = loader.construct_document(loader.get_node())
+                if content is not None:
+                    documents.append((number, content))
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as e:
+        at = number + 1 if starting_next else number
+        raise ManifestError(_describe_yaml_error(e, origin=origin, document=at)) from None
+    except ReaderError as e:
+        line = text.count("\n", 0, e.position) + 1
+        raise ManifestError(
+            f"{origin}: document {_document_at(text, line)}, line {line}: "
+            f"character #x{e.character:04x}: {e.reason}"
+        ) from None
+    except yaml.YAMLError:
+        raise ManifestError(f"{origin}: document {number + 1}: not valid YAML") from None
+    return documents
+
+
+def _describe_yaml_error(error: yaml.MarkedYAMLError, *, origin: str, document: int) -> str:
+    """Problem, context and line only: ``str(error)`` would quote the document."""
+    mark = error.problem_mark or error.context_mark
+    line = f", line {mark.line + 1}" if mark is not None else ""
+    problem = error.problem or error.context or "not valid YAML"
+    context = f" ({error.context})" if error.context and error.problem else ""
+    return f"{origin}: document {document}{line}: {problem}{context}"
+
+
+def _document_at(text: str, line: int) -> int:
+    """The document a 1-based line is in, by counting ``---`` markers.
+
+    Only for errors found before parsing (bad characters); the parser counts exactly otherwise.
+    """
+    number = 1
+    content_seen = False
+    for text_line in text.splitlines()[: line - 1]:
+        if text_line == "---" or text_line.startswith(("--- ", "---\t")):
+            number += 1 if content_seen else 0
+            content_seen = True
+        elif text_line.strip() and not text_line.lstrip().startswith("#"):
+            content_seen = True
+    return number
+
+
+def _manifests_of(document: object, *, origin: str) -> list[Manifest]:
+    if not isinstance(document, dict):
+        raise ManifestError(f"{origin}: expected an object, found {_describe_type(document)}")
+    return [_manifest(obj, origin=where) for obj, where in expand_lists(document, origin=origin)]
+
+
+def _manifest(obj: JsonObject, *, origin: str) -> Manifest:
+    try:
+        ref = ObjectRef.of(obj)
+    except ManifestError as e:
+        raise ManifestError(f"{origin}: {e}") from None
+    return Manifest(ref=ref, body=obj, origin=origin)
+
+
+def _describe_type(value: object) -> str:
+    """What a value is, without quoting it (it may be a Secret's data)."""
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if value is None:
+        return "null"
+    return type(value).__name__
+
+
+class _DuplicateKeyError(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> JsonObject:
+    obj: JsonObject = {}
+    for key, value in pairs:
+        if key in obj:
+            raise _DuplicateKeyError(key)
+        obj[key] = value
+    return obj
