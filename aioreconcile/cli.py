@@ -2,12 +2,19 @@
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import anyio
+import orjson
+import yaml
 
-from aioreconcile import __version__
+from aioreconcile import __version__, runtime
+from aioreconcile.engine import reports
+from aioreconcile.engine.changeset import ChangeSetEntry
+from aioreconcile.engine.errors import AioreconcileError
+from aioreconcile.engine.naming import is_valid_label_value
+from aioreconcile.engine.sources import RenderSpec, RenderType
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,6 +41,13 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="keep kubeconfig, logs and data here (default: a temp directory, removed on exit)",
     )
+    _add_directory_command(
+        commands, "apply", "make the cluster match a directory (staged server-side apply)"
+    )
+    _add_directory_command(
+        commands, "diff", "show what apply would change (server-side dry-run); exit 1 if any"
+    )
+
     build = testenv_commands.add_parser("build", help="build the test binaries into the cache")
     build.add_argument(
         "components",
@@ -45,8 +59,185 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_directory_command(
+    commands: "argparse._SubParsersAction[argparse.ArgumentParser]", name: str, help_text: str
+) -> None:
+    command = commands.add_parser(name, help=help_text, description=help_text)
+    command.add_argument(
+        "path", type=Path, help="directory: plain YAML/JSON, kustomization or chart"
+    )
+    command.add_argument("--kubeconfig", type=Path, default=None)
+    command.add_argument("--context", default=None)
+    command.add_argument(
+        "-n", "--namespace", default=None, help="namespace for namespaced objects that name none"
+    )
+    command.add_argument(
+        "--render",
+        choices=[t.value for t in RenderType],
+        default=RenderType.AUTO.value,
+        help="how to render PATH (default: auto-detect)",
+    )
+    command.add_argument("--release-name", default=None, help="helm release name")
+    command.add_argument(
+        "--values",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="helm values file (repeatable)",
+    )
+    command.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="inline helm value, dotted key (repeatable)",
+    )
+    command.add_argument(
+        "--sync",
+        default=None,
+        help="name of this sync, written to the aioreconcile.dev/sync label "
+        "(default: the inventory name, else the directory name)",
+    )
+    command.add_argument("--concurrency", type=int, default=16)
+    command.add_argument(
+        "--no-force-conflicts",
+        dest="force_conflicts",
+        action="store_false",
+        help="fail on fields owned by another manager instead of taking them over",
+    )
+    command.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    if name == "apply":
+        command.add_argument("--prune", action="store_true", help="delete what left the source")
+        command.add_argument(
+            "--inventory",
+            default=None,
+            help="ConfigMap that remembers what was applied (required by --prune)",
+        )
+        command.add_argument("--inventory-namespace", default="default")
+        command.add_argument(
+            "--allow-empty",
+            action="store_true",
+            help="let an empty source prune everything it applied before",
+        )
+        command.add_argument("--wait", action="store_true", help="wait until every object is ready")
+        command.add_argument("--timeout", type=float, default=300.0, help="for --wait, seconds")
+        command.add_argument("--dry-run", action="store_true", help="server-side dry-run only")
+
+
+def _inline_values(assignments: Sequence[str]) -> dict[str, object]:
+    values: dict[str, object] = {}
+    for assignment in assignments:
+        key, sep, raw = assignment.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"aioreconcile: --set expects KEY=VALUE, got {assignment!r}")
+        node = values
+        *parents, leaf = key.split(".")
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise SystemExit(f"aioreconcile: --set {key}: {part} is already a value")
+            node = child
+        node[leaf] = yaml.safe_load(raw) if raw else ""
+    return values
+
+
+def _directory_settings(args: argparse.Namespace) -> "runtime.DirectorySettings":
+    inventory = getattr(args, "inventory", None)
+    if getattr(args, "prune", False) and not inventory:
+        raise SystemExit(
+            "aioreconcile apply: --prune needs --inventory NAME (what to compare with)"
+        )
+    sync = args.sync or runtime.default_sync_name(args.path, inventory)
+    if not is_valid_label_value(sync):
+        raise SystemExit(f"aioreconcile: --sync {sync!r} is not a valid label value")
+    return runtime.DirectorySettings(
+        path=args.path,
+        sync=sync,
+        cluster=runtime.ClusterSettings(kubeconfig=args.kubeconfig, context=args.context),
+        render=RenderSpec(
+            type=RenderType(args.render),
+            release_name=args.release_name,
+            namespace=args.namespace,
+            values=_inline_values(args.set),
+            values_files=tuple(args.values),
+        ),
+        inventory=inventory,
+        inventory_namespace=getattr(args, "inventory_namespace", "default"),
+        prune=getattr(args, "prune", False),
+        allow_empty=getattr(args, "allow_empty", False),
+        wait=getattr(args, "wait", False),
+        wait_timeout_s=getattr(args, "timeout", 300.0),
+        dry_run=getattr(args, "dry_run", False),
+        force_conflicts=args.force_conflicts,
+        concurrency=args.concurrency,
+    )
+
+
+def _progress_printer(enabled: bool) -> Callable[[ChangeSetEntry], None] | None:
+    if not enabled:
+        return None
+    done = 0
+
+    def show(entry: ChangeSetEntry) -> None:
+        nonlocal done
+        done += 1
+        if done % 25 == 0:
+            print(f"\r  {done} objects applied...", end="", file=sys.stderr, flush=True)
+
+    return show
+
+
+def _run_apply(args: argparse.Namespace) -> int:
+    settings = _directory_settings(args)
+    show_progress = args.output == "table" and sys.stderr.isatty()
+    outcome = anyio.run(runtime.apply_directory, settings, _progress_printer(show_progress))
+    if show_progress:
+        print("\r", end="", file=sys.stderr)
+    if args.output == "json":
+        sys.stdout.write(
+            orjson.dumps(reports.as_json(outcome), option=orjson.OPT_INDENT_2).decode()
+        )
+        sys.stdout.write("\n")
+    else:
+        print(reports.as_table(outcome, dry_run=settings.dry_run))
+    return 0 if outcome.ok else 1
+
+
+def _run_diff(args: argparse.Namespace) -> int:
+    settings = _directory_settings(args)
+    diffs = anyio.run(runtime.diff_directory, settings)
+    if args.output == "json":
+        rows = [
+            {
+                "kind": d.ref.kind,
+                "namespace": d.ref.namespace,
+                "name": d.ref.name,
+                "changed": bool(d.diff),
+                "diff": d.diff,
+                "error": d.error,
+            }
+            for d in diffs
+        ]
+        sys.stdout.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        for d in diffs:
+            if d.error:
+                print(f"error {d.ref}: {d.error}", file=sys.stderr)
+            elif d.diff:
+                sys.stdout.write(d.diff)
+    if any(d.error for d in diffs):
+        return 2
+    return 1 if any(d.diff for d in diffs) else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in ("apply", "diff"):
+        try:
+            return _run_apply(args) if args.command == "apply" else _run_diff(args)
+        except AioreconcileError as e:
+            print(f"aioreconcile {args.command}: {e}", file=sys.stderr)
+            return 2
     if args.command == "testenv":
         from aioreconcile.testing import session
         from aioreconcile.testing.processes import StartupError

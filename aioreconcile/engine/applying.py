@@ -1,8 +1,9 @@
 """What the reactor asks of a cluster applier, and what it gets back: plain data only."""
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
-from aioreconcile.engine.changeset import ChangeSet
+from aioreconcile.engine.changeset import ChangeSet, ChangeSetEntry
 from aioreconcile.engine.model import JsonObject, ObjectRef
 from aioreconcile.engine.naming import FIELD_MANAGER
 
@@ -19,6 +20,8 @@ class ApplyOptions:
     concurrency: int = 16
     field_manager: str = FIELD_MANAGER
     settle_timeout_s: float = 60.0
+    # Called once per object as it finishes (CLI progress, metrics); never part of equality.
+    on_entry: Callable[[ChangeSetEntry], None] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

@@ -15,3 +15,13 @@ TRACEPARENT_ANNOTATION: Final = f"{DOMAIN}/traceparent"
 PRUNE_ANNOTATION: Final = f"{DOMAIN}/prune"
 RECONCILE_ANNOTATION: Final = f"{DOMAIN}/reconcile"
 DISABLED: Final = "disabled"
+
+_LABEL_VALUE_MAX: Final = 63
+
+
+def is_valid_label_value(value: str) -> bool:
+    """Kubernetes label value: at most 63 of [A-Za-z0-9-_.], starting and ending alphanumeric."""
+    if not value or len(value) > _LABEL_VALUE_MAX:
+        return False
+    allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+    return set(value) <= allowed and value[0].isalnum() and value[-1].isalnum()

@@ -1,0 +1,321 @@
+"""Server-side apply, staged and concurrent, writing only what differs; and deleting for prune.
+
+Per stage (CRDs, Namespaces, other cluster-scoped, namespaced) the live objects of this sync are
+listed once per kind and namespace, then each object is decided purely
+(``engine.planning.decide``): unchanged objects are not written at all, so their resourceVersion
+stays; objects the server may normalise are checked with a server-side dry-run first. Objects in
+a stage go concurrently under a limit; one failure never stops the others.
+"""
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
+from typing import Any, Final, TypeVar
+
+import anyio
+
+from aioreconcile.adapters.kube.discovery import Discovery, Resource
+from aioreconcile.adapters.kube.transport import APPLY_PATCH, KubeTransport
+from aioreconcile.engine import health, planning
+from aioreconcile.engine.applying import ApplyOptions, ApplyResult
+from aioreconcile.engine.changeset import Action, ChangeSet, ChangeSetEntry
+from aioreconcile.engine.errors import AioreconcileError, NotFoundError
+from aioreconcile.engine.inventory import prunable
+from aioreconcile.engine.model import JsonObject, Manifest, ObjectRef
+from aioreconcile.engine.naming import SYNC_LABEL
+
+_SETTLE_POLL_S: Final = 0.05
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def _ref_with_version(ref: ObjectRef, resource: Resource) -> ObjectRef:
+    return ref if ref.version else replace(ref, version=resource.version)
+
+
+async def _map_concurrently(
+    function: Callable[[T], Awaitable[R]], items: Sequence[T], *, limit: int
+) -> list[R]:
+    """``[await function(i) for i in items]``, at most ``limit`` at a time, results in order."""
+    results: dict[int, R] = {}
+    limiter = anyio.CapacityLimiter(max(1, limit))
+
+    async def one(index: int, item: T) -> None:
+        async with limiter:
+            results[index] = await function(item)
+
+    async with anyio.create_task_group() as tasks:
+        for index, item in enumerate(items):
+            tasks.start_soon(one, index, item)
+    return [results[i] for i in range(len(items))]
+
+
+def _failed(ref: ObjectRef, error: Exception, started: float) -> ChangeSetEntry:
+    return ChangeSetEntry(
+        ref, Action.FAILED, error=str(error), duration_s=time.monotonic() - started
+    )
+
+
+class Applier:
+    """Applies manifests to one cluster through a shared transport and discovery cache."""
+
+    def __init__(self, transport: KubeTransport, discovery: Discovery) -> None:
+        self._transport = transport
+        self._discovery = discovery
+
+    # --- reading ---------------------------------------------------------------------------------
+
+    async def list_owned(
+        self, resource: Resource, *, sync: str, namespace: str = ""
+    ) -> dict[ObjectRef, JsonObject]:
+        """Live objects of ``resource`` labelled as belonging to ``sync`` (one LIST)."""
+        listed = await self._transport.request(
+            "GET",
+            resource.collection_path(namespace),
+            params={"labelSelector": f"{SYNC_LABEL}={sync}"},
+        )
+        objects: dict[ObjectRef, JsonObject] = {}
+        for item in listed.body.get("items") or []:
+            item.setdefault("apiVersion", resource.api_version)
+            item.setdefault("kind", resource.kind)
+            objects[ObjectRef.of(item)] = item
+        return objects
+
+    async def get(self, ref: ObjectRef) -> JsonObject | None:
+        resource = await self._discovery.resolve(ref)
+        try:
+            got = await self._transport.request(
+                "GET", resource.object_path(ref.name, ref.namespace)
+            )
+        except NotFoundError:
+            return None
+        return got.body
+
+    # --- applying --------------------------------------------------------------------------------
+
+    async def apply(self, manifests: Sequence[Manifest], options: ApplyOptions) -> ApplyResult:
+        """Apply in stages; CRDs and Namespaces settle (Established/Active) before the rest."""
+        entries: list[ChangeSetEntry] = []
+        live: dict[ObjectRef, JsonObject] = {}
+        for stage, members in planning.staged(manifests, is_namespaced=self._scope_or_namespaced):
+            stage_entries, stage_live = await self._apply_stage(members, options)
+            entries += stage_entries
+            live |= stage_live
+            if stage in (planning.Stage.CRDS, planning.Stage.NAMESPACES) and not options.dry_run:
+                await self._settle([live[e.ref] for e in stage_entries if e.ref in live], options)
+        return ApplyResult(ChangeSet.of(entries), live)
+
+    def _scope_or_namespaced(self, ref: ObjectRef) -> bool:
+        # Kinds unknown before their CRD is applied are custom resources: namespaced or not,
+        # they belong after the cluster-scoped stage, which is where this puts them.
+        scope = self._discovery.is_namespaced(ref)
+        return True if scope is None else scope
+
+    async def _apply_stage(
+        self, members: Sequence[Manifest], options: ApplyOptions
+    ) -> tuple[list[ChangeSetEntry], dict[ObjectRef, JsonObject]]:
+        unresolved: dict[int, ChangeSetEntry] = {}
+        current = await self._live_for(members, options, unresolved)
+
+        async def one(index: int) -> tuple[ChangeSetEntry, JsonObject | None]:
+            manifest = members[index]
+            resource = self._discovery.cached(manifest.ref)
+            if index in unresolved or resource is None:
+                return unresolved[index], None
+            result = await self._apply_one(manifest, resource, current.get(manifest.ref), options)
+            if options.on_entry is not None:
+                options.on_entry(result[0])
+            return result
+
+        results = await _map_concurrently(one, range(len(members)), limit=options.concurrency)
+        live_after = {entry.ref: obj for entry, obj in results if obj is not None}
+        return [entry for entry, _ in results], live_after
+
+    async def _live_for(
+        self,
+        members: Sequence[Manifest],
+        options: ApplyOptions,
+        failures: dict[int, ChangeSetEntry],
+    ) -> dict[ObjectRef, JsonObject]:
+        """One LIST per (resource, namespace) in the stage; unknown kinds become failures."""
+        wanted: dict[tuple[Resource, str], None] = {}
+        for index, manifest in enumerate(members):
+            try:
+                resource = await self._discovery.resolve(manifest.ref)
+            except AioreconcileError as e:
+                failures[index] = _failed(manifest.ref, e, time.monotonic())
+                continue
+            wanted[(resource, manifest.ref.namespace if resource.namespaced else "")] = None
+
+        async def list_one(key: tuple[Resource, str]) -> dict[ObjectRef, JsonObject]:
+            resource, namespace = key
+            return await self.list_owned(resource, sync=options.sync, namespace=namespace)
+
+        current: dict[ObjectRef, JsonObject] = {}
+        for listed in await _map_concurrently(list_one, list(wanted), limit=options.concurrency):
+            current |= listed
+        return current
+
+    async def _apply_one(
+        self,
+        manifest: Manifest,
+        resource: Resource,
+        live: JsonObject | None,
+        options: ApplyOptions,
+    ) -> tuple[ChangeSetEntry, JsonObject | None]:
+        started = time.monotonic()
+        ref = _ref_with_version(manifest.ref, resource)
+        desired = planning.stamp(
+            manifest.body,
+            sync=options.sync,
+            revision=options.revision,
+            traceparent=options.traceparent,
+        )
+        before = _resource_version(live)
+        try:
+            decision = planning.decide(desired, live, field_manager=options.field_manager)
+            if decision is planning.Decision.VERIFY and live is not None:
+                preview = await self._server_apply(
+                    resource, ref, planning.carry_stamps(desired, live), options, dry_run=True
+                )
+                if planning.same_content(preview[1], live):
+                    decision = planning.Decision.UNCHANGED
+            if decision is planning.Decision.UNCHANGED:
+                entry = ChangeSetEntry(
+                    ref,
+                    Action.UNCHANGED,
+                    duration_s=time.monotonic() - started,
+                    resource_version_before=before,
+                    resource_version_after=before,
+                )
+                return entry, live
+            status, applied = await self._server_apply(
+                resource, ref, desired, options, dry_run=options.dry_run
+            )
+        except AioreconcileError as e:
+            return _failed(ref, e, started), None
+        after = _resource_version(applied)
+        if status == 201:
+            action = Action.CREATED
+        elif before is not None and after == before:
+            action = Action.UNCHANGED
+        else:
+            action = Action.CONFIGURED
+        entry = ChangeSetEntry(
+            ref,
+            action,
+            duration_s=time.monotonic() - started,
+            resource_version_before=before,
+            resource_version_after=after,
+        )
+        return entry, applied
+
+    async def _server_apply(
+        self,
+        resource: Resource,
+        ref: ObjectRef,
+        body: JsonObject,
+        options: ApplyOptions,
+        *,
+        dry_run: bool,
+    ) -> tuple[int, JsonObject]:
+        params = {"fieldManager": options.field_manager}
+        if options.force_conflicts:
+            params["force"] = "true"
+        if dry_run:
+            params["dryRun"] = "All"
+        response = await self._transport.request(
+            "PATCH",
+            resource.object_path(ref.name, ref.namespace),
+            params=params,
+            body=body,
+            content_type=APPLY_PATCH,
+        )
+        return response.status, response.body
+
+    async def _settle(self, objects: Sequence[JsonObject], options: ApplyOptions) -> None:
+        """Wait until CRDs are Established and Namespaces Active, then refresh discovery so the
+        next stage can resolve the new kinds. Objects that do not settle in time are left to
+        fail in their own stage with the server's message."""
+        pending = [ObjectRef.of(o) for o in objects if health.compute(o).status != "Current"]
+        with anyio.move_on_after(options.settle_timeout_s):
+            while pending:
+                await anyio.sleep(_SETTLE_POLL_S)
+                still = []
+                for ref in pending:
+                    obj = await self.get(ref)
+                    if obj is not None and health.compute(obj).status != "Current":
+                        still.append(ref)
+                pending = still
+        if any(o.get("kind") == "CustomResourceDefinition" for o in objects):
+            await self._discovery.refresh()
+
+    async def preview(self, manifest: Manifest, options: ApplyOptions) -> JsonObject:
+        """The object as it would be stored after our apply (server-side dry-run), with the
+        live stamps kept so that a new revision alone shows no difference."""
+        resource = await self._discovery.resolve(manifest.ref)
+        ref = _ref_with_version(manifest.ref, resource)
+        desired = planning.stamp(
+            manifest.body,
+            sync=options.sync,
+            revision=options.revision,
+            traceparent=options.traceparent,
+        )
+        live = await self.get(ref)
+        if live is not None:
+            desired = planning.carry_stamps(desired, live)
+        _, preview = await self._server_apply(resource, ref, desired, options, dry_run=True)
+        return preview
+
+    # --- pruning ---------------------------------------------------------------------------------
+
+    async def delete(self, refs: Sequence[ObjectRef], options: ApplyOptions) -> ChangeSet:
+        """Delete stale objects, namespaced first and CRDs last; each is checked live first
+        (prune-disabled annotation, still ours), deleted with Background propagation."""
+        entries: list[ChangeSetEntry] = []
+
+        async def one(ref: ObjectRef) -> ChangeSetEntry:
+            return await self._delete_one(ref, options)
+
+        for _stage, members in planning.prune_order(refs, is_namespaced=self._scope_or_namespaced):
+            entries += await _map_concurrently(one, members, limit=options.concurrency)
+        return ChangeSet.of(entries)
+
+    async def _delete_one(self, ref: ObjectRef, options: ApplyOptions) -> ChangeSetEntry:
+        started = time.monotonic()
+        try:
+            resource = await self._discovery.resolve(ref)
+        except AioreconcileError:
+            # Its kind is gone (CRD deleted): so are all its objects.
+            return ChangeSetEntry(ref, Action.SKIPPED, error="kind no longer served")
+        try:
+            live = await self.get(ref)
+            allowed, why = prunable(ref, live, sync=options.sync)
+            if not allowed:
+                return ChangeSetEntry(
+                    ref, Action.SKIPPED, error=why, duration_s=time.monotonic() - started
+                )
+            params = {"propagationPolicy": "Background"}
+            if options.dry_run:
+                params["dryRun"] = "All"
+            await self._transport.request(
+                "DELETE", resource.object_path(ref.name, ref.namespace), params=params
+            )
+        except NotFoundError:
+            return ChangeSetEntry(ref, Action.SKIPPED, error="already gone")
+        except AioreconcileError as e:
+            return _failed(ref, e, started)
+        return ChangeSetEntry(
+            ref,
+            Action.DELETED,
+            duration_s=time.monotonic() - started,
+            resource_version_before=_resource_version(live),
+        )
+
+
+def _resource_version(obj: JsonObject | None) -> str | None:
+    if obj is None:
+        return None
+    metadata: dict[str, Any] = obj.get("metadata") or {}
+    version = metadata.get("resourceVersion")
+    return str(version) if version is not None else None

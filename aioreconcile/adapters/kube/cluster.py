@@ -1,0 +1,59 @@
+"""The Kubernetes adapter as the reactor sees it (the ``Cluster`` port): one transport, one
+discovery cache, one applier, opened and closed together."""
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from aioreconcile.adapters.kube.applying import Applier
+from aioreconcile.adapters.kube.discovery import Discovery
+from aioreconcile.adapters.kube.transport import KubeTransport
+from aioreconcile.engine.applying import ApplyOptions, ApplyResult
+from aioreconcile.engine.changeset import ChangeSet
+from aioreconcile.engine.model import JsonObject, Manifest, ObjectRef
+
+
+class KubeCluster:
+    def __init__(self, transport: KubeTransport) -> None:
+        self.transport = transport
+        self.discovery = Discovery(transport)
+        self.applier = Applier(transport, self.discovery)
+
+    @classmethod
+    async def connect(
+        cls,
+        kubeconfig: Path | None = None,
+        *,
+        context: str | None = None,
+        max_connections: int = 64,
+    ) -> "KubeCluster":
+        transport = await KubeTransport.connect(
+            kubeconfig, context=context, max_connections=max_connections
+        )
+        return cls(transport)
+
+    async def close(self) -> None:
+        await self.transport.close()
+
+    async def __aenter__(self) -> "KubeCluster":
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+    def is_namespaced(self, ref: ObjectRef) -> bool | None:
+        return self.discovery.is_namespaced(ref)
+
+    async def refresh_discovery(self) -> None:
+        await self.discovery.refresh()
+
+    async def apply(self, manifests: Sequence[Manifest], options: ApplyOptions) -> ApplyResult:
+        return await self.applier.apply(manifests, options)
+
+    async def delete(self, refs: Sequence[ObjectRef], options: ApplyOptions) -> ChangeSet:
+        return await self.applier.delete(refs, options)
+
+    async def get(self, ref: ObjectRef) -> JsonObject | None:
+        return await self.applier.get(ref)
+
+    async def preview(self, manifest: Manifest, options: ApplyOptions) -> JsonObject:
+        return await self.applier.preview(manifest, options)

@@ -1,0 +1,489 @@
+"""Desired vs live, decided from data alone: does this object need a write, and in which order?
+
+An unchanged object must keep its resourceVersion: every needless write wakes every watcher of
+the object (our own drift watch included), bumps ``generation`` for some kinds and shows up as
+noise in audit logs. fluxcd/pkg (``ssa/manager_apply.go``) asks the server for a dry-run of
+every object and compares; here most objects are settled without a request, by reading what the
+applier already has from its LIST: our entry in ``metadata.managedFields`` and the live values.
+Only when the server may have rewritten a value (quantities, defaulted key fields, nulls) is the
+answer ``VERIFY``, and the applier asks for a dry-run and compares it with ``same_content``.
+"""
+
+import copy
+import hashlib
+import hmac
+import json
+import secrets
+from collections.abc import Callable, Iterable, Mapping
+from enum import Enum, IntEnum, StrEnum
+from typing import Any, Final, TypeVar
+
+from aioreconcile.engine.model import JsonObject, Manifest, ManifestError, ObjectRef
+from aioreconcile.engine.naming import (
+    FIELD_MANAGER,
+    MANAGED_BY_LABEL,
+    MANAGED_BY_VALUE,
+    REVISION_ANNOTATION,
+    SYNC_LABEL,
+    TRACEPARENT_ANNOTATION,
+)
+
+_T = TypeVar("_T")
+
+VOLATILE_ANNOTATIONS: Final = frozenset({REVISION_ANNOTATION, TRACEPARENT_ANNOTATION})
+"""Stamps whose *value* changes with every commit or trace but says nothing about the object.
+
+Comparing them would rewrite every object of a sync on every commit. Their presence still
+counts: a stamp that appears or disappears is a real change of the object.
+"""
+
+SERVER_FIELDS: Final = (
+    "managedFields",
+    "resourceVersion",
+    "uid",
+    "creationTimestamp",
+    "generation",
+)
+"""Metadata the server writes and nobody declares; never part of a comparison or a diff."""
+
+LAST_APPLIED_ANNOTATION: Final = "kubectl.kubernetes.io/last-applied-configuration"
+
+_CRD_GROUP: Final = "apiextensions.k8s.io"
+
+_KEY_FIELD_DEFAULTS: Final[Mapping[str, object]] = {"protocol": "TCP"}
+"""Key fields of associative lists that the server defaults before it records ownership.
+
+Container and Service ports are keyed by ``(port, protocol)``, and since Kubernetes 1.20/1.21
+(structured-merge-diff#130, kubernetes#98576) an applied port without ``protocol`` is recorded
+as ``k:{"containerPort":80,"protocol":"TCP"}``. Without this default, every manifest that omits
+the protocol (most of them) would look like it had lost its port.
+"""
+
+_SALT: Final = secrets.token_bytes(32)
+"""Keys the Secret tokens; new in every process.
+
+Without it a token would be a plain hash of the value, and the short values Secrets often hold
+(``true``, ``5432``, a weak password) could be recovered from a log line by trying candidates.
+With it, tokens are comparable only within this process, which is all a diff needs: the same
+value gives the same token on both sides, a changed one a different token.
+"""
+
+
+class Decision(StrEnum):
+    """What the applier does with one object."""
+
+    CREATE = "create"
+    """Absent from the cluster: apply it."""
+    UNCHANGED = "unchanged"
+    """Already as declared, and we own everything we declared before: no request at all."""
+    APPLY = "apply"
+    """Certainly different (not ours yet, or we must give up fields): apply it."""
+    VERIFY = "verify"
+    """Maybe different: dry-run the apply and write only if ``same_content`` says it differs."""
+
+
+class Stage(IntEnum):
+    """Apply order. Kinds must exist before their objects, namespaces before their contents."""
+
+    CRDS = 0
+    NAMESPACES = 1
+    CLUSTER = 2
+    NAMESPACED = 3
+
+
+def stamp(body: JsonObject, *, sync: str, revision: str, traceparent: str | None) -> JsonObject:
+    """The body we apply: the desired object plus the labels and annotations that make it ours.
+
+    The managed-by and sync labels are what pruning trusts before deleting anything; the
+    revision and traceparent annotations let a person (and the drift watch) trace the object
+    back to a commit. ``body`` is deep-copied, never changed.
+    """
+    stamped = copy.deepcopy(body)
+    metadata = stamped.setdefault("metadata", {})
+    if not isinstance(metadata, dict):
+        raise ManifestError("metadata is not a map")
+    labels = _map_at(metadata, "labels")
+    labels[MANAGED_BY_LABEL] = MANAGED_BY_VALUE
+    labels[SYNC_LABEL] = sync
+    annotations = _map_at(metadata, "annotations")
+    annotations[REVISION_ANNOTATION] = revision
+    if traceparent is not None:
+        annotations[TRACEPARENT_ANNOTATION] = traceparent
+    return stamped
+
+
+def _map_at(metadata: JsonObject, key: str) -> JsonObject:
+    """``metadata[key]`` as a map we may fill; YAML's ``labels:`` with nothing after it is null."""
+    value = metadata.get(key)
+    if value is None:
+        value = metadata[key] = {}
+    if not isinstance(value, dict):
+        raise ManifestError(f"metadata.{key} is not a map")
+    return value
+
+
+def decide(
+    desired: JsonObject, live: JsonObject | None, *, field_manager: str = FIELD_MANAGER
+) -> Decision:
+    """Whether ``desired`` (a ``stamp``-ed body) must be applied over ``live``, without asking.
+
+    In order:
+
+    1. no live object: ``CREATE``;
+    2. no ``Apply`` entry of ``field_manager`` in live's managedFields (or one recorded at
+       another apiVersion, whose paths we cannot read against ``desired``): ``APPLY``, to take
+       ownership;
+    3. a field in that entry that ``desired`` no longer has: ``APPLY``, only an apply removes
+       it (a label deleted in Git, an env var, a container). An entry whose shape doesn't fit
+       ``desired`` (a map where desired has a string): ``VERIFY``;
+    4. ``desired`` not contained in live, value for value: ``VERIFY``, because the server may
+       store a value differently from how it was written (``0.5`` -> ``500m``, ``2`` -> ``"2"``,
+       a dropped null); the dry-run tells;
+    5. otherwise ``UNCHANGED``.
+
+    Values of the revision and traceparent stamps are ignored, so a commit that leaves an object
+    as it was does not rewrite it. ``live`` must carry ``apiVersion`` and ``kind``: the items of a
+    LIST of built-in kinds come without them, and the reader must fill them in from the list.
+    A field that ``desired`` declares and live holds with the same value but under another
+    manager stays UNCHANGED and is not claimed; fluxcd/pkg, comparing dry-runs, behaves alike.
+    """
+    if live is None:
+        return Decision.CREATE
+    owned = _owned_fields(live, field_manager=field_manager)
+    if not owned:
+        return Decision.APPLY
+    if any(api_version != desired.get("apiVersion") for api_version, _ in owned):
+        return Decision.APPLY
+    ownership = _Ownership.worst(_still_desired(fields, desired) for _, fields in owned)
+    if ownership is _Ownership.ORPHANED:
+        return Decision.APPLY
+    if ownership is _Ownership.UNKNOWN:
+        return Decision.VERIFY
+    if not _is_subset(_blank_stamps(desired), _blank_stamps(live)):
+        return Decision.VERIFY
+    return Decision.UNCHANGED
+
+
+def same_content(dry_run: JsonObject, live: JsonObject) -> bool:
+    """After ``VERIFY``: is the dry-run result (live as the apply would leave it) equal to live?
+
+    Server bookkeeping (managedFields, resourceVersion, generation, creationTimestamp, uid),
+    status and the values of the volatile stamps are left out; everything else must be equal,
+    types included (``1`` is not ``1.0``), as a write would otherwise change it.
+    """
+    return _equal(_blank_stamps(strip_for_diff(dry_run)), _blank_stamps(strip_for_diff(live)))
+
+
+def carry_stamps(desired: JsonObject, live: JsonObject) -> JsonObject:
+    """``desired`` with the volatile stamp values live already has, for a dry-run or a preview.
+
+    The dry-run result then differs from live only where the object does, so a diff shows no
+    line for a new revision alone. Only stamps present on both sides are carried: a stamp that
+    appears or disappears is a real change and stays visible. ``desired`` is not changed.
+    """
+    live_annotations = _annotations(live)
+    desired_annotations = _annotations(desired)
+    carried = {
+        key: live_annotations[key]
+        for key in VOLATILE_ANNOTATIONS
+        if key in desired_annotations and key in live_annotations
+    }
+    if not carried:
+        return desired
+    metadata = desired["metadata"]
+    return {**desired, "metadata": {**metadata, "annotations": {**desired_annotations, **carried}}}
+
+
+def _annotations(obj: JsonObject) -> JsonObject:
+    metadata = obj.get("metadata")
+    annotations = metadata.get("annotations") if isinstance(metadata, dict) else None
+    return annotations if isinstance(annotations, dict) else {}
+
+
+def strip_for_diff(obj: JsonObject) -> JsonObject:
+    """A copy without what the server writes (bookkeeping metadata and status).
+
+    These fields differ between any two reads and would drown the one line a person cares about.
+    """
+    stripped = {key: copy.deepcopy(value) for key, value in obj.items() if key != "status"}
+    metadata = stripped.get("metadata")
+    if isinstance(metadata, dict):
+        for key in SERVER_FIELDS:
+            metadata.pop(key, None)
+    return stripped
+
+
+def mask_secret(obj: JsonObject) -> JsonObject:
+    """A copy in which a core Secret's values are replaced by tokens that reveal nothing.
+
+    A diff of two masked Secrets still shows which keys changed: the token is an HMAC of the
+    namespace, name, key and value under a per-process random key (``_SALT``), so equal values
+    give equal tokens and a changed value a different one. The object's identity goes into the
+    HMAC so that two Secrets sharing a password don't show it. kubectl's last-applied annotation
+    repeats the whole Secret in clear and is masked too. Other objects come back as plain copies.
+    """
+    masked = copy.deepcopy(obj)
+    if not _is_core_secret(masked):
+        return masked
+    metadata = masked.get("metadata")
+    metadata = metadata if isinstance(metadata, dict) else {}
+    namespace, name = str(metadata.get("namespace") or ""), str(metadata.get("name") or "")
+    for section in ("data", "stringData"):
+        values = masked.get(section)
+        if isinstance(values, dict):
+            masked[section] = {
+                key: _token(namespace, name, key, value) for key, value in values.items()
+            }
+        elif values is not None:
+            masked[section] = _token(namespace, name, section, values)
+    annotations = metadata.get("annotations")
+    if isinstance(annotations, dict) and LAST_APPLIED_ANNOTATION in annotations:
+        annotations[LAST_APPLIED_ANNOTATION] = _token(
+            namespace, name, LAST_APPLIED_ANNOTATION, annotations[LAST_APPLIED_ANNOTATION]
+        )
+    return masked
+
+
+def _is_core_secret(obj: JsonObject) -> bool:
+    """A LIST item without apiVersion counts as core: masking too much is the safe mistake."""
+    api_version = obj.get("apiVersion")
+    group = api_version.rpartition("/")[0] if isinstance(api_version, str) else ""
+    return obj.get("kind") == "Secret" and group == ""
+
+
+def _token(namespace: str, name: str, key: str, value: object) -> str:
+    message = json.dumps([namespace, name, key, value], separators=(",", ":"), sort_keys=True)
+    digest = hmac.new(_SALT, message.encode(), hashlib.sha256).hexdigest()
+    return f"<secret: sha256:{digest[:12]}>"
+
+
+def stage_of(ref: ObjectRef, *, namespaced: bool) -> Stage:
+    """Where an object goes in the apply order (``namespaced`` comes from discovery)."""
+    if ref.group == _CRD_GROUP and ref.kind == "CustomResourceDefinition":
+        return Stage.CRDS
+    if ref.group == "" and ref.kind == "Namespace":
+        return Stage.NAMESPACES
+    return Stage.NAMESPACED if namespaced else Stage.CLUSTER
+
+
+def staged(
+    manifests: Iterable[Manifest], *, is_namespaced: Callable[[ObjectRef], bool]
+) -> list[tuple[Stage, list[Manifest]]]:
+    """Manifests grouped by stage, in apply order; empty stages left out, input order kept.
+
+    The applier waits for each stage to settle (CRDs Established, Namespaces Active) before the
+    next, as fluxcd/pkg's ``ApplyAllStaged`` does. ``is_namespaced`` is not asked about CRDs and
+    Namespaces, whose place is known, so it need not know kinds whose CRD is in this batch.
+    """
+    return _grouped(
+        ((manifest.ref, manifest) for manifest in manifests), is_namespaced=is_namespaced
+    )
+
+
+def prune_order(
+    refs: Iterable[ObjectRef], *, is_namespaced: Callable[[ObjectRef], bool]
+) -> list[tuple[Stage, list[ObjectRef]]]:
+    """Stale objects grouped by stage, in delete order: the reverse of the apply order.
+
+    Deleting a CRD or a Namespace first would delete its contents behind our back, and their
+    deletion would then be reported as failures (or, for finalizers, block).
+    """
+    return list(reversed(_grouped(((ref, ref) for ref in refs), is_namespaced=is_namespaced)))
+
+
+def _grouped(
+    items: Iterable[tuple[ObjectRef, _T]], *, is_namespaced: Callable[[ObjectRef], bool]
+) -> list[tuple[Stage, list[_T]]]:
+    groups: dict[Stage, list[_T]] = {stage: [] for stage in Stage}
+    for ref, item in items:
+        groups[_stage(ref, is_namespaced=is_namespaced)].append(item)
+    return [(stage, groups[stage]) for stage in Stage if groups[stage]]
+
+
+def _stage(ref: ObjectRef, *, is_namespaced: Callable[[ObjectRef], bool]) -> Stage:
+    settled = stage_of(ref, namespaced=False)
+    if settled in (Stage.CRDS, Stage.NAMESPACES):
+        return settled
+    return stage_of(ref, namespaced=is_namespaced(ref))
+
+
+# --- comparing values ---------------------------------------------------------------------------
+
+
+def _is_subset(desired: object, live: object) -> bool:
+    """Every map key of ``desired`` in ``live`` with a contained value; lists element-wise.
+
+    Extra keys in live are the server's defaults and other managers' fields. Scalars must have
+    the same type: ``1``, ``1.0``, ``"1"`` and ``True`` are four different values to the API.
+    """
+    if isinstance(desired, dict):
+        return isinstance(live, dict) and all(
+            key in live and _is_subset(value, live[key]) for key, value in desired.items()
+        )
+    if isinstance(desired, list):
+        return (
+            isinstance(live, list)
+            and len(desired) == len(live)
+            and all(_is_subset(d, item) for d, item in zip(desired, live, strict=True))
+        )
+    return type(desired) is type(live) and desired == live
+
+
+def _equal(a: object, b: object) -> bool:
+    """Deep equality in which, unlike ``==``, ``1 != 1.0`` and ``True != 1``."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return (
+            isinstance(b, list)
+            and len(a) == len(b)
+            and all(_equal(x, y) for x, y in zip(a, b, strict=True))
+        )
+    return type(a) is type(b) and a == b
+
+
+def _blank_stamps(obj: JsonObject) -> JsonObject:
+    """``obj`` with the volatile stamps' values blanked; only the levels that change are copied."""
+    metadata = obj.get("metadata")
+    if not isinstance(metadata, dict):
+        return obj
+    annotations = metadata.get("annotations")
+    if not isinstance(annotations, dict) or VOLATILE_ANNOTATIONS.isdisjoint(annotations):
+        return obj
+    blanked = {key: "" if key in VOLATILE_ANNOTATIONS else v for key, v in annotations.items()}
+    return {**obj, "metadata": {**metadata, "annotations": blanked}}
+
+
+# --- reading managedFields ----------------------------------------------------------------------
+
+
+class _Ownership(Enum):
+    """How the fields we own relate to what we now declare; ordered from best to worst."""
+
+    DESIRED = 0
+    """Every owned field is still declared."""
+    UNKNOWN = 1
+    """The entry's shape does not fit the declared object; only the server can tell."""
+    ORPHANED = 2
+    """Some owned field is no longer declared, so an apply must remove it."""
+
+    @classmethod
+    def worst(cls, verdicts: Iterable["_Ownership"]) -> "_Ownership":
+        """An orphaned field anywhere forces an apply, even if another part was unreadable."""
+        return max(verdicts, key=lambda verdict: verdict.value, default=cls.DESIRED)
+
+
+def _owned_fields(live: JsonObject, *, field_manager: str) -> list[tuple[object, object]]:
+    """(apiVersion, fieldsV1) of each entry in which ``field_manager`` applied the object.
+
+    ``Update`` entries (a kubectl edit under our name, a client-side apply) don't count: what
+    they own is not released by our next apply. Subresource entries (status) are someone
+    else's business.
+    """
+    metadata = live.get("metadata")
+    entries = metadata.get("managedFields") if isinstance(metadata, dict) else None
+    if not isinstance(entries, list):
+        return []
+    return [
+        (entry.get("apiVersion"), entry.get("fieldsV1"))
+        for entry in entries
+        if isinstance(entry, dict)
+        and entry.get("manager") == field_manager
+        and entry.get("operation") == "Apply"
+        and not entry.get("subresource")
+    ]
+
+
+def _still_desired(fields: object, desired: object) -> _Ownership:
+    """Walk a fieldsV1 tree against ``desired``: is every owned path still declared?
+
+    fieldsV1 (structured-merge-diff ``fieldpath/serialize-pe.go``) nests path elements:
+    ``f:<name>`` a map field, ``k:<json>`` a list item by its key fields, ``v:<json>`` a set
+    item by value, ``i:<n>`` a list item by index, and ``.`` the node itself (no child to find).
+    A leaf ``{}`` owns the whole value beneath it (atomic maps and lists), so only its presence
+    is checked; values are compared by ``_is_subset`` afterwards.
+    """
+    if not isinstance(fields, dict):
+        return _Ownership.UNKNOWN
+    verdicts: list[_Ownership] = []
+    for element, children in fields.items():
+        if element == ".":
+            continue
+        ownership, child = _find(element, desired)
+        if ownership is _Ownership.DESIRED:
+            ownership = _still_desired(children, child)
+        if ownership is _Ownership.ORPHANED:
+            return ownership
+        verdicts.append(ownership)
+    return _Ownership.worst(verdicts)
+
+
+def _find(element: object, desired: object) -> tuple[_Ownership, object]:
+    """The child of ``desired`` that one path element names, or why there is none."""
+    if not isinstance(element, str):
+        return _Ownership.UNKNOWN, None
+    kind, separator, content = element.partition(":")
+    if not separator:
+        return _Ownership.UNKNOWN, None
+    if kind == "f":
+        if not isinstance(desired, dict):
+            return _Ownership.UNKNOWN, None
+        if content not in desired:
+            return _Ownership.ORPHANED, None
+        if desired[content] is None:
+            return _Ownership.UNKNOWN, None  # an applied null: whether it removes is schema's call
+        return _Ownership.DESIRED, desired[content]
+    if not isinstance(desired, list):
+        return _Ownership.UNKNOWN, None
+    if kind == "i":
+        try:
+            index = int(content)
+        except ValueError:
+            return _Ownership.UNKNOWN, None
+        if 0 <= index < len(desired):
+            return _Ownership.DESIRED, desired[index]
+        return _Ownership.ORPHANED, None
+    if kind not in ("k", "v"):
+        return _Ownership.UNKNOWN, None
+    try:
+        wanted = json.loads(content)
+    except ValueError:
+        return _Ownership.UNKNOWN, None
+    if kind == "v":
+        for item in desired:
+            if _equal(item, wanted):
+                return _Ownership.DESIRED, item
+        return _Ownership.ORPHANED, None
+    if not isinstance(wanted, dict) or not wanted:
+        return _Ownership.UNKNOWN, None
+    return _find_keyed(wanted, desired)
+
+
+def _find_keyed(key: JsonObject, items: list[Any]) -> tuple[_Ownership, object]:
+    """The item whose key fields equal ``key``; a key field it omits may be a server default.
+
+    An item that omits a key field with a known default (``protocol: TCP``) matches as if it
+    carried it. One that omits any other key field, but agrees on the rest, might be the owned
+    item after defaulting we don't know of: the server has to tell.
+    """
+    maybe = False
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        defaulted = {
+            field: _KEY_FIELD_DEFAULTS[field]
+            for field in key
+            if field not in item and field in _KEY_FIELD_DEFAULTS
+        }
+        as_stored = {**defaulted, **item}  # so an owned ``f:protocol`` is found as well
+        agreement = _Ownership.DESIRED
+        for field, value in key.items():
+            if field not in as_stored:
+                agreement = _Ownership.UNKNOWN
+            elif not _equal(as_stored[field], value):
+                agreement = _Ownership.ORPHANED
+                break
+        if agreement is _Ownership.DESIRED:
+            return _Ownership.DESIRED, as_stored
+        maybe = maybe or agreement is _Ownership.UNKNOWN
+    return (_Ownership.UNKNOWN, None) if maybe else (_Ownership.ORPHANED, None)

@@ -1,0 +1,48 @@
+"""What the reactor needs from the outside world, as Protocols. Adapters implement them; the
+composition root passes them in; unit tests pass fakes through the same constructors."""
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Protocol
+
+from aioreconcile.engine.applying import ApplyOptions, ApplyResult
+from aioreconcile.engine.changeset import ChangeSet
+from aioreconcile.engine.inventory import Inventory
+from aioreconcile.engine.model import JsonObject, Manifest, ObjectRef
+from aioreconcile.engine.sources import RenderSpec
+
+
+class Cluster(Protocol):
+    """One Kubernetes API server, as the reconcile loop uses it."""
+
+    def is_namespaced(self, ref: ObjectRef) -> bool | None: ...
+
+    async def refresh_discovery(self) -> None: ...
+
+    async def apply(self, manifests: Sequence[Manifest], options: ApplyOptions) -> ApplyResult: ...
+
+    async def delete(self, refs: Sequence[ObjectRef], options: ApplyOptions) -> ChangeSet: ...
+
+    async def get(self, ref: ObjectRef) -> JsonObject | None: ...
+
+    async def preview(self, manifest: Manifest, options: ApplyOptions) -> JsonObject: ...
+
+
+class ManifestRenderer(Protocol):
+    """Turns a directory of a checked-out revision into manifests (plain, kustomize, helm);
+    ``is_namespaced`` (from discovery) lets it default namespaces."""
+
+    async def __call__(
+        self,
+        directory: Path,
+        spec: RenderSpec,
+        *,
+        root: Path | None,
+        is_namespaced: Callable[[ObjectRef], bool | None],
+    ) -> list[Manifest]: ...
+
+
+class InventoryStore(Protocol):
+    async def load(self) -> Inventory | None: ...
+
+    async def save(self, inventory: Inventory, *, revision: str) -> None: ...

@@ -1,0 +1,140 @@
+"""One reconcile of one source directory: render -> staged apply -> prune -> inventory -> wait.
+
+The order and the refusals live here and nowhere else: nothing is applied when rendering fails,
+and nothing is pruned when rendering or any apply failed, or when the source became empty and
+that was not explicitly allowed. Failed deletions stay in the inventory so the next run retries.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import anyio
+
+from aioreconcile.engine import health
+from aioreconcile.engine.applying import ApplyOptions
+from aioreconcile.engine.changeset import ChangeSet
+from aioreconcile.engine.errors import AioreconcileError
+from aioreconcile.engine.inventory import Inventory, allow_prune, merge, stale
+from aioreconcile.engine.model import JsonObject, ObjectRef
+from aioreconcile.engine.outcomes import Reason, SyncOutcome
+from aioreconcile.engine.sources import RenderSpec
+from aioreconcile.reactor.ports import Cluster, InventoryStore, ManifestRenderer
+
+_HEALTH_POLL_S: Final = 0.5
+
+
+@dataclass(frozen=True)
+class SyncRequest:
+    directory: Path
+    render: RenderSpec
+    options: ApplyOptions
+    root: Path | None = None
+    prune: bool = False
+    allow_empty: bool = False
+    wait: bool = False
+    wait_timeout_s: float = 300.0
+
+
+async def sync_once(
+    request: SyncRequest,
+    *,
+    cluster: Cluster,
+    render: ManifestRenderer,
+    inventory: InventoryStore | None = None,
+) -> SyncOutcome:
+    revision = request.options.revision
+    try:
+        await cluster.refresh_discovery()
+        manifests = await render(
+            request.directory,
+            request.render,
+            root=request.root,
+            is_namespaced=cluster.is_namespaced,
+        )
+    except AioreconcileError as e:
+        return SyncOutcome(Reason.RENDER_FAILED, str(e), revision, prune_note="render failed")
+
+    result = await cluster.apply(manifests, request.options)
+    applied = result.changeset
+    pruned = ChangeSet()
+    prune_note: str | None = None
+    inventory_size: int | None = None
+    if inventory is not None:
+        current = Inventory.of(m.ref for m in manifests)
+        try:
+            previous = await inventory.load()
+            kept: Inventory = current
+            if request.prune and previous is not None:
+                allowed, why = allow_prune(
+                    fetch_ok=True,
+                    render_ok=True,
+                    apply_failed=len(applied.failed),
+                    current_empty=not manifests,
+                    allow_empty=request.allow_empty,
+                )
+                if allowed:
+                    pruned = await cluster.delete(stale(previous, current), request.options)
+                    kept = merge(current, [e.ref for e in pruned.failed])
+                else:
+                    prune_note = why
+                    # Keep what we could not prune yet, so a later good run still removes it.
+                    kept = merge(current, previous.entries)
+            elif not request.prune:
+                prune_note = "prune not requested"
+            if not request.options.dry_run:
+                await inventory.save(kept, revision=revision)
+            inventory_size = len(kept.entries)
+        except AioreconcileError as e:
+            return SyncOutcome(
+                Reason.INVENTORY_FAILED,
+                f"inventory {inventory}: {e}",
+                revision,
+                applied=applied,
+                pruned=pruned,
+                prune_note=prune_note,
+            )
+
+    not_ready: tuple[tuple[ObjectRef, health.Health], ...] = ()
+    if request.wait and not request.options.dry_run:
+        not_ready = await wait_until_ready(cluster, result.live, timeout_s=request.wait_timeout_s)
+
+    if applied.failed:
+        reason, message = Reason.APPLY_FAILED, f"{len(applied.failed)} object(s) failed to apply"
+    elif pruned.failed:
+        reason, message = Reason.PRUNE_FAILED, f"{len(pruned.failed)} object(s) failed to delete"
+    elif not_ready:
+        reason = Reason.HEALTH_CHECK_FAILED
+        message = f"{len(not_ready)} object(s) not ready after {request.wait_timeout_s:g} s"
+    else:
+        reason, message = Reason.SUCCEEDED, f"applied revision {revision}"
+    return SyncOutcome(
+        reason,
+        message,
+        revision,
+        applied=applied,
+        pruned=pruned,
+        prune_note=prune_note,
+        not_ready=not_ready,
+        inventory_size=inventory_size,
+    )
+
+
+async def wait_until_ready(
+    cluster: Cluster, live: dict[ObjectRef, JsonObject], *, timeout_s: float
+) -> tuple[tuple[ObjectRef, health.Health], ...]:
+    """Poll the objects that are not Current until they are, or the time is up; return those
+    still not ready, each with why."""
+    current = dict(live)
+    waiting = health.not_ready(current.values())
+    with anyio.move_on_after(timeout_s):
+        while waiting:
+            await anyio.sleep(_HEALTH_POLL_S)
+            for ref, _ in waiting:
+                obj = await cluster.get(ref)
+                if obj is None:
+                    current.pop(ref, None)
+                else:
+                    current[ref] = obj
+            waiting = health.not_ready(current.values())
+    return tuple(waiting)

@@ -1,0 +1,376 @@
+"""The sync engine against the real apiserver: staged SSA, no-op detection, prune, bad input."""
+
+import secrets
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import yaml
+from kubernetes_asyncio import client
+
+from aioreconcile import runtime
+from aioreconcile.engine.changeset import Action
+from aioreconcile.engine.outcomes import Reason, SyncOutcome
+from aioreconcile.engine.sources import RenderSpec
+from aioreconcile.testing.pytest_plugin import Kube
+
+pytestmark = pytest.mark.integration
+
+
+def write(directory: Path, name: str, text: str) -> Path:
+    path = directory / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def config_map(name: str, namespace: str, **data: str) -> str:
+    """A ConfigMap document (starting with ``---``) to concatenate with others."""
+    body = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": namespace},
+        "data": data,
+    }
+    return "---\n" + yaml.safe_dump(body)
+
+
+def settings(kube: Kube, path: Path, **overrides: Any) -> runtime.DirectorySettings:
+    values: dict[str, Any] = {
+        "path": path,
+        "sync": "test-" + path.name,
+        "cluster": runtime.ClusterSettings(kubeconfig=kube.kubeconfig),
+    }
+    values.update(overrides)
+    return runtime.DirectorySettings(**values)
+
+
+def actions(outcome: SyncOutcome) -> dict[str, str]:
+    return {f"{e.ref.kind}/{e.ref.name}": e.action.value for e in outcome.changeset.entries}
+
+
+async def test_first_apply_creates_and_second_apply_writes_nothing(
+    kube: Kube, namespace: str, tmp_path: Path
+) -> None:
+    write(
+        tmp_path, "cms.yaml", config_map("a", namespace, k="1") + config_map("b", namespace, k="2")
+    )
+    write(
+        tmp_path,
+        "deploy.yaml",
+        f"""\
+        apiVersion: apps/v1
+        kind: Deployment
+        metadata: {{name: web, namespace: {namespace}}}
+        spec:
+          selector: {{matchLabels: {{app: web}}}}
+          template:
+            metadata: {{labels: {{app: web}}}}
+            spec:
+              containers:
+              - name: web
+                image: nginx:1.27
+                resources: {{requests: {{cpu: "0.5", memory: 64Mi}}}}
+                ports: [{{containerPort: 80}}]
+        ---
+        apiVersion: v1
+        kind: Service
+        metadata: {{name: web, namespace: {namespace}}}
+        spec:
+          selector: {{app: web}}
+          ports: [{{port: 80, targetPort: 80}}]
+        """,
+    )
+
+    first = await runtime.apply_directory(settings(kube, tmp_path))
+    second = await runtime.apply_directory(settings(kube, tmp_path))
+
+    assert first.ok, first
+    assert set(actions(first).values()) == {"created"}
+    assert set(actions(second).values()) == {"unchanged"}, actions(second)
+    before = {e.ref: e.resource_version_after for e in first.applied.entries}
+    after = {e.ref: e.resource_version_after for e in second.applied.entries}
+    assert before == after
+    stored = await client.CoreV1Api(kube.api).read_namespaced_config_map("a", namespace)
+    assert stored.metadata.labels["app.kubernetes.io/managed-by"] == "aioreconcile"
+    assert stored.metadata.labels["aioreconcile.dev/sync"] == "test-" + tmp_path.name
+    assert stored.metadata.annotations["aioreconcile.dev/revision"] == first.revision
+
+
+async def test_changed_content_is_configured_and_removed_label_is_removed(
+    kube: Kube, namespace: str, tmp_path: Path
+) -> None:
+    manifest = f"""\
+        apiVersion: v1
+        kind: ConfigMap
+        metadata:
+          name: c
+          namespace: {namespace}
+          labels: {{team: a, tier: web}}
+        data: {{k: "1"}}
+        """
+    write(tmp_path, "cm.yaml", manifest)
+    await runtime.apply_directory(settings(kube, tmp_path))
+    write(tmp_path, "cm.yaml", manifest.replace(", tier: web", "").replace('"1"', '"2"'))
+
+    second = await runtime.apply_directory(settings(kube, tmp_path))
+
+    assert actions(second) == {"ConfigMap/c": "configured"}
+    stored = await client.CoreV1Api(kube.api).read_namespaced_config_map("c", namespace)
+    assert stored.data == {"k": "2"}
+    assert "tier" not in stored.metadata.labels
+    assert stored.metadata.annotations["aioreconcile.dev/revision"] == second.revision
+
+
+async def test_crd_and_its_custom_resources_in_one_directory(
+    kube: Kube, namespace: str, tmp_path: Path
+) -> None:
+    group = f"g{secrets.token_hex(3)}.example.dev"
+    write(
+        tmp_path,
+        "crd.yaml",
+        f"""\
+        apiVersion: apiextensions.k8s.io/v1
+        kind: CustomResourceDefinition
+        metadata: {{name: gadgets.{group}}}
+        spec:
+          group: {group}
+          scope: Namespaced
+          names: {{plural: gadgets, singular: gadget, kind: Gadget}}
+          versions:
+          - name: v1
+            served: true
+            storage: true
+            schema:
+              openAPIV3Schema:
+                type: object
+                properties:
+                  spec: {{type: object, x-kubernetes-preserve-unknown-fields: true}}
+        """,
+    )
+    # The custom resource names no namespace: the CRD in the same directory says it is namespaced.
+    write(
+        tmp_path,
+        "gadget.yaml",
+        f"""\
+        apiVersion: {group}/v1
+        kind: Gadget
+        metadata: {{name: g1}}
+        spec: {{size: 3}}
+        """,
+    )
+
+    outcome = await runtime.apply_directory(
+        settings(kube, tmp_path, render=RenderSpec(namespace=namespace))
+    )
+
+    assert outcome.ok, outcome
+    assert actions(outcome) == {
+        "CustomResourceDefinition/gadgets." + group: "created",
+        "Gadget/g1": "created",
+    }
+    gadget = await client.CustomObjectsApi(kube.api).get_namespaced_custom_object(
+        group, "v1", namespace, "gadgets", "g1"
+    )
+    assert gadget["spec"] == {"size": 3}
+
+
+async def test_namespace_and_objects_inside_it(kube: Kube, tmp_path: Path) -> None:
+    fresh = f"ns-{secrets.token_hex(3)}"
+    write(tmp_path, "z-objects.yaml", config_map("inside", fresh, k="v"))
+    write(
+        tmp_path,
+        "a-namespace.yaml",
+        f"apiVersion: v1\nkind: Namespace\nmetadata: {{name: {fresh}}}\n",
+    )
+
+    outcome = await runtime.apply_directory(settings(kube, tmp_path))
+
+    assert outcome.ok, outcome
+    assert [e.ref.kind for e in outcome.applied.entries] == ["Namespace", "ConfigMap"]
+
+
+async def test_rejected_object_is_reported_others_applied_and_prune_skipped(
+    kube: Kube, namespace: str, tmp_path: Path
+) -> None:
+    inventory = f"inv-{secrets.token_hex(3)}"
+    write(tmp_path, "old.yaml", config_map("old", namespace, k="v"))
+    first = await runtime.apply_directory(
+        settings(kube, tmp_path, inventory=inventory, inventory_namespace=namespace, prune=True)
+    )
+    assert first.ok, first
+    (tmp_path / "old.yaml").unlink()
+    write(tmp_path, "good.yaml", config_map("good", namespace, k="v"))
+    write(
+        tmp_path,
+        "bad.yaml",
+        f"""\
+        apiVersion: v1
+        kind: Service
+        metadata: {{name: bad, namespace: {namespace}}}
+        spec: {{ports: [{{port: 99999}}]}}
+        ---
+        apiVersion: example.invalid/v1
+        kind: Nonexistent
+        metadata: {{name: ghost, namespace: {namespace}}}
+        """,
+    )
+
+    outcome = await runtime.apply_directory(
+        settings(kube, tmp_path, inventory=inventory, inventory_namespace=namespace, prune=True)
+    )
+
+    assert outcome.reason is Reason.APPLY_FAILED
+    assert actions(outcome) == {
+        "ConfigMap/good": "created",
+        "Service/bad": "failed",
+        "Nonexistent/ghost": "failed",
+    }
+    errors = {e.ref.name: e.error or "" for e in outcome.applied.failed}
+    assert "99999" in errors["bad"]
+    assert "Invalid" in errors["bad"]
+    assert "Nonexistent" in errors["ghost"]
+    assert "failed" in (outcome.prune_note or "")
+    # Not pruned: still there.
+    await client.CoreV1Api(kube.api).read_namespaced_config_map("old", namespace)
+
+
+async def test_prune_deletes_what_left_the_source_but_keeps_opted_out_objects(
+    kube: Kube, namespace: str, tmp_path: Path
+) -> None:
+    inventory = f"inv-{secrets.token_hex(3)}"
+    write(tmp_path, "keep.yaml", config_map("keep", namespace, k="v"))
+    write(tmp_path, "drop.yaml", config_map("drop", namespace, k="v"))
+    write(
+        tmp_path,
+        "sticky.yaml",
+        f"""\
+        apiVersion: v1
+        kind: ConfigMap
+        metadata:
+          name: sticky
+          namespace: {namespace}
+          annotations: {{aioreconcile.dev/prune: disabled}}
+        """,
+    )
+    options = {"inventory": inventory, "inventory_namespace": namespace, "prune": True}
+    await runtime.apply_directory(settings(kube, tmp_path, **options))
+    (tmp_path / "drop.yaml").unlink()
+    (tmp_path / "sticky.yaml").unlink()
+
+    outcome = await runtime.apply_directory(settings(kube, tmp_path, **options))
+
+    assert outcome.ok, outcome
+    assert {e.ref.name: e.action for e in outcome.pruned.entries} == {
+        "drop": Action.DELETED,
+        "sticky": Action.SKIPPED,
+    }
+    names = {
+        cm.metadata.name
+        for cm in (await client.CoreV1Api(kube.api).list_namespaced_config_map(namespace)).items
+    }
+    assert {"keep", "sticky"} <= names
+    assert "drop" not in names
+    assert outcome.inventory_size == 1
+
+
+async def test_empty_source_prunes_nothing_unless_allowed(
+    kube: Kube, namespace: str, tmp_path: Path
+) -> None:
+    inventory = f"inv-{secrets.token_hex(3)}"
+    options = {"inventory": inventory, "inventory_namespace": namespace, "prune": True}
+    write(tmp_path, "cm.yaml", config_map("only", namespace, k="v"))
+    await runtime.apply_directory(settings(kube, tmp_path, **options))
+    (tmp_path / "cm.yaml").unlink()
+
+    refused = await runtime.apply_directory(settings(kube, tmp_path, **options))
+    allowed = await runtime.apply_directory(settings(kube, tmp_path, allow_empty=True, **options))
+
+    assert refused.pruned.entries == ()
+    assert "declares no objects" in (refused.prune_note or "")
+    assert [(e.ref.name, e.action) for e in allowed.pruned.entries] == [("only", Action.DELETED)]
+
+
+async def test_broken_yaml_applies_nothing(kube: Kube, namespace: str, tmp_path: Path) -> None:
+    write(tmp_path, "good.yaml", config_map("never", namespace, k="v"))
+    write(tmp_path, "broken.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x\n")
+
+    outcome = await runtime.apply_directory(settings(kube, tmp_path))
+
+    assert outcome.reason is Reason.RENDER_FAILED
+    assert "broken.yaml" in outcome.message
+    assert "line" in outcome.message
+    assert outcome.changeset.entries == ()
+    names = {
+        cm.metadata.name
+        for cm in (await client.CoreV1Api(kube.api).list_namespaced_config_map(namespace)).items
+    }
+    assert "never" not in names
+
+
+async def test_field_changed_by_another_manager_is_taken_back(
+    kube: Kube, namespace: str, tmp_path: Path
+) -> None:
+    write(tmp_path, "cm.yaml", config_map("owned", namespace, k="git"))
+    await runtime.apply_directory(settings(kube, tmp_path))
+    core = client.CoreV1Api(kube.api)
+    await core.patch_namespaced_config_map(
+        "owned", namespace, {"data": {"k": "edited"}}, field_manager="kubectl-edit"
+    )
+
+    outcome = await runtime.apply_directory(settings(kube, tmp_path))
+
+    assert actions(outcome) == {"ConfigMap/owned": "configured"}
+    assert (await core.read_namespaced_config_map("owned", namespace)).data == {"k": "git"}
+
+
+def _cli(kube: Kube, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "aioreconcile", *args, "--kubeconfig", str(kube.kubeconfig)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+async def test_cli_apply_json_and_diff_exit_codes_with_masked_secret(
+    kube: Kube, namespace: str, tmp_path: Path
+) -> None:
+    write(
+        tmp_path,
+        "secret.yaml",
+        f"""\
+        apiVersion: v1
+        kind: Secret
+        metadata: {{name: creds, namespace: {namespace}}}
+        stringData: {{password: hunter2-original}}
+        """,
+    )
+    applied = _cli(kube, "apply", str(tmp_path), "-o", "json")
+    assert applied.returncode == 0, applied.stderr
+    (entry,) = orjson.loads(applied.stdout)["entries"]
+    assert {k: entry[k] for k in ("kind", "namespace", "name", "action")} == {
+        "kind": "Secret",
+        "namespace": namespace,
+        "name": "creds",
+        "action": "created",
+    }
+
+    same = _cli(kube, "diff", str(tmp_path))
+    write(
+        tmp_path,
+        "secret.yaml",
+        (tmp_path / "secret.yaml").read_text().replace("original", "rotated"),
+    )
+    changed = _cli(kube, "diff", str(tmp_path))
+
+    assert same.returncode == 0, same.stdout + same.stderr
+    assert changed.returncode == 1, changed.stderr
+    assert "password" in changed.stdout
+    for output in (applied, same, changed):
+        assert "hunter2" not in output.stdout + output.stderr
+        assert "aHVudGVyMi" not in output.stdout + output.stderr  # base64 of the value
