@@ -108,7 +108,7 @@ def write_pki(directory: Path) -> Pki:
             x509.DNSName("kubernetes.default.svc"),
             x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
             x509.IPAddress(ipaddress.ip_address("::1")),
-            x509.IPAddress(ipaddress.ip_address("10.0.0.1")),
+            x509.IPAddress(ipaddress.ip_address("10.96.0.1")),
         ],
     )
     admin_key = _key()

@@ -172,7 +172,7 @@ def _apiserver_argv(
         f"--service-account-signing-key-file={pki.service_account_key}",
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
         "--authorization-mode=RBAC",
-        "--service-cluster-ip-range=10.0.0.0/24",
+        "--service-cluster-ip-range=10.96.0.0/12",  # room for benchmarks with thousands of Services
         "--allow-privileged=true",
         # No controller-manager creates default ServiceAccounts, so Pods could never be admitted.
         "--disable-admission-plugins=ServiceAccount",

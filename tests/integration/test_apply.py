@@ -374,3 +374,43 @@ async def test_cli_apply_json_and_diff_exit_codes_with_masked_secret(
     for output in (applied, same, changed):
         assert "hunter2" not in output.stdout + output.stderr
         assert "aHVudGVyMi" not in output.stdout + output.stderr  # base64 of the value
+
+
+async def test_wait_reports_objects_that_do_not_become_ready(
+    kube: Kube, namespace: str, tmp_path: Path
+) -> None:
+    # No controller-manager runs here, so a Deployment is never observed: it stays InProgress.
+    write(tmp_path, "cm.yaml", config_map("ready", namespace, k="v"))
+    write(
+        tmp_path,
+        "deploy.yaml",
+        f"""\
+        apiVersion: apps/v1
+        kind: Deployment
+        metadata: {{name: stuck, namespace: {namespace}}}
+        spec:
+          selector: {{matchLabels: {{app: stuck}}}}
+          template:
+            metadata: {{labels: {{app: stuck}}}}
+            spec: {{containers: [{{name: c, image: busybox}}]}}
+        """,
+    )
+
+    outcome = await runtime.apply_directory(settings(kube, tmp_path, wait=True, wait_timeout_s=1.0))
+
+    assert outcome.reason is Reason.HEALTH_CHECK_FAILED
+    ((ref, health),) = outcome.not_ready
+    assert (ref.kind, ref.name) == ("Deployment", "stuck")
+    assert health.status == "InProgress"
+    assert health.message
+
+
+async def test_wait_succeeds_when_everything_is_current(
+    kube: Kube, namespace: str, tmp_path: Path
+) -> None:
+    write(tmp_path, "cm.yaml", config_map("fine", namespace, k="v"))
+
+    outcome = await runtime.apply_directory(settings(kube, tmp_path, wait=True, wait_timeout_s=5.0))
+
+    assert outcome.ok, outcome
+    assert outcome.not_ready == ()
