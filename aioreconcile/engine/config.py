@@ -1,0 +1,94 @@
+"""The definition of syncs and receivers, shared by ``aioreconcile run --config FILE`` and the
+in-cluster CRD (same field names, camelCase as in Kubernetes)."""
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from aioreconcile.engine.sources import RenderSpec
+
+
+class AuthKind(StrEnum):
+    NONE = "none"
+    BASIC = "basic"  # HTTPS username + password/token
+    SSH = "ssh"  # private key + known_hosts
+
+
+@dataclass(frozen=True)
+class GitAuth:
+    """Credentials by reference: values are read from the environment or files at use time and
+    never stored in a spec, a log line or a process argument."""
+
+    kind: AuthKind = AuthKind.NONE
+    username: str | None = None
+    password_env: str | None = None
+    password_file: str | None = None
+    private_key_file: str | None = None
+    known_hosts_file: str | None = None
+
+
+class VerifyMode(StrEnum):
+    NONE = "none"
+    GPG = "gpg"
+    SSH = "ssh"
+
+
+@dataclass(frozen=True)
+class CommitVerification:
+    mode: VerifyMode = VerifyMode.NONE
+    keyring_file: str | None = None  # gpg: armored public keys
+    allowed_signers_file: str | None = None  # ssh: gpg.ssh.allowedSignersFile format
+
+
+@dataclass(frozen=True)
+class GitSourceSpec:
+    """Where a sync's manifests come from. ``ref`` is a branch, a tag or a full commit SHA."""
+
+    url: str
+    ref: str = "main"
+    path: str = "."
+    auth: GitAuth = field(default_factory=GitAuth)
+    verify: CommitVerification = field(default_factory=CommitVerification)
+    interval_s: float = 300.0
+    timeout_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class SyncSpec:
+    """One Git source, how to render it, where it goes and the policy for keeping it there."""
+
+    name: str
+    source: GitSourceSpec
+    render: RenderSpec = field(default_factory=RenderSpec)
+    target_namespace: str | None = None
+    service_account: str | None = None
+    prune: bool = True
+    self_heal: bool = True
+    suspend: bool = False
+    allow_empty: bool = False
+
+
+class Provider(StrEnum):
+    GITHUB = "github"
+    GITLAB = "gitlab"
+    GITEA = "gitea"
+    FORGEJO = "forgejo"
+    BITBUCKET_SERVER = "bitbucket-server"
+    GENERIC_HMAC = "generic-hmac"
+
+
+@dataclass(frozen=True)
+class ReceiverSpec:
+    """A webhook endpoint ``POST /hooks/<name>``. The secret is mandatory and given by
+    reference (environment variable or file)."""
+
+    name: str
+    provider: Provider
+    secret_env: str | None = None
+    secret_file: str | None = None
+    max_body_bytes: int = 5 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    syncs: tuple[SyncSpec, ...] = ()
+    receivers: tuple[ReceiverSpec, ...] = ()
