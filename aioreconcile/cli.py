@@ -12,6 +12,7 @@ import yaml
 from aioreconcile import __version__, runtime
 from aioreconcile.engine import reports
 from aioreconcile.engine.changeset import ChangeSetEntry
+from aioreconcile.engine.configuration import ConfigError, parse_config
 from aioreconcile.engine.errors import AioreconcileError
 from aioreconcile.engine.naming import is_valid_label_value
 from aioreconcile.engine.sources import RenderSpec, RenderType
@@ -47,6 +48,11 @@ def _parser() -> argparse.ArgumentParser:
     _add_directory_command(
         commands, "diff", "show what apply would change (server-side dry-run); exit 1 if any"
     )
+
+    check = commands.add_parser(
+        "check-config", help="validate a controller configuration file (run --config FILE)"
+    )
+    check.add_argument("config", type=Path)
 
     build = testenv_commands.add_parser("build", help="build the test binaries into the cache")
     build.add_argument(
@@ -230,8 +236,30 @@ def _run_diff(args: argparse.Namespace) -> int:
     return 1 if any(d.diff for d in diffs) else 0
 
 
+def _run_check_config(path: Path) -> int:
+    try:
+        config = parse_config(path.read_text(), origin=str(path))
+    except OSError as e:
+        print(f"aioreconcile check-config: cannot read {path}: {e.strerror}", file=sys.stderr)
+        return 2
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 1
+    for sync in config.syncs:
+        source = sync.source
+        print(
+            f"sync {sync.name}: {source.url} {source.ref} {source.path} "
+            f"(every {source.interval_s:g} s, prune={sync.prune}, selfHeal={sync.self_heal})"
+        )
+    for receiver in config.receivers:
+        print(f"receiver {receiver.name}: {receiver.provider.value} at POST /hooks/{receiver.name}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "check-config":
+        return _run_check_config(args.config)
     if args.command in ("apply", "diff"):
         try:
             return _run_apply(args) if args.command == "apply" else _run_diff(args)

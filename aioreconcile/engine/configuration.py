@@ -1,0 +1,290 @@
+"""Reading ``aioreconcile run --config FILE``: YAML text -> ControllerConfig, or one error that
+lists every problem with its field path and the file, e.g.
+``config.yaml: syncs[0].source.url: required``. Unknown keys are errors, so a typo never
+silently turns a policy off. Pure: the caller reads the file.
+"""
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any, Final, TypeVar
+
+import yaml
+
+from aioreconcile.engine.config import (
+    AuthKind,
+    CommitVerification,
+    ControllerConfig,
+    GitAuth,
+    GitSourceSpec,
+    Provider,
+    ReceiverSpec,
+    SyncSpec,
+    VerifyMode,
+)
+from aioreconcile.engine.errors import AioreconcileError
+from aioreconcile.engine.sources import RenderSpec, RenderType
+
+_DURATION: Final = re.compile(
+    r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?$"
+)
+_DNS_LABEL: Final = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_SHA: Final = re.compile(r"^[0-9a-f]{40}$")
+T = TypeVar("T")
+
+
+class ConfigError(AioreconcileError):
+    """The configuration is invalid; ``problems`` holds each ``path: message``."""
+
+    def __init__(self, origin: str, problems: list[str]) -> None:
+        self.origin = origin
+        self.problems = problems
+        super().__init__("\n".join(f"{origin}: {p}" for p in problems))
+
+
+class _Reader:
+    """Walks a decoded document, collecting problems instead of stopping at the first."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def fail(self, path: str, message: str) -> None:
+        self.problems.append(f"{path}: {message}")
+
+    def mapping(self, value: object, path: str, allowed: set[str]) -> Mapping[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            self.fail(path, f"must be a mapping, not {type(value).__name__}")
+            return {}
+        for key in value:
+            if key not in allowed:
+                known = ", ".join(sorted(allowed))
+                self.fail(f"{path}.{key}" if path else str(key), f"unknown field (known: {known})")
+        return value
+
+    def field(
+        self,
+        data: Mapping[str, Any],
+        path: str,
+        key: str,
+        kind: type[T],
+        default: T | None = None,
+        *,
+        required: bool = False,
+    ) -> T | None:
+        where = f"{path}.{key}" if path else key
+        if key not in data or data[key] is None:
+            if required:
+                self.fail(where, "required")
+            return default
+        value = data[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            self.fail(where, f"must be {kind.__name__}, not {type(value).__name__}")
+            return default
+        return value
+
+    def choice(
+        self, data: Mapping[str, Any], path: str, key: str, make: Callable[[str], T], default: T
+    ) -> T:
+        raw = self.field(data, path, key, str)
+        if raw is None:
+            return default
+        try:
+            return make(raw)
+        except ValueError:
+            self.fail(f"{path}.{key}", f"{raw!r} is not one of the allowed values")
+            return default
+
+    def duration(self, data: Mapping[str, Any], path: str, key: str, default: float) -> float:
+        """Seconds from ``90``, ``30s``, ``5m``, ``1h30m``; must be positive."""
+        raw = data.get(key)
+        where = f"{path}.{key}"
+        if raw is None:
+            return default
+        if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+            seconds = float(raw)
+        elif isinstance(raw, str) and raw and (match := _DURATION.match(raw.strip())):
+            hours, minutes, secs = (float(g) if g else 0.0 for g in match.groups())
+            seconds = hours * 3600 + minutes * 60 + secs
+        else:
+            self.fail(where, f"{raw!r} is not a duration (e.g. 30s, 5m, 1h)")
+            return default
+        if seconds <= 0:
+            self.fail(where, "must be positive")
+            return default
+        return seconds
+
+
+def _auth(reader: _Reader, value: object, path: str) -> GitAuth:
+    data = reader.mapping(
+        value, path, {"username", "passwordEnv", "passwordFile", "sshKeyFile", "knownHostsFile"}
+    )
+    if not data:
+        return GitAuth()
+    ssh_key = reader.field(data, path, "sshKeyFile", str)
+    known_hosts = reader.field(data, path, "knownHostsFile", str)
+    password_env = reader.field(data, path, "passwordEnv", str)
+    password_file = reader.field(data, path, "passwordFile", str)
+    if ssh_key:
+        if not known_hosts:
+            reader.fail(f"{path}.knownHostsFile", "required with sshKeyFile (hosts are checked)")
+        return GitAuth(kind=AuthKind.SSH, private_key_file=ssh_key, known_hosts_file=known_hosts)
+    if password_env and password_file:
+        reader.fail(path, "give passwordEnv or passwordFile, not both")
+    if not (password_env or password_file):
+        reader.fail(path, "needs passwordEnv or passwordFile (or sshKeyFile)")
+    return GitAuth(
+        kind=AuthKind.BASIC,
+        username=reader.field(data, path, "username", str) or "git",
+        password_env=password_env,
+        password_file=password_file,
+    )
+
+
+def _verify(reader: _Reader, value: object, path: str) -> CommitVerification:
+    data = reader.mapping(value, path, {"mode", "keyringFile", "allowedSignersFile"})
+    mode = reader.choice(data, path, "mode", VerifyMode, VerifyMode.NONE)
+    keyring = reader.field(data, path, "keyringFile", str)
+    signers = reader.field(data, path, "allowedSignersFile", str)
+    if mode is VerifyMode.GPG and not keyring:
+        reader.fail(f"{path}.keyringFile", "required with mode gpg")
+    if mode is VerifyMode.SSH and not signers:
+        reader.fail(f"{path}.allowedSignersFile", "required with mode ssh")
+    return CommitVerification(mode=mode, keyring_file=keyring, allowed_signers_file=signers)
+
+
+def _source(reader: _Reader, value: object, path: str) -> GitSourceSpec:
+    data = reader.mapping(
+        value, path, {"url", "ref", "path", "auth", "verify", "interval", "timeout"}
+    )
+    if not data:
+        reader.fail(path, "required")
+    url = reader.field(data, path, "url", str, required=True) or ""
+    ref = reader.field(data, path, "ref", str) or "main"
+    sub_path = reader.field(data, path, "path", str) or "."
+    if sub_path.startswith("/") or ".." in sub_path.split("/"):
+        reader.fail(f"{path}.path", "must stay inside the repository (relative, no '..')")
+    if ref.startswith("refs/") and not ref.startswith(("refs/heads/", "refs/tags/")):
+        reader.fail(f"{path}.ref", "a full ref must be under refs/heads/ or refs/tags/")
+    if _SHA.match(ref) is None and any(c in ref for c in " ~^:?*[\\"):
+        reader.fail(f"{path}.ref", f"{ref!r} is not a valid branch, tag or commit SHA")
+    return GitSourceSpec(
+        url=url,
+        ref=ref,
+        path=sub_path,
+        auth=_auth(reader, data.get("auth"), f"{path}.auth"),
+        verify=_verify(reader, data.get("verify"), f"{path}.verify"),
+        interval_s=reader.duration(data, path, "interval", 300.0),
+        timeout_s=reader.duration(data, path, "timeout", 60.0),
+    )
+
+
+def _render(reader: _Reader, value: object, path: str, namespace: str | None) -> RenderSpec:
+    data = reader.mapping(value, path, {"type", "releaseName", "values", "valuesFiles"})
+    values = reader.field(data, path, "values", dict) or {}
+    files = reader.field(data, path, "valuesFiles", list) or []
+    for index, item in enumerate(files):
+        if not isinstance(item, str):
+            reader.fail(f"{path}.valuesFiles[{index}]", "must be a path string")
+    return RenderSpec(
+        type=reader.choice(data, path, "type", RenderType, RenderType.AUTO),
+        release_name=reader.field(data, path, "releaseName", str),
+        namespace=namespace,
+        values=values,
+        values_files=tuple(str(f) for f in files),
+    )
+
+
+def _sync(reader: _Reader, value: object, path: str) -> SyncSpec:
+    data = reader.mapping(
+        value,
+        path,
+        {
+            "name",
+            "source",
+            "render",
+            "targetNamespace",
+            "serviceAccount",
+            "prune",
+            "selfHeal",
+            "suspend",
+            "allowEmpty",
+        },
+    )
+    name = reader.field(data, path, "name", str, required=True) or ""
+    if name and not _DNS_LABEL.match(name):
+        reader.fail(f"{path}.name", f"{name!r} must be a DNS label (a-z, 0-9, '-', at most 63)")
+    namespace = reader.field(data, path, "targetNamespace", str)
+    return SyncSpec(
+        name=name,
+        source=_source(reader, data.get("source"), f"{path}.source"),
+        render=_render(reader, data.get("render"), f"{path}.render", namespace),
+        target_namespace=namespace,
+        service_account=reader.field(data, path, "serviceAccount", str),
+        prune=bool(reader.field(data, path, "prune", bool, True)),
+        self_heal=bool(reader.field(data, path, "selfHeal", bool, True)),
+        suspend=bool(reader.field(data, path, "suspend", bool, False)),
+        allow_empty=bool(reader.field(data, path, "allowEmpty", bool, False)),
+    )
+
+
+def _receiver(reader: _Reader, value: object, path: str) -> ReceiverSpec:
+    data = reader.mapping(
+        value, path, {"name", "provider", "secretEnv", "secretFile", "maxBodyBytes"}
+    )
+    name = reader.field(data, path, "name", str, required=True) or ""
+    if name and not _DNS_LABEL.match(name):
+        reader.fail(f"{path}.name", f"{name!r} must be a DNS label (it is part of the URL)")
+    if "provider" not in data:
+        reader.fail(f"{path}.provider", f"required ({', '.join(p.value for p in Provider)})")
+    secret_env = reader.field(data, path, "secretEnv", str)
+    secret_file = reader.field(data, path, "secretFile", str)
+    if not (secret_env or secret_file):
+        reader.fail(path, "a secret is mandatory: set secretEnv or secretFile")
+    if secret_env and secret_file:
+        reader.fail(path, "give secretEnv or secretFile, not both")
+    max_body = reader.field(data, path, "maxBodyBytes", int, 5 * 1024 * 1024) or 0
+    if max_body <= 0:
+        reader.fail(f"{path}.maxBodyBytes", "must be positive")
+    return ReceiverSpec(
+        name=name,
+        provider=reader.choice(data, path, "provider", Provider, Provider.GENERIC_HMAC),
+        secret_env=secret_env,
+        secret_file=secret_file,
+        max_body_bytes=max_body,
+    )
+
+
+def _unique(reader: _Reader, names: list[str], path: str) -> None:
+    seen: dict[str, int] = {}
+    for index, name in enumerate(names):
+        if name in seen:
+            reader.fail(
+                f"{path}[{index}].name", f"{name!r} is already used by {path}[{seen[name]}]"
+            )
+        seen.setdefault(name, index)
+
+
+def parse_config(text: str, *, origin: str) -> ControllerConfig:
+    """Parse and validate; raise ConfigError naming every bad field and the file."""
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        raise ConfigError(
+            origin, [f"{where}not valid YAML ({getattr(e, 'problem', None) or e})"]
+        ) from None
+    reader = _Reader()
+    top = reader.mapping(document, "", {"syncs", "receivers"})
+    raw_syncs = reader.field(top, "", "syncs", list) or []
+    raw_receivers = reader.field(top, "", "receivers", list) or []
+    syncs = [_sync(reader, item, f"syncs[{i}]") for i, item in enumerate(raw_syncs)]
+    receivers = [_receiver(reader, item, f"receivers[{i}]") for i, item in enumerate(raw_receivers)]
+    _unique(reader, [s.name for s in syncs], "syncs")
+    _unique(reader, [r.name for r in receivers], "receivers")
+    if reader.problems:
+        raise ConfigError(origin, reader.problems)
+    return ControllerConfig(syncs=tuple(syncs), receivers=tuple(receivers))

@@ -1,0 +1,152 @@
+"""The standalone configuration: every field read, every mistake named with path and file."""
+
+import textwrap
+
+import pytest
+
+from aioreconcile.engine.config import AuthKind, Provider, VerifyMode
+from aioreconcile.engine.configuration import ConfigError, parse_config
+from aioreconcile.engine.sources import RenderType
+
+FULL = """\
+syncs:
+  - name: shop
+    source:
+      url: https://git.example.com/org/shop.git
+      ref: release
+      path: deploy/prod
+      interval: 1m30s
+      timeout: 20s
+      auth: {username: bot, passwordEnv: SHOP_TOKEN}
+      verify: {mode: ssh, allowedSignersFile: /etc/aioreconcile/allowed_signers}
+    render:
+      type: helm
+      releaseName: shop
+      values: {replicas: 3}
+      valuesFiles: [values-prod.yaml]
+    targetNamespace: shop
+    prune: false
+    selfHeal: false
+  - name: infra
+    source:
+      url: git@git.example.com:org/infra.git
+      auth: {sshKeyFile: /keys/id, knownHostsFile: /keys/known_hosts}
+receivers:
+  - name: github
+    provider: github
+    secretEnv: GITHUB_WEBHOOK_SECRET
+"""
+
+
+def test_full_configuration_is_read_into_specs() -> None:
+    config = parse_config(FULL, origin="config.yaml")
+
+    shop, infra = config.syncs
+    assert shop.name == "shop"
+    assert (shop.source.ref, shop.source.path) == ("release", "deploy/prod")
+    assert (shop.source.interval_s, shop.source.timeout_s) == (90.0, 20.0)
+    assert shop.source.auth.kind is AuthKind.BASIC
+    assert (shop.source.auth.username, shop.source.auth.password_env) == ("bot", "SHOP_TOKEN")
+    assert shop.source.verify.mode is VerifyMode.SSH
+    assert shop.render.type is RenderType.HELM
+    assert shop.render.values == {"replicas": 3}
+    assert shop.render.namespace == shop.target_namespace == "shop"
+    assert (shop.prune, shop.self_heal, shop.suspend) == (False, False, False)
+    assert infra.source.ref == "main"
+    assert infra.source.interval_s == 300.0
+    assert infra.source.auth.kind is AuthKind.SSH
+    assert infra.prune is True
+    (receiver,) = config.receivers
+    assert receiver.provider is Provider.GITHUB
+    assert receiver.max_body_bytes == 5 * 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param(
+            "syncs:\n  - name: a\n", "config.yaml: syncs[0].source: required", id="source-missing"
+        ),
+        pytest.param(
+            "syncs:\n  - name: a\n    source: {ref: main}\n",
+            "config.yaml: syncs[0].source.url: required",
+            id="url-missing",
+        ),
+        pytest.param(
+            "syncs:\n  - name: a\n    source: {url: u}\n    prnue: true\n",
+            "config.yaml: syncs[0].prnue: unknown field",
+            id="typo-is-an-error",
+        ),
+        pytest.param(
+            "syncs:\n  - name: Shop_1\n    source: {url: u}\n",
+            "config.yaml: syncs[0].name: 'Shop_1' must be a DNS label",
+            id="name-not-dns-label",
+        ),
+        pytest.param(
+            "syncs:\n  - name: a\n    source: {url: u, interval: soon}\n",
+            "config.yaml: syncs[0].source.interval: 'soon' is not a duration",
+            id="bad-duration",
+        ),
+        pytest.param(
+            "syncs:\n  - name: a\n    source: {url: u, path: ../other}\n",
+            "config.yaml: syncs[0].source.path: must stay inside the repository",
+            id="path-escapes",
+        ),
+        pytest.param(
+            "syncs:\n  - name: a\n    source: {url: u}\n    prune: yes-please\n",
+            "config.yaml: syncs[0].prune: must be bool, not str",
+            id="bool-typed",
+        ),
+        pytest.param(
+            "syncs:\n  - name: a\n    source: {url: u}\n  - name: a\n    source: {url: v}\n",
+            "config.yaml: syncs[1].name: 'a' is already used by syncs[0]",
+            id="duplicate-sync",
+        ),
+        pytest.param(
+            "syncs:\n  - name: a\n    source: {url: u, auth: {sshKeyFile: /k}}\n",
+            "config.yaml: syncs[0].source.auth.knownHostsFile: required with sshKeyFile",
+            id="ssh-needs-known-hosts",
+        ),
+        pytest.param(
+            "syncs:\n  - name: a\n    source: {url: u, verify: {mode: gpg}}\n",
+            "config.yaml: syncs[0].source.verify.keyringFile: required with mode gpg",
+            id="gpg-needs-keyring",
+        ),
+        pytest.param(
+            "receivers:\n  - name: gh\n    provider: github\n",
+            "config.yaml: receivers[0]: a secret is mandatory",
+            id="receiver-secret-mandatory",
+        ),
+        pytest.param(
+            "receivers:\n  - name: gh\n    provider: githab\n    secretEnv: S\n",
+            "config.yaml: receivers[0].provider: 'githab' is not one of the allowed values",
+            id="unknown-provider",
+        ),
+        pytest.param("syncs: [\n", "config.yaml: line 2: not valid YAML", id="broken-yaml"),
+        pytest.param(
+            "- a\n- b\n", "config.yaml: : must be a mapping, not list", id="top-level-list"
+        ),
+    ],
+)
+def test_each_mistake_names_the_file_and_field(text: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(textwrap.dedent(text), origin="config.yaml")
+
+    assert any(line.startswith(expected) for line in str(caught.value).splitlines()), str(
+        caught.value
+    )
+
+
+def test_all_problems_are_reported_at_once() -> None:
+    text = (
+        "syncs:\n  - name: a\n  - source: {url: u}\nreceivers:\n  - name: r\n    provider: gitlab\n"
+    )
+
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, origin="c.yaml")
+
+    assert len(caught.value.problems) >= 3
+
+
+def test_empty_file_is_an_empty_configuration() -> None:
+    assert parse_config("", origin="c.yaml").syncs == ()
