@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -12,9 +13,11 @@ import pytest
 pytestmark = pytest.mark.integration
 
 
-def _start_up(tmp_path: Path) -> tuple[subprocess.Popen[str], dict[str, str]]:
+def _start_up(
+    tmp_path: Path, *extra: str, expect: str = "KUBECONFIG"
+) -> tuple[subprocess.Popen[str], dict[str, str]]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "aioreconcile", "testenv", "up", "--dir", str(tmp_path)],
+        [sys.executable, "-m", "aioreconcile", "testenv", "up", "--dir", str(tmp_path), *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -22,16 +25,16 @@ def _start_up(tmp_path: Path) -> tuple[subprocess.Popen[str], dict[str, str]]:
     assert process.stdout is not None
     exports: dict[str, str] = {}
     deadline = time.monotonic() + 120
-    while "KUBECONFIG" not in exports and time.monotonic() < deadline:
+    while expect not in exports and time.monotonic() < deadline:
         line = process.stdout.readline()
         if not line:
             break
         name, _, value = line.removeprefix("export ").strip().partition("=")
         exports[name] = value
-    if "KUBECONFIG" not in exports:
+    if expect not in exports:
         process.kill()
         _, err = process.communicate()
-        pytest.fail(f"testenv up printed no KUBECONFIG export; stderr:\n{err}")
+        pytest.fail(f"testenv up printed no {expect} export; stderr:\n{err}")
     return process, exports
 
 
@@ -72,4 +75,23 @@ def test_components_die_with_a_killed_testenv_process(tmp_path: Path) -> None:
     deadline = time.monotonic() + 10
     while _component_pids(tmp_path, besides=process.pid) and time.monotonic() < deadline:
         time.sleep(0.1)
+    assert _component_pids(tmp_path, besides=process.pid) == []
+
+
+def test_up_with_jaeger_exports_a_working_otlp_endpoint_and_query_url(tmp_path: Path) -> None:
+    process, exports = _start_up(tmp_path, "--jaeger", expect="JAEGER_URL")
+    try:
+        with urllib.request.urlopen(f"{exports['JAEGER_URL']}/api/services", timeout=10) as r:
+            assert r.status == 200
+        # An empty OTLP/HTTP export request is accepted by a live receiver.
+        request = urllib.request.Request(
+            f"{exports['OTEL_EXPORTER_OTLP_ENDPOINT']}/v1/traces",
+            data=b"{}",
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as r:
+            assert r.status == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
     assert _component_pids(tmp_path, besides=process.pid) == []
