@@ -38,3 +38,17 @@ class ConflictError(ApiError):
 
 class UnknownKindError(AioreconcileError):
     """The cluster serves no resource for an apiVersion/kind, even after refreshing discovery."""
+
+
+class FetchError(AioreconcileError):
+    """Fetching from a Git source failed. The message names the repository (credentials
+    stripped) and the end of git's stderr, redacted, so it can go to a status or a log as is.
+
+    A git call that ran out of time is a ``FetchError`` that is also a ``TransientError``
+    (``adapters.git.GitTimeoutError``): the reactor retries it with backoff.
+    """
+
+
+class VerificationError(AioreconcileError):
+    """A commit's signature did not verify against the configured keys; it is never applied.
+    The message names the commit and git's reason."""

@@ -1,0 +1,143 @@
+"""Turning a source's ``GitAuth`` into what git needs, without a secret ever reaching argv, a
+URL git stores, a log line or an error message.
+
+HTTPS basic auth goes through ``GIT_ASKPASS``: a tiny script, written once, prints the username
+or the password from the child's own environment, where the values are put at each call
+(read from ``password_env``/``password_file`` at that moment, so a rotated secret is picked up).
+SSH uses a key file and a known_hosts file with strict host key checking. A URL written with
+userinfo (``https://user:token@host/repo``) is stripped before use; its userinfo becomes basic
+credentials unless the auth block names its own.
+"""
+
+import os
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+from aioreconcile.engine.config import AuthKind, GitAuth
+from aioreconcile.engine.errors import FetchError
+
+USERNAME_ENV: Final = "AIORECONCILE_GIT_USERNAME"
+PASSWORD_ENV: Final = "AIORECONCILE_GIT_PASSWORD"
+ASKPASS_SCRIPT: Final = f"""#!/bin/sh
+# Written by aioreconcile: git asks for "Username for ..." and "Password for ...".
+case "$1" in
+  Username*) printf '%s\\n' "${USERNAME_ENV}" ;;
+  *) printf '%s\\n' "${PASSWORD_ENV}" ;;
+esac
+"""
+
+
+@dataclass(frozen=True)
+class CleanUrl:
+    """A repository URL without userinfo, and what the userinfo held (never logged)."""
+
+    url: str
+    username: str | None = field(default=None, repr=False)
+    password: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class GitCredentials:
+    """The environment to give git for one call and the values to redact from its output."""
+
+    env: dict[str, str] = field(default_factory=dict, repr=False)
+    secrets: tuple[str, ...] = field(default=(), repr=False)
+
+
+def strip_userinfo(url: str) -> CleanUrl:
+    """``url`` without ``user:password@``; scp-like SSH addresses (``git@host:repo``) are kept
+    as they are, since their user is not a secret."""
+    parts = urlsplit(url)
+    if not parts.scheme or "@" not in parts.netloc:
+        return CleanUrl(url.strip())
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    username, has_password, password = userinfo.partition(":")
+    clean = urlunsplit(parts._replace(netloc=hostport))
+    if parts.scheme in {"ssh", "git+ssh", "ssh+git"}:
+        # ssh://git@host/repo: the user is part of the address, and ssh takes no password here.
+        return CleanUrl(url.strip(), username=None, password=None)
+    return CleanUrl(
+        clean,
+        username=unquote(username) or None,
+        password=unquote(password) if has_password else None,
+    )
+
+
+def write_askpass(directory: Path) -> Path:
+    """The askpass script in ``directory`` (mode 0700), written unless already there."""
+    path = directory / "askpass.sh"
+    if not path.exists() or path.read_text() != ASKPASS_SCRIPT:
+        directory.mkdir(parents=True, exist_ok=True)
+        temporary = directory / f".askpass.{os.getpid()}.tmp"
+        temporary.write_text(ASKPASS_SCRIPT)
+        temporary.chmod(0o700)
+        temporary.replace(path)
+    return path
+
+
+def resolve_credentials(auth: GitAuth, url: CleanUrl, *, askpass: Path) -> GitCredentials:
+    """The environment for git to authenticate as ``auth`` says, read now.
+
+    Errors name the variable or file that is missing, never a value.
+    """
+    if auth.kind is AuthKind.SSH:
+        return _ssh(auth)
+    if auth.kind is AuthKind.BASIC or url.password is not None:
+        username = auth.username or url.username
+        password = _password(auth) if auth.kind is AuthKind.BASIC else None
+        if password is None:
+            password = url.password
+        if password is None:
+            raise FetchError(
+                f"basic auth for {url.url} needs passwordEnv, passwordFile or a password in the URL"
+            )
+        env = {
+            "GIT_ASKPASS": str(askpass),
+            USERNAME_ENV: username or "",
+            PASSWORD_ENV: password,
+        }
+        return GitCredentials(env=env, secrets=(password,))
+    return GitCredentials()
+
+
+def _password(auth: GitAuth) -> str | None:
+    if auth.password_env:
+        value = os.environ.get(auth.password_env)
+        if value is None:
+            raise FetchError(f"the environment variable {auth.password_env} is not set")
+        return value
+    if auth.password_file:
+        try:
+            return Path(auth.password_file).read_text().rstrip("\r\n")
+        except OSError as e:
+            raise FetchError(
+                f"the password file {auth.password_file} cannot be read: {e.strerror}"
+            ) from None
+    return None
+
+
+def _ssh(auth: GitAuth) -> GitCredentials:
+    if not auth.private_key_file or not auth.known_hosts_file:
+        raise FetchError("ssh auth needs both privateKeyFile and knownHostsFile")
+    for name in (auth.private_key_file, auth.known_hosts_file):
+        if not Path(name).is_file():
+            raise FetchError(f"ssh auth: {name} is not a readable file")
+    command = [
+        "ssh",
+        "-i",
+        auth.private_key_file,
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        f"UserKnownHostsFile={auth.known_hosts_file}",
+        "-o",
+        "BatchMode=yes",
+        "-F",
+        "/dev/null",
+    ]
+    return GitCredentials(env={"GIT_SSH_COMMAND": shlex.join(command), "GIT_SSH_VARIANT": "ssh"})

@@ -1,0 +1,458 @@
+"""A local cache of Git sources: one bare repository per URL, fetched shallow, and a directory
+per revision holding that commit's tree for rendering.
+
+Layout under the cache root::
+
+    repos/<key>.git        bare repository; remote "origin" is the URL without credentials
+    trees/<key>/<sha>/     the files of one commit (the newest ``keep_trees`` are kept)
+    home/                  HOME of every git process (empty: no user configuration)
+    gnupg/<hash>/          GNUPGHOME holding an imported keyring, for GPG verification
+    askpass.sh             prints credentials from the child's environment (mode 0700)
+
+``<key>`` is ``sha256(url)[:16]`` of the URL without credentials, so no secret is ever part of
+a path. Network calls share one global limit; each repository has its own lock, so a hung server
+holds only its own repository (until the call's time limit) and at most one slot of the limit.
+"""
+
+import hashlib
+import logging
+import os
+import re
+import secrets
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Final, NamedTuple
+
+import anyio
+
+from aioreconcile.adapters.git.credentials import (
+    CleanUrl,
+    GitCredentials,
+    resolve_credentials,
+    strip_userinfo,
+    write_askpass,
+)
+from aioreconcile.adapters.git.running import (
+    GitCommandError,
+    GitTimeoutError,
+    run_command,
+    run_git,
+)
+from aioreconcile.engine.config import GitSourceSpec, VerifyMode
+from aioreconcile.engine.errors import FetchError, VerificationError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_CONCURRENT: Final = 4
+DEFAULT_KEEP_TREES: Final = 3
+DEEPEN_BY: Final = 100
+_FETCHED_REF: Final = "refs/aioreconcile/fetched"
+_REPOSITORY: Final = Path("<the cached repository>")  # default of GitSource._local
+_SHA: Final = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
+
+
+class CommitInfo(NamedTuple):
+    """Who wrote a commit and its first line, for traces and status."""
+
+    author: str
+    subject: str
+
+
+class RemoteRef(NamedTuple):
+    """A ref on the server and the commit it points at (tags peeled)."""
+
+    name: str
+    sha: str
+
+
+def is_sha(ref: str) -> bool:
+    """Whether ``ref`` is a full commit id (SHA-1 or SHA-256), which is used as is."""
+    return bool(_SHA.match(ref.lower()))
+
+
+def url_key(url: str) -> str:
+    """The cache directory name of a repository: a hash of the URL without credentials."""
+    normalised = strip_userinfo(url).url.rstrip("/")
+    return hashlib.sha256(normalised.encode()).hexdigest()[:16]
+
+
+class GitCache:
+    """Bare repositories and revision trees under ``root``, shared by every source.
+
+    ``config`` is passed as ``-c key=value`` to every git call (for example a CA bundle); it
+    is on argv, so it must hold no secret.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        max_concurrent: int = DEFAULT_MAX_CONCURRENT,
+        keep_trees: int = DEFAULT_KEEP_TREES,
+        config: Mapping[str, str] | None = None,
+    ) -> None:
+        self.root = root.absolute()
+        self.max_concurrent = max_concurrent
+        self.keep_trees = max(1, keep_trees)
+        self.config = dict(config or {})
+        self._locks: dict[str, anyio.Lock] = {}
+        self._limiter: anyio.CapacityLimiter | None = None
+        self._askpass: Path | None = None
+
+    @property
+    def home(self) -> Path:
+        return self.root / "home"
+
+    def source(self, spec: GitSourceSpec) -> "GitSource":
+        return GitSource(spec, cache=self)
+
+    def lock(self, key: str) -> anyio.Lock:
+        """The lock of one repository; created on first use (inside the event loop)."""
+        if key not in self._locks:
+            self._locks[key] = anyio.Lock()
+        return self._locks[key]
+
+    @property
+    def limiter(self) -> anyio.CapacityLimiter:
+        """How many network calls run at once, over all repositories."""
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(self.max_concurrent)
+        return self._limiter
+
+    def prepare(self) -> Path:
+        """Create the root, the private HOME and the askpass script (once); returns the
+        script."""
+        if self._askpass is not None and self._askpass.exists():
+            return self._askpass
+        for directory in (self.root, self.home, self.root / "repos", self.root / "trees"):
+            directory.mkdir(parents=True, exist_ok=True)
+        self.root.chmod(0o700)
+        self._askpass = write_askpass(self.root)
+        return self._askpass
+
+
+class GitSource:
+    """One ``GitSourceSpec`` backed by the cache: resolve a ref, fetch a commit, read its tree,
+    verify its signature."""
+
+    def __init__(self, spec: GitSourceSpec, *, cache: GitCache) -> None:
+        self.spec = spec
+        self.cache = cache
+        self.remote: CleanUrl = strip_userinfo(spec.url)
+        self.key = url_key(spec.url)
+        self.repository = cache.root / "repos" / f"{self.key}.git"
+        self.trees = cache.root / "trees" / self.key
+        verify = spec.verify
+        # Absolute now: git runs elsewhere, and the files are read at each verification.
+        self._signers = (
+            Path(verify.allowed_signers_file).absolute() if verify.allowed_signers_file else None
+        )
+        self._keyring = Path(verify.keyring_file).absolute() if verify.keyring_file else None
+
+    @property
+    def url(self) -> str:
+        """The repository URL as it may be shown: without credentials."""
+        return self.remote.url
+
+    async def resolve(self) -> str:
+        """The commit ``spec.ref`` points at on the server now (``ls-remote``, no fetch)."""
+        if is_sha(self.spec.ref):
+            return self.spec.ref.lower()
+        return (await self.remote_ref()).sha
+
+    async def remote_ref(self) -> RemoteRef:
+        """The full name and commit of ``spec.ref``: a branch wins over a tag of the same name;
+        an annotated tag is peeled to its commit."""
+        ref = self.spec.ref
+        candidates = [ref] if ref.startswith("refs/") else [f"refs/heads/{ref}", f"refs/tags/{ref}"]
+        patterns = [p for c in candidates for p in (c, f"{c}^{{}}")]
+        output = await self._network(
+            ["ls-remote", self.url, *patterns], doing=f"listing {ref!r}", in_repository=False
+        )
+        advertised: dict[str, str] = {}
+        for line in output.decode("utf-8", errors="replace").splitlines():
+            sha, _, name = line.partition("\t")
+            advertised[name.strip()] = sha.strip()
+        for name in candidates:
+            found = advertised.get(f"{name}^{{}}") or advertised.get(name)
+            if found:
+                return RemoteRef(name, found)
+        raise FetchError(f"{self.url} has no branch or tag named {ref!r}")
+
+    async def fetch(self, sha: str | None = None) -> str:
+        """Make the commit ``sha`` (or what ``spec.ref`` points at now) present in the cache;
+        returns its SHA.
+
+        A SHA named by a webhook is fetched directly, shallow (``--depth=1``): protocol v2
+        servers and those allowing reachable SHA-1 in wants serve any reachable commit. When the
+        server refuses, the ref is fetched instead and deepened until the commit appears.
+        """
+        async with self.cache.lock(self.key):
+            await self._ensure_repository()
+            if sha is None:
+                if is_sha(self.spec.ref):
+                    sha = self.spec.ref.lower()
+                else:
+                    remote = await self.remote_ref()
+                    return await self._fetch_commit(remote.sha, ref=remote.name)
+            return await self._fetch_commit(sha.lower(), ref=None)
+
+    async def checkout(self, sha: str) -> Path:
+        """The directory holding the files of commit ``sha`` (fetched first if missing).
+
+        Written into a temporary directory and renamed, so a directory that exists is complete;
+        reused while present. Only the ``keep_trees`` most recently used ones are kept: a
+        render still reading an older one should hold a newer revision by the time it goes.
+        """
+        sha = sha.lower()
+        target = self.trees / sha
+        if target.is_dir():
+            os.utime(target)
+            return target
+        async with self.cache.lock(self.key):
+            if target.is_dir():
+                os.utime(target)
+                return target
+            await self._ensure_repository()
+            if not await self._has_commit(sha):
+                await self._fetch_commit(sha, ref=None)
+            self.trees.mkdir(parents=True, exist_ok=True)
+            token = secrets.token_hex(4)
+            staging = self.trees / f".tmp-{sha}-{token}"
+            index = self.trees / f".tmp-{sha}-{token}.index"
+            staging.mkdir()
+            try:
+                env = {**self._local_env(), "GIT_INDEX_FILE": str(index)}
+                await self._local(["read-tree", sha], env=env)
+                await self._local(
+                    [f"--work-tree={staging}", "checkout-index", "--all", "--force"],
+                    env=env,
+                    cwd=staging,
+                )
+                staging.rename(target)
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(_remove, staging)
+                raise
+            finally:
+                index.unlink(missing_ok=True)
+            await self._prune_trees(keep=target)
+        logger.debug("checked out %s of %s", sha, self.url)
+        return target
+
+    async def verify(self, sha: str) -> None:
+        """Raise VerificationError unless ``sha``'s signature verifies against the configured
+        GPG keyring or SSH allowed signers; nothing to do when verification is off."""
+        mode = self.spec.verify.mode
+        if mode is VerifyMode.NONE:
+            return
+        sha = sha.lower()
+        async with self.cache.lock(self.key):
+            await self._ensure_repository()
+            if not await self._has_commit(sha):
+                await self._fetch_commit(sha, ref=None)
+            header = await self._local(["cat-file", "commit", sha])
+            if not re.search(rb"^gpgsig(-sha256)? ", header.split(b"\n\n", 1)[0], re.M):
+                raise VerificationError(f"commit {sha} of {self.url} is not signed")
+            env = self._local_env()
+            if mode is VerifyMode.SSH:
+                signers = self._signers
+                if signers is None:
+                    raise VerificationError("ssh verification needs allowedSignersFile")
+                args = [
+                    "-c",
+                    "gpg.format=ssh",
+                    "-c",
+                    f"gpg.ssh.allowedSignersFile={signers}",
+                    "verify-commit",
+                    sha,
+                ]
+            else:
+                env["GNUPGHOME"] = str(await self._gnupg_home())
+                args = ["verify-commit", sha]
+            try:
+                await self._local(args, env=env)
+            except GitCommandError as e:
+                raise VerificationError(
+                    f"commit {sha} of {self.url} failed {mode} signature verification: {e.stderr}"
+                ) from None
+        logger.info("commit %s of %s: %s signature verified", sha, self.url, mode)
+
+    async def commit_info(self, sha: str) -> CommitInfo:
+        """Author (``Name <email>``) and subject of a fetched commit."""
+        output = await self._local(
+            ["log", "-1", "--no-show-signature", "--format=%an <%ae>%x00%s", sha.lower(), "--"]
+        )
+        author, _, subject = output.decode("utf-8", errors="replace").rstrip("\n").partition("\0")
+        return CommitInfo(author, subject)
+
+    # --- internals ----------------------------------------------------------------------------
+
+    async def _fetch_commit(self, sha: str, *, ref: str | None) -> str:
+        """Fetch ``sha`` with the repository lock held; ``ref`` is where it is reachable from,
+        when known, for the fallback."""
+        refspec = f"+{sha}:{_FETCHED_REF}"
+        try:
+            await self._network(
+                ["fetch", "--depth=1", "--no-tags", "origin", refspec], doing=f"commit {sha}"
+            )
+        except FetchError as e:
+            if isinstance(e, GitTimeoutError):
+                raise
+            logger.info("fetching %s from %s by id failed, fetching the ref: %s", sha, self.url, e)
+            if ref is None:
+                if is_sha(self.spec.ref):
+                    raise
+                ref = (await self.remote_ref()).name
+            await self._fetch_reachable(sha, ref=ref)
+        if not await self._has_commit(sha):
+            raise FetchError(f"{self.url} did not send commit {sha}")
+        return sha
+
+    async def _fetch_reachable(self, sha: str, *, ref: str) -> None:
+        """Fetch ``ref`` shallow, then deeper, then whole, until ``sha`` is present."""
+        refspec = f"+{ref}:{_FETCHED_REF}"
+        for depth in ("--depth=1", f"--deepen={DEEPEN_BY}", "--unshallow"):
+            if depth != "--depth=1" and not (self.repository / "shallow").exists():
+                break
+            await self._network(["fetch", depth, "--no-tags", "origin", refspec], doing=ref)
+            if await self._has_commit(sha):
+                return
+        raise FetchError(f"commit {sha} is not reachable from {ref} in {self.url}")
+
+    async def _has_commit(self, sha: str) -> bool:
+        try:
+            await self._local(["cat-file", "-e", f"{sha}^{{commit}}"])
+        except GitCommandError:
+            return False
+        return True
+
+    async def _ensure_repository(self) -> None:
+        if self.repository.is_dir():
+            return
+        self.cache.prepare()
+        staging = self.repository.with_name(f".tmp-{self.key}-{secrets.token_hex(4)}")
+        try:
+            await self._local(["init", "--bare", "--quiet", str(staging)], git_dir=None)
+            for key, value in (
+                ("remote.origin.url", self.url),
+                ("gc.autoDetach", "false"),
+                ("core.logAllRefUpdates", "false"),
+            ):
+                await self._local(["config", key, value], git_dir=staging)
+            staging.rename(self.repository)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(_remove, staging)
+            raise
+
+    async def _gnupg_home(self) -> Path:
+        """A private GNUPGHOME with the keyring imported, keyed by the keyring's content."""
+        keyring = self._keyring
+        if keyring is None:
+            raise VerificationError("gpg verification needs keyringFile")
+        try:
+            content = await anyio.Path(keyring).read_bytes()
+        except OSError as e:
+            raise VerificationError(f"the keyring {keyring} cannot be read: {e.strerror}") from None
+        home = self.cache.root / "gnupg" / hashlib.sha256(content).hexdigest()[:16]
+        if home.is_dir():
+            return home
+        staging = home.with_name(f".tmp-{home.name}-{secrets.token_hex(4)}")
+        staging.mkdir(parents=True, mode=0o700)
+        # Trust is decided by which keys are in this keyring, not by gpg's web of trust. The
+        # keys become the legacy pubring.gpg instead of being imported: an import wants
+        # gpg-agent, whose socket path under a deep cache root is too long.
+        (staging / "gpg.conf").write_text("trust-model always\nno-autostart\n")
+        try:
+            if content.lstrip().startswith(b"-----BEGIN PGP"):
+                await run_command(
+                    ["gpg", "--batch", "--quiet", "--dearmor", "-o", "pubring.gpg", str(keyring)],
+                    cwd=staging,
+                    env={"HOME": str(self.cache.home), "GNUPGHOME": str(staging)},
+                    time_limit=self.spec.timeout_s,
+                )
+            else:
+                (staging / "pubring.gpg").write_bytes(content)
+            staging.rename(home)
+        except GitCommandError as e:
+            raise VerificationError(f"the keyring {keyring} cannot be read by gpg: {e}") from None
+        finally:
+            if staging.exists():
+                await anyio.to_thread.run_sync(_remove, staging)
+        return home
+
+    async def _prune_trees(self, *, keep: Path) -> None:
+        """Remove all but the newest ``keep_trees`` revisions, and leftovers of crashes."""
+        entries = [p for p in self.trees.iterdir() if p != keep]
+        leftovers = [p for p in entries if p.name.startswith(".tmp-")]
+        revisions = sorted(
+            (p for p in entries if is_sha(p.name) and p.is_dir()),
+            key=lambda p: p.stat().st_mtime,
+            reverse=True,
+        )
+        for path in [*revisions[self.cache.keep_trees - 1 :], *leftovers]:
+            logger.debug("removing %s", path)
+            await anyio.to_thread.run_sync(_remove, path)
+
+    def _local_env(self) -> dict[str, str]:
+        return {"HOME": str(self.cache.home)}
+
+    def _config_args(self) -> list[str]:
+        return [arg for k, v in self.cache.config.items() for arg in ("-c", f"{k}={v}")]
+
+    async def _local(
+        self,
+        args: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        git_dir: Path | None = _REPOSITORY,
+    ) -> bytes:
+        """A git command that needs no network, on the cached repository unless ``git_dir``
+        names another one (or None: no repository)."""
+        directory = self.repository if git_dir is _REPOSITORY else git_dir
+        prefix = [f"--git-dir={directory}"] if directory is not None else []
+        try:
+            return await run_git(
+                [*self._config_args(), *prefix, *args],
+                cwd=cwd,
+                env=env if env is not None else self._local_env(),
+                time_limit=self.spec.timeout_s,
+            )
+        except GitTimeoutError as e:
+            raise GitTimeoutError(f"{self.url}: {e}") from None
+
+    async def _network(
+        self, args: Sequence[str], *, doing: str, in_repository: bool = True
+    ) -> bytes:
+        """A git command that talks to the server: within the global limit, with credentials
+        in the environment only; every failure becomes a FetchError naming the repository."""
+        credentials = self._credentials()
+        env = {**self._local_env(), **credentials.env}
+        prefix = [f"--git-dir={self.repository}"] if in_repository else []
+        async with self.cache.limiter:
+            try:
+                return await run_git(
+                    [*self._config_args(), *prefix, *args],
+                    cwd=None,
+                    env=env,
+                    time_limit=self.spec.timeout_s,
+                    secrets=credentials.secrets,
+                )
+            except GitTimeoutError as e:
+                raise GitTimeoutError(f"{doing} from {self.url}: {e}") from None
+            except GitCommandError as e:
+                raise FetchError(f"{doing} from {self.url} failed: {e.stderr}") from None
+
+    def _credentials(self) -> GitCredentials:
+        askpass = self.cache.prepare()
+        return resolve_credentials(self.spec.auth, self.remote, askpass=askpass)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)

@@ -1,0 +1,152 @@
+"""Commit signature verification with real keys: SSH (ssh-keygen) and GPG."""
+
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from aioreconcile.adapters.git import GitCache, GitSource, VerificationError
+from aioreconcile.engine.config import CommitVerification, GitSourceSpec, VerifyMode
+from tests.git.conftest import Upstream
+
+MakeUpstream = Callable[[str], Upstream]
+
+
+def ssh_key(directory: Path, name: str) -> Path:
+    key = directory / name
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(key)], check=True
+    )
+    return key
+
+
+def allowed_signers(path: Path, *keys: Path) -> Path:
+    lines = [f"ada@example.com {key.with_suffix('.pub').read_text().strip()}" for key in keys]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def ssh_signing(key: Path) -> tuple[str, ...]:
+    return ("-c", "gpg.format=ssh", "-c", f"user.signingkey={key}")
+
+
+def verified_source(cache: GitCache, url: str, verify: CommitVerification) -> GitSource:
+    return cache.source(GitSourceSpec(url=url, verify=verify))
+
+
+@pytest.fixture
+def ssh_keys(tmp_path: Path) -> tuple[Path, Path]:
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    return ssh_key(keys, "trusted"), ssh_key(keys, "stranger")
+
+
+async def test_ssh_signed_commit_verifies(
+    upstream: MakeUpstream, git_daemon: str, cache: GitCache, ssh_keys: tuple[Path, Path]
+) -> None:
+    trusted, _ = ssh_keys
+    sha = upstream("app").commit({"a.txt": "a\n"}, sign=ssh_signing(trusted))
+    signers = allowed_signers(trusted.parent / "allowed", trusted)
+    src = verified_source(
+        cache,
+        git_daemon + "app.git",
+        CommitVerification(mode=VerifyMode.SSH, allowed_signers_file=str(signers)),
+    )
+    await src.fetch(sha)
+    await src.verify(sha)
+
+
+async def test_unsigned_commit_fails_ssh_verification(
+    upstream: MakeUpstream, git_daemon: str, cache: GitCache, ssh_keys: tuple[Path, Path]
+) -> None:
+    trusted, _ = ssh_keys
+    sha = upstream("app").commit({"a.txt": "a\n"})
+    signers = allowed_signers(trusted.parent / "allowed", trusted)
+    src = verified_source(
+        cache,
+        git_daemon + "app.git",
+        CommitVerification(mode=VerifyMode.SSH, allowed_signers_file=str(signers)),
+    )
+    with pytest.raises(VerificationError, match=f"commit {sha} .* is not signed"):
+        await src.verify(sha)
+
+
+async def test_commit_by_an_unknown_ssh_signer_fails_verification(
+    upstream: MakeUpstream, git_daemon: str, cache: GitCache, ssh_keys: tuple[Path, Path]
+) -> None:
+    trusted, stranger = ssh_keys
+    sha = upstream("app").commit({"a.txt": "a\n"}, sign=ssh_signing(stranger))
+    signers = allowed_signers(trusted.parent / "allowed", trusted)
+    src = verified_source(
+        cache,
+        git_daemon + "app.git",
+        CommitVerification(mode=VerifyMode.SSH, allowed_signers_file=str(signers)),
+    )
+    await src.fetch(sha)
+    with pytest.raises(VerificationError, match="failed ssh signature verification") as e:
+        await src.verify(sha)
+    assert sha in str(e.value)
+
+
+# --- GPG ----------------------------------------------------------------------------------------
+
+
+def gpg(home: Path, *args: str) -> bytes:
+    return subprocess.run(
+        ["gpg", "--batch", "--quiet", "--homedir", str(home), *args],
+        check=True,
+        capture_output=True,
+    ).stdout
+
+
+@pytest.fixture
+def gpg_homes() -> Iterator[tuple[Path, Path]]:
+    """Two throwaway keyrings, each with one secret key, in short paths (gpg-agent's socket
+    path has a length limit)."""
+    homes = []
+    for name in ("trusted", "stranger"):
+        home = Path(tempfile.mkdtemp(prefix="gpg-", dir="/tmp"))
+        gpg(home, "--passphrase", "", "--quick-gen-key", f"{name} <ada@example.com>", "ed25519")
+        homes.append(home)
+    try:
+        yield homes[0], homes[1]
+    finally:
+        for home in homes:
+            subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], check=False)
+            shutil.rmtree(home, ignore_errors=True)
+
+
+def gpg_signing(home: Path) -> tuple[tuple[str, ...], dict[str, str]]:
+    return ("-c", "gpg.format=openpgp", "-c", "user.signingkey=ada@example.com"), {
+        "GNUPGHOME": str(home)
+    }
+
+
+@pytest.mark.parametrize("signer", ["trusted", "stranger"])
+async def test_gpg_signed_commit_verifies_only_with_its_key(
+    upstream: MakeUpstream,
+    git_daemon: str,
+    cache: GitCache,
+    gpg_homes: tuple[Path, Path],
+    tmp_path: Path,
+    signer: str,
+) -> None:
+    trusted, stranger = gpg_homes
+    sign, env = gpg_signing(trusted if signer == "trusted" else stranger)
+    sha = upstream("app").commit({"a.txt": "a\n"}, sign=sign, env=env)
+    keyring = tmp_path / "keyring.asc"
+    keyring.write_bytes(gpg(trusted, "--armor", "--export"))
+    src = verified_source(
+        cache,
+        git_daemon + "app.git",
+        CommitVerification(mode=VerifyMode.GPG, keyring_file=str(keyring)),
+    )
+    await src.fetch(sha)
+    if signer == "trusted":
+        await src.verify(sha)
+    else:
+        with pytest.raises(VerificationError, match="failed gpg signature verification"):
+            await src.verify(sha)
