@@ -1,0 +1,244 @@
+"""``POST /hooks/<receiver>``: read a capped body, verify, parse, match, enqueue, answer.
+
+The handler never waits for git or the cluster: it turns a delivery into ``Push`` triggers and
+hands them to ``enqueue`` (synchronous, non-blocking), so a provider gets its answer in
+milliseconds and never times out and retries a push we already have. Deciding what a delivery
+means is pure (``engine.webhooks``, ``engine.matching``); this module only moves bytes.
+
+Order of checks, each answered with its own status (see docs/webhooks.md): unknown receiver
+404 -> body over the cap 413 -> signature 401 -> malformed payload 400 -> ping 200 ->
+repeated delivery 200 -> nothing to do 202 -> triggered 202.
+"""
+
+import logging
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from pathlib import Path
+
+import orjson
+from aiohttp import web
+
+from aioreconcile.engine.config import ReceiverSpec, SyncSpec
+from aioreconcile.engine.errors import AioreconcileError
+from aioreconcile.engine.matching import matching_syncs, normalise_repository_url
+from aioreconcile.engine.triggers import Push, PushEvent
+from aioreconcile.engine.webhooks import (
+    DeliveryKind,
+    DeliveryLog,
+    WebhookError,
+    parse,
+    signature_header,
+    verify,
+)
+
+logger = logging.getLogger(__name__)
+
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+
+
+class SecretError(AioreconcileError):
+    """A receiver has no usable secret: a configuration error, reported before serving."""
+
+
+class Outcome(StrEnum):
+    """The ``status`` field of every answer."""
+
+    ACCEPTED = "accepted"
+    IGNORED = "ignored"
+    DUPLICATE = "duplicate"
+    PONG = "pong"
+    UNKNOWN_RECEIVER = "unknown-receiver"
+    TOO_LARGE = "too-large"
+    UNAUTHORIZED = "unauthorized"
+    MALFORMED = "malformed"
+    UNAVAILABLE = "unavailable"
+
+
+@dataclass(frozen=True)
+class _Receiver:
+    spec: ReceiverSpec
+    secret: bytes
+
+
+@dataclass(frozen=True)
+class _Hooks:
+    receivers: Mapping[str, _Receiver]
+    syncs: Callable[[], Iterable[SyncSpec]]
+    enqueue: Callable[[Push], None]
+    deliveries: DeliveryLog
+
+
+HOOKS = web.AppKey("hooks", _Hooks)
+
+
+def load_secret(spec: ReceiverSpec, environ: Mapping[str, str] = os.environ) -> bytes:
+    """The receiver's secret from ``secretEnv`` or ``secretFile`` (one trailing newline dropped,
+    as ``echo`` and editors add one). Missing or empty is an error that names the receiver and
+    where it looked, never the value."""
+    if spec.secret_env:
+        value = environ.get(spec.secret_env, "").encode()
+        where = f"environment variable {spec.secret_env}"
+    elif spec.secret_file:
+        where = f"file {spec.secret_file}"
+        try:
+            value = Path(spec.secret_file).read_bytes()
+        except OSError as e:
+            raise SecretError(
+                f"receiver {spec.name!r}: cannot read its secret from {where}: {e.strerror}"
+            ) from None
+    else:
+        raise SecretError(
+            f"receiver {spec.name!r} has no secret: set secretEnv or secretFile "
+            "(a receiver without a secret would let anyone trigger a sync)"
+        )
+    value = value.removesuffix(b"\n").removesuffix(b"\r")
+    if not value:
+        raise SecretError(f"receiver {spec.name!r}: its secret in {where} is empty")
+    return value
+
+
+def build_app(
+    receivers: Sequence[ReceiverSpec],
+    *,
+    secrets: Mapping[str, bytes],
+    syncs: Callable[[], Iterable[SyncSpec]],
+    enqueue: Callable[[Push], None],
+    deliveries: DeliveryLog | None = None,
+) -> web.Application:
+    """The aiohttp application serving ``POST /hooks/{name}`` for ``receivers``.
+
+    ``secrets`` maps receiver names to their secrets (``load_secret``); ``syncs`` is called per
+    delivery so config reloads and CRD edits are seen at once; ``enqueue`` must not block.
+    """
+    table: dict[str, _Receiver] = {}
+    for spec in receivers:
+        secret = secrets.get(spec.name)
+        if not secret:
+            raise SecretError(f"receiver {spec.name!r} has no secret")
+        if spec.name in table:
+            raise SecretError(f"receiver {spec.name!r} is defined twice")
+        table[spec.name] = _Receiver(spec, secret)
+    app = web.Application()
+    log = deliveries if deliveries is not None else DeliveryLog()  # an empty log is falsy
+    app[HOOKS] = _Hooks(table, syncs, enqueue, log)
+    app.router.add_post("/hooks/{name}", _handle)
+    return app
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_capped(request: web.Request, cap: int) -> bytes:
+    """At most ``cap`` bytes of body; one byte more means the sender is over the limit."""
+    if request.content_length is not None and request.content_length > cap:
+        raise _TooLarge
+    chunks: list[bytes] = []
+    size = 0
+    while size <= cap:
+        chunk = await request.content.read(cap + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    if size > cap:
+        raise _TooLarge
+    return b"".join(chunks)
+
+
+def _answer(
+    http_status: int, outcome: Outcome, reason: str = "", triggered: Sequence[str] = ()
+) -> web.Response:
+    body = orjson.dumps({"status": outcome, "reason": reason, "triggered": list(triggered)})
+    return web.Response(status=http_status, body=body, content_type="application/json")
+
+
+async def _handle(request: web.Request) -> web.Response:
+    hooks = request.app[HOOKS]
+    name = request.match_info["name"]
+    receiver = hooks.receivers.get(name)
+    if receiver is None:
+        return _answer(404, Outcome.UNKNOWN_RECEIVER, "no such receiver")
+    spec = receiver.spec
+    log = {"receiver": spec.name, "provider": str(spec.provider)}
+    try:
+        body = await _read_capped(request, spec.max_body_bytes)
+    except _TooLarge:
+        logger.warning("webhook body over %d bytes refused", spec.max_body_bytes, extra=log)
+        return _answer(413, Outcome.TOO_LARGE, f"body over {spec.max_body_bytes} bytes")
+
+    headers = request.headers
+    if not verify(spec.provider, headers, body, receiver.secret):
+        header = signature_header(spec.provider)
+        logger.warning("webhook signature missing or invalid (%s)", header, extra=log)
+        return _answer(401, Outcome.UNAUTHORIZED, f"signature missing or invalid ({header})")
+
+    try:
+        delivery = parse(spec.provider, headers, body)
+    except WebhookError as e:
+        logger.warning("webhook payload malformed: %s", e, extra=log)
+        return _answer(400, Outcome.MALFORMED, str(e))
+    log["delivery_id"] = delivery.delivery_id
+    log["event"] = delivery.event
+
+    if delivery.kind is DeliveryKind.PING:
+        logger.info("webhook ping", extra=log)
+        return _answer(200, Outcome.PONG, "ping received")
+    if delivery.kind is DeliveryKind.IGNORED:
+        logger.info("webhook ignored: %s", delivery.reason, extra=log)
+        return _answer(202, Outcome.IGNORED, delivery.reason)
+    if hooks.deliveries.seen(spec.name, delivery.delivery_id):
+        logger.info("webhook delivery repeated, ignored", extra=log)
+        return _answer(200, Outcome.DUPLICATE, "delivery already received")
+
+    try:
+        triggers, reason = _trigger(hooks, delivery.pushes, headers.get("traceparent"), log)
+    except Exception:
+        # The sender will retry; the retry must not be taken for a duplicate.
+        hooks.deliveries.forget(spec.name, delivery.delivery_id)
+        logger.exception("webhook triggers could not be enqueued", extra=log)
+        return _answer(503, Outcome.UNAVAILABLE, "could not enqueue; retry later")
+    if not triggers:
+        return _answer(202, Outcome.IGNORED, reason)
+    return _answer(202, Outcome.ACCEPTED, reason, triggers)
+
+
+def _trigger(
+    hooks: _Hooks,
+    pushes: Sequence[PushEvent],
+    traceparent: str | None,
+    log: Mapping[str, str],
+) -> tuple[list[str], str]:
+    """Match every pushed ref against the syncs as they are now, enqueue the triggers; the names
+    of the triggered syncs and why the rest triggered nothing."""
+    syncs = list(hooks.syncs())
+    triggers: list[Push] = []
+    reasons: list[str] = []
+    for event in pushes:
+        if traceparent:
+            event = _with_traceparent(event, traceparent)
+        found, reason = matching_syncs(event, syncs)
+        triggers.extend(found)
+        if reason:
+            reasons.append(reason)
+        logger.info(
+            "webhook push %s %s@%s triggers %s",
+            normalise_repository_url(event.repository_urls[0]),
+            event.ref,
+            event.after,
+            [p.sync for p in found] or reason,
+            extra={**log, "ref": event.ref, "sha": event.after},
+        )
+    for trigger in triggers:
+        hooks.enqueue(trigger)
+    return [t.sync for t in triggers], "; ".join(reasons)
+
+
+def _with_traceparent(event: PushEvent, traceparent: str) -> PushEvent:
+    """Carry the sender's W3C trace context, if well-formed, so the commit's trace continues."""
+    if not _TRACEPARENT.fullmatch(traceparent):
+        return event
+    return replace(event, traceparent=traceparent)

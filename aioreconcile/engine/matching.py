@@ -1,0 +1,90 @@
+"""Which syncs a push concerns: same repository (however its URL is written) and a tracked ref.
+
+Users write a repository as https, ssh:// or scp-like ``git@host:org/repo.git``, with or without
+``.git``; providers send yet other forms. Both sides are reduced to ``host/org/repo`` before
+comparing, so the spelling of a URL never decides whether a push is applied.
+"""
+
+import re
+from collections.abc import Iterable
+from functools import lru_cache
+from urllib.parse import urlsplit
+
+from aioreconcile.engine.config import SyncSpec
+from aioreconcile.engine.triggers import Push, PushEvent, RefType
+
+_DEFAULT_PORTS = {"https": 443, "http": 80, "ssh": 22, "git+ssh": 22, "ssh+git": 22, "git": 9418}
+_SCP_LIKE = re.compile(r"(?:[^@/:]+@)?(?P<host>[^/:]+):(?P<path>.*)")
+_PINNED_SHA = re.compile(r"[0-9a-fA-F]{40}|[0-9a-fA-F]{64}")
+
+
+@lru_cache(maxsize=4096)
+def normalise_repository_url(url: str) -> str:
+    """``host/org/repo``: host lower-cased, credentials, scheme, default port, trailing slashes
+    and ``.git`` dropped, the path's case kept (some servers are case-sensitive).
+
+    Never raises: a URL it cannot make sense of is compared as written, trimmed.
+    """
+    text = url.strip()
+    if "://" in text:
+        try:
+            parts = urlsplit(text)
+            host = parts.hostname or ""
+            port = parts.port
+        except ValueError:
+            return _trim(text)
+        if ":" in host:  # IPv6 literal
+            host = f"[{host}]"
+        if port is not None and port != _DEFAULT_PORTS.get(parts.scheme.lower()):
+            host = f"{host}:{port}"
+        path = parts.path
+    elif scp := _SCP_LIKE.fullmatch(text):
+        host, path = scp["host"].lower(), scp["path"]
+    else:  # host/org/repo, as this function returns it
+        host, _, path = text.partition("/")
+        host = host.lower()
+    return f"{host}/{_trim(path)}" if host else _trim(path)
+
+
+def _trim(path: str) -> str:
+    path = path.strip("/")
+    if path.endswith(".git"):
+        path = path[: -len(".git")].rstrip("/")
+    return path
+
+
+def tracks(ref: str, event: PushEvent) -> bool:
+    """Whether a sync tracking ``ref`` (``main``, ``refs/heads/main``, ``v1.2.0``) follows the
+    pushed ref. A sync pinned to a commit SHA follows no ref, so no push moves it."""
+    if _PINNED_SHA.fullmatch(ref):
+        return False
+    if ref.startswith("refs/"):
+        return ref == event.ref
+    return event.ref in (f"refs/heads/{ref}", f"refs/tags/{ref}")
+
+
+def matching_syncs(event: PushEvent, syncs: Iterable[SyncSpec]) -> tuple[list[Push], str]:
+    """The ``Push`` triggers a push causes and, when there are none, why (for the response and
+    the log line). A deleted ref never triggers anything: applying "nothing" would prune every
+    object of the sync."""
+    repositories = {normalise_repository_url(url) for url in event.repository_urls}
+    shown = normalise_repository_url(event.repository_urls[0]) if event.repository_urls else "?"
+    if event.deleted:
+        what = "tag" if event.ref_type is RefType.TAG else "branch"
+        return [], f"{what} deleted: nothing to apply"
+    pushes: list[Push] = []
+    suspended: list[str] = []
+    for sync in syncs:
+        if normalise_repository_url(sync.source.url) not in repositories:
+            continue
+        if not tracks(sync.source.ref, event):
+            continue
+        if sync.suspend:
+            suspended.append(sync.name)
+            continue
+        pushes.append(Push(sync=sync.name, sha=event.after, event=event))
+    if pushes:
+        return pushes, ""
+    if suspended:
+        return [], f"syncs tracking {shown} ref {event.ref} are suspended: {', '.join(suspended)}"
+    return [], f"no sync tracks {shown} ref {event.ref}"
