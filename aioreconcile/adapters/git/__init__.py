@@ -2,12 +2,11 @@
 
 ``GitCache`` holds one bare repository per URL and a directory per checked-out revision;
 ``GitSource`` resolves, fetches (shallow, by SHA when a webhook names one), reads and verifies
-the commits of one ``GitSourceSpec``; ``poll_forever`` is the fallback when no webhook comes.
+the commits of one ``GitSourceSpec`` (polling is the reactor's: it enqueues a poll per interval).
 Credentials reach git only through its environment (see ``credentials``). See docs/git.md.
 """
 
 from aioreconcile.adapters.git.credentials import CleanUrl, strip_userinfo
-from aioreconcile.adapters.git.polling import Wakeup, poll_forever
 from aioreconcile.adapters.git.repository import (
     CommitInfo,
     GitCache,
@@ -36,9 +35,7 @@ __all__ = [
     "GitTimeoutError",
     "RemoteRef",
     "VerificationError",
-    "Wakeup",
     "is_sha",
-    "poll_forever",
     "redact",
     "run_git",
     "strip_userinfo",
