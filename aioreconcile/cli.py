@@ -2,6 +2,7 @@
 
 import argparse
 import sys
+import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import anyio
 import orjson
 import yaml
 
-from aioreconcile import __version__, runtime
+from aioreconcile import __version__, logs, runtime
 from aioreconcile.engine import reports
 from aioreconcile.engine.changeset import ChangeSetEntry
 from aioreconcile.engine.configuration import ConfigError, parse_config
@@ -48,6 +49,24 @@ def _parser() -> argparse.ArgumentParser:
     _add_directory_command(
         commands, "diff", "show what apply would change (server-side dry-run); exit 1 if any"
     )
+
+    run = commands.add_parser(
+        "run", help="run the controller: webhooks, pollers, watches, drift healing"
+    )
+    run.add_argument("--config", type=Path, required=True, help="syncs and receivers (YAML)")
+    run.add_argument("--kubeconfig", type=Path, default=None)
+    run.add_argument("--context", default=None)
+    run.add_argument("--listen", default="127.0.0.1:8080", help="HOST:PORT for webhooks etc.")
+    run.add_argument(
+        "--namespace", default="default", help="where inventories of the syncs are kept"
+    )
+    run.add_argument("--cache-dir", type=Path, default=None, help="git cache (default ~/.cache)")
+    run.add_argument("--concurrency", type=int, default=16)
+    run.add_argument("--log-level", default="info")
+
+    status = commands.add_parser("status", help="print each sync's state from a running controller")
+    status.add_argument("--url", default="http://127.0.0.1:8080", help="the controller's address")
+    status.add_argument("-o", "--output", choices=["table", "json"], default="table")
 
     check = commands.add_parser(
         "check-config", help="validate a controller configuration file (run --config FILE)"
@@ -256,8 +275,68 @@ def _run_check_config(path: Path) -> int:
     return 0
 
 
+def _run_controller(args: argparse.Namespace) -> int:
+    host, _, port = args.listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise SystemExit(f"aioreconcile run: --listen expects HOST:PORT, got {args.listen!r}")
+    logs.configure(args.log_level)
+    settings = runtime.RunSettings(
+        config=args.config,
+        cluster=runtime.ClusterSettings(kubeconfig=args.kubeconfig, context=args.context),
+        listen_host=host,
+        listen_port=int(port),
+        namespace=args.namespace,
+        cache_dir=args.cache_dir,
+        concurrency=args.concurrency,
+    )
+    try:
+        anyio.run(lambda: runtime.run_controller(settings))
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 1
+    except AioreconcileError as e:
+        print(f"aioreconcile run: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    try:
+        with urllib.request.urlopen(f"{args.url.rstrip('/')}/status", timeout=10) as response:
+            document = orjson.loads(response.read())
+    except (OSError, ValueError) as e:
+        print(f"aioreconcile status: cannot read {args.url}/status: {e}", file=sys.stderr)
+        return 2
+    if args.output == "json":
+        sys.stdout.write(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return 0
+    header = ("SYNC", "APPLIED", "ATTEMPTED", "RESULT", "OBJECTS", "HEALS", "ERROR")
+    rows = [
+        (
+            s["name"],
+            (s.get("lastAppliedRevision") or "-")[:12],
+            (s.get("lastAttemptedRevision") or "-")[:12],
+            s.get("reason") or "-",
+            str(s.get("inventorySize") if s.get("inventorySize") is not None else s["objects"]),
+            str(s.get("driftHeals", 0)),
+            s.get("lastError") or "",
+        )
+        for s in document.get("syncs", [])
+    ]
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)
+    ]
+    for row in (header, *rows):
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "run":
+        return _run_controller(args)
+    if args.command == "status":
+        return _run_status(args)
     if args.command == "check-config":
         return _run_check_config(args.config)
     if args.command in ("apply", "diff"):

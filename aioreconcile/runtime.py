@@ -5,24 +5,37 @@ print. Nothing below this module knows which concrete adapters are in use.
 """
 
 import hashlib
+import logging
+import os
+import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import anyio
+import anyio.abc
 
-from aioreconcile.adapters.kube.cluster import KubeCluster
+from aioreconcile.adapters.git import GitCache
+from aioreconcile.adapters.kube.cluster import KubeCluster, ManagedKindsWatcher
 from aioreconcile.adapters.kube.inventories import ConfigMapInventoryStore
+from aioreconcile.adapters.kube.watching import WatchManager
 from aioreconcile.adapters.render import render
+from aioreconcile.adapters.serving.endpoints import add_operational_routes, serve
+from aioreconcile.adapters.webhook.receiving import build_app, load_secret
 from aioreconcile.engine.applying import ApplyOptions
 from aioreconcile.engine.changeset import ChangeSetEntry
+from aioreconcile.engine.configuration import parse_config
 from aioreconcile.engine.diffing import unified_diff
 from aioreconcile.engine.errors import AioreconcileError
+from aioreconcile.engine.metrics import Registry
 from aioreconcile.engine.model import ObjectRef
 from aioreconcile.engine.outcomes import SyncOutcome
 from aioreconcile.engine.sources import RenderSpec
+from aioreconcile.reactor.controlling import Controller
 from aioreconcile.reactor.syncing import SyncRequest, sync_once
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -145,3 +158,92 @@ __all__ = [
     "diff_directory",
     "directory_revision",
 ]
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """``aioreconcile run --config FILE`` in plain data."""
+
+    config: Path
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8080
+    namespace: str = "default"  # where standalone inventories (ConfigMaps) live
+    cache_dir: Path | None = None
+    concurrency: int = 16
+    drain_timeout_s: float = 30.0
+
+
+def _git_cache_dir(settings: RunSettings) -> Path:
+    if settings.cache_dir is not None:
+        return settings.cache_dir
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "aioreconcile" / "git"
+
+
+async def run_controller(
+    settings: RunSettings,
+    *,
+    task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the controller until SIGTERM/SIGINT (or cancellation): webhooks, pollers, watches,
+    queue workers and the operational endpoints in one task group; then drain and exit."""
+    config = parse_config(
+        await anyio.Path(settings.config).read_text(), origin=str(settings.config)
+    )
+    secrets = {receiver.name: load_secret(receiver) for receiver in config.receivers}
+    registry = Registry()
+    cache = GitCache(_git_cache_dir(settings))
+    async with open_cluster(settings.cluster) as cluster:
+        await cluster.refresh_discovery()
+        controller_ref: list[Controller] = []
+        manager = WatchManager(
+            cluster.transport,
+            cluster.discovery,
+            on_event=lambda event: controller_ref[0].on_watch_event(event),
+        )
+        controller = Controller(
+            config.syncs,
+            cluster=cluster,
+            render=render,
+            sources={spec.name: cache.source(spec.source) for spec in config.syncs},
+            inventories={
+                spec.name: ConfigMapInventoryStore(
+                    cluster.transport,
+                    namespace=settings.namespace,
+                    name=f"aioreconcile-inventory-{spec.name}",
+                )
+                for spec in config.syncs
+            },
+            watcher=ManagedKindsWatcher(manager, cluster.discovery),
+            registry=registry,
+            concurrency=settings.concurrency,
+        )
+        controller_ref.append(controller)
+        app = build_app(
+            config.receivers,
+            secrets=secrets,
+            syncs=lambda: config.syncs,
+            enqueue=controller.push,
+        )
+        add_operational_routes(
+            app,
+            status=lambda: {"syncs": controller.status()},
+            metrics=registry.exposition,
+            ready=controller.ready.is_set,
+        )
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with anyio.create_task_group() as tasks:
+                async with serve(app, host=settings.listen_host, port=settings.listen_port) as port:
+                    await tasks.start(manager.run)
+                    await tasks.start(controller.run)
+                    logger.info(
+                        "controller running", extra={"port": port, "syncs": len(config.syncs)}
+                    )
+                    task_status.started(port)
+                    async for received in signals:
+                        logger.info("stopping", extra={"signal": signal.Signals(received).name})
+                        break
+                # The listener is closed: no new webhooks. Let in-flight work finish.
+                drained = await controller.drain(timeout_s=settings.drain_timeout_s)
+                logger.info("drained" if drained else "drain timed out; stopping anyway")
+                tasks.cancel_scope.cancel()

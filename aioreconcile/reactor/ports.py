@@ -1,12 +1,12 @@
 """What the reactor needs from the outside world, as Protocols. Adapters implement them; the
 composition root passes them in; unit tests pass fakes through the same constructors."""
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Protocol
 
 from aioreconcile.engine.applying import ApplyOptions, ApplyResult
-from aioreconcile.engine.changeset import ChangeSet
+from aioreconcile.engine.changeset import ChangeSet, ChangeSetEntry
 from aioreconcile.engine.inventory import Inventory
 from aioreconcile.engine.model import JsonObject, Manifest, ObjectRef
 from aioreconcile.engine.sources import RenderSpec
@@ -27,6 +27,13 @@ class Cluster(Protocol):
 
     async def preview(self, manifest: Manifest, options: ApplyOptions) -> JsonObject: ...
 
+    async def apply_object(
+        self, manifest: Manifest, options: ApplyOptions, *, live: JsonObject | None
+    ) -> tuple[ChangeSetEntry, JsonObject | None]:
+        """Apply one object whose live state the caller already has (a watch event): no LIST,
+        no staging, one request at most when nothing differs by a server normalisation."""
+        ...
+
 
 class ManifestRenderer(Protocol):
     """Turns a directory of a checked-out revision into manifests (plain, kustomize, helm);
@@ -46,3 +53,23 @@ class InventoryStore(Protocol):
     async def load(self) -> Inventory | None: ...
 
     async def save(self, inventory: Inventory, *, revision: str) -> None: ...
+
+
+class GitSource(Protocol):
+    """One sync's Git source: resolve its ref, fetch and verify a commit, lay out its tree."""
+
+    async def resolve(self) -> str: ...
+
+    async def fetch(self, sha: str | None = None) -> str: ...
+
+    async def verify(self, sha: str) -> None: ...
+
+    async def checkout(self, sha: str) -> Path: ...
+
+
+class Watcher(Protocol):
+    """Watches managed objects of the given kinds and reports their events to the reactor."""
+
+    def watch(self, kinds: Iterable[ObjectRef]) -> None:
+        """Keep watches open for exactly the kinds of these refs (version, group, kind)."""
+        ...

@@ -5,6 +5,7 @@ and nothing is pruned when rendering or any apply failed, or when the source bec
 that was not explicitly allowed. Failed deletions stay in the inventory so the next run retries.
 """
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -16,7 +17,7 @@ from aioreconcile.engine.applying import ApplyOptions
 from aioreconcile.engine.changeset import ChangeSet
 from aioreconcile.engine.errors import AioreconcileError
 from aioreconcile.engine.inventory import Inventory, allow_prune, merge, stale
-from aioreconcile.engine.model import JsonObject, ObjectRef
+from aioreconcile.engine.model import JsonObject, Manifest, ObjectRef
 from aioreconcile.engine.outcomes import Reason, SyncOutcome
 from aioreconcile.engine.sources import RenderSpec
 from aioreconcile.reactor.ports import Cluster, InventoryStore, ManifestRenderer
@@ -42,7 +43,10 @@ async def sync_once(
     cluster: Cluster,
     render: ManifestRenderer,
     inventory: InventoryStore | None = None,
+    before_apply: Callable[[Sequence[Manifest]], None] | None = None,
 ) -> SyncOutcome:
+    """Reconcile once. ``before_apply`` sees the rendered manifests before anything is written,
+    so a drift watcher already compares incoming events with the new desired state."""
     revision = request.options.revision
     try:
         await cluster.refresh_discovery()
@@ -55,6 +59,8 @@ async def sync_once(
     except AioreconcileError as e:
         return SyncOutcome(Reason.RENDER_FAILED, str(e), revision, prune_note="render failed")
 
+    if before_apply is not None:
+        before_apply(manifests)
     result = await cluster.apply(manifests, request.options)
     applied = result.changeset
     pruned = ChangeSet()

@@ -250,6 +250,16 @@ class Applier:
         if any(o.get("kind") == "CustomResourceDefinition" for o in objects):
             await self._discovery.refresh()
 
+    async def apply_object(
+        self, manifest: Manifest, options: ApplyOptions, *, live: JsonObject | None
+    ) -> tuple[ChangeSetEntry, JsonObject | None]:
+        """One object, its live state given (from a watch event; None when deleted)."""
+        try:
+            resource = await self._discovery.resolve(manifest.ref)
+        except AioreconcileError as e:
+            return _failed(manifest.ref, e, time.monotonic()), None
+        return await self._apply_one(manifest, resource, live, options)
+
     async def preview(self, manifest: Manifest, options: ApplyOptions) -> JsonObject:
         """The object as it would be stored after our apply (server-side dry-run), with the
         live stamps kept so that a new revision alone shows no difference."""

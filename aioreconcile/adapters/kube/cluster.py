@@ -1,14 +1,15 @@
 """The Kubernetes adapter as the reactor sees it (the ``Cluster`` port): one transport, one
 discovery cache, one applier, opened and closed together."""
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from aioreconcile.adapters.kube.applying import Applier
-from aioreconcile.adapters.kube.discovery import Discovery
+from aioreconcile.adapters.kube.discovery import Discovery, Resource
 from aioreconcile.adapters.kube.transport import KubeTransport
+from aioreconcile.adapters.kube.watching import WatchManager
 from aioreconcile.engine.applying import ApplyOptions, ApplyResult
-from aioreconcile.engine.changeset import ChangeSet
+from aioreconcile.engine.changeset import ChangeSet, ChangeSetEntry
 from aioreconcile.engine.model import JsonObject, Manifest, ObjectRef
 
 
@@ -55,5 +56,29 @@ class KubeCluster:
     async def get(self, ref: ObjectRef) -> JsonObject | None:
         return await self.applier.get(ref)
 
+    async def apply_object(
+        self, manifest: Manifest, options: ApplyOptions, *, live: JsonObject | None
+    ) -> tuple[ChangeSetEntry, JsonObject | None]:
+        return await self.applier.apply_object(manifest, options, live=live)
+
     async def preview(self, manifest: Manifest, options: ApplyOptions) -> JsonObject:
         return await self.applier.preview(manifest, options)
+
+
+class ManagedKindsWatcher:
+    """The reactor's ``Watcher`` port over a WatchManager: kinds named by refs, resolved from
+    the discovery cache (a kind the cache does not know yet is picked up on the next call)."""
+
+    def __init__(self, manager: WatchManager, discovery: Discovery) -> None:
+        self._manager = manager
+        self._discovery = discovery
+
+    def watch(self, kinds: Iterable[ObjectRef]) -> None:
+        resources: dict[tuple[str, str], Resource] = {}
+        for ref in kinds:
+            if (ref.group, ref.kind) in resources:
+                continue
+            resource = self._discovery.cached(ref)
+            if resource is not None:
+                resources[(ref.group, ref.kind)] = resource
+        self._manager.watch_kinds(resources.values())

@@ -1,0 +1,1 @@
+"""The controller's HTTP server: webhooks plus /healthz, /readyz, /metrics and /status."""

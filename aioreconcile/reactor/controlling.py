@@ -1,0 +1,395 @@
+"""The controller: triggers in, reconciles out, one lane per key.
+
+Two kinds of work share one queue. ``("sync", name)`` reconciles a whole sync: fetch the commit
+(the pushed SHA, or whatever the ref resolves to on a poll), render, apply, prune. ``("object",
+sync, ref)`` heals one drifted object alone. Keys coalesce, so ten edits of one object while
+it waits become one heal; a push arriving while its sync runs makes exactly one more run.
+
+The desired state of every sync is kept as compact JSON per object (memory stays flat at
+10,000 objects), with the resourceVersion of our own last write, so a watch event is judged
+purely (``engine.drift.judge``) in microseconds and our own writes are never taken for drift.
+"""
+
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+import anyio
+import anyio.abc
+import orjson
+
+from aioreconcile.engine.applying import ApplyOptions
+from aioreconcile.engine.changeset import Action
+from aioreconcile.engine.config import SyncSpec
+from aioreconcile.engine.drift import DriftKind, FightGuard, judge
+from aioreconcile.engine.errors import AioreconcileError, VerificationError
+from aioreconcile.engine.events import WatchEvent
+from aioreconcile.engine.metrics import Counter, Gauge, Histogram, Registry
+from aioreconcile.engine.model import JsonObject, Manifest, ObjectRef
+from aioreconcile.engine.naming import SYNC_LABEL
+from aioreconcile.engine.outcomes import Reason, SyncOutcome
+from aioreconcile.engine.planning import stamp
+from aioreconcile.engine.triggers import Push
+from aioreconcile.reactor.ports import Cluster, GitSource, InventoryStore, ManifestRenderer, Watcher
+from aioreconcile.reactor.queueing import WorkQueue
+from aioreconcile.reactor.syncing import SyncRequest, sync_once
+
+logger = logging.getLogger(__name__)
+
+SyncKey = tuple[str, str]
+ObjectKey = tuple[str, str, ObjectRef]
+WorkKey = SyncKey | ObjectKey
+
+_RETRIED: Final = frozenset(
+    {Reason.FETCH_FAILED, Reason.APPLY_FAILED, Reason.PRUNE_FAILED, Reason.INVENTORY_FAILED}
+)
+_POLL_JITTER: Final = 0.1
+
+
+class RetryLater(AioreconcileError):
+    """Raised by a work item to make the queue retry it with backoff."""
+
+
+@dataclass
+class SyncState:
+    """What a sync did last, and what it wants now (the /status view reads it)."""
+
+    spec: SyncSpec
+    last_applied_revision: str | None = None
+    last_attempted_revision: str | None = None
+    reason: str | None = None
+    message: str = ""
+    last_error: str | None = None
+    inventory_size: int | None = None
+    heals: int = 0
+    drifts_reported: int = 0
+    reconciles: int = 0
+    last_reconcile_at: float | None = None
+    pending_sha: str | None = None
+    pending_traceparent: str | None = None
+    revision: str | None = None  # the revision the desired objects below belong to
+    desired: dict[ObjectRef, bytes] = field(default_factory=dict)  # stamped, orjson-encoded
+    written: dict[ObjectRef, str] = field(default_factory=dict)  # resourceVersion of our write
+
+    def view(self) -> dict[str, object]:
+        return {
+            "name": self.spec.name,
+            "url": self.spec.source.url,
+            "ref": self.spec.source.ref,
+            "suspended": self.spec.suspend,
+            "lastAppliedRevision": self.last_applied_revision,
+            "lastAttemptedRevision": self.last_attempted_revision,
+            "reason": self.reason,
+            "message": self.message,
+            "lastError": self.last_error,
+            "inventorySize": self.inventory_size,
+            "objects": len(self.desired),
+            "driftHeals": self.heals,
+            "driftReported": self.drifts_reported,
+            "reconciles": self.reconciles,
+        }
+
+
+class _Metrics:
+    def __init__(self, registry: Registry) -> None:
+        self.reconciles = Counter(
+            "aioreconcile_reconcile_total",
+            "Sync reconciles by result reason.",
+            ["sync", "reason"],
+            registry=registry,
+        )
+        self.reconcile_seconds = Histogram(
+            "aioreconcile_reconcile_duration_seconds",
+            "Time to reconcile a whole sync.",
+            ["sync"],
+            registry=registry,
+        )
+        self.drifts = Counter(
+            "aioreconcile_drift_detected_total",
+            "Managed objects changed or deleted by others.",
+            ["sync", "kind"],
+            registry=registry,
+        )
+        self.heals = Counter(
+            "aioreconcile_drift_heals_total",
+            "Drifted objects re-applied.",
+            ["sync", "result"],
+            registry=registry,
+        )
+        self.fights = Counter(
+            "aioreconcile_drift_fights_total",
+            "Heals refused because another writer keeps changing the object.",
+            ["sync"],
+            registry=registry,
+        )
+        self.objects = Gauge(
+            "aioreconcile_managed_objects",
+            "Objects each sync declares.",
+            ["sync"],
+            registry=registry,
+        )
+
+
+class Controller:
+    """Reconciles syncs on pushes and polls, and heals drifted objects one by one."""
+
+    def __init__(
+        self,
+        syncs: Sequence[SyncSpec],
+        *,
+        cluster: Cluster,
+        render: ManifestRenderer,
+        sources: Mapping[str, GitSource],
+        inventories: Mapping[str, InventoryStore],
+        watcher: Watcher,
+        registry: Registry,
+        concurrency: int = 16,
+        apply_concurrency: int = 16,
+        clock: Callable[[], float] = time.monotonic,
+        drift_debounce_s: float = 0.02,
+    ) -> None:
+        self._cluster = cluster
+        self._render = render
+        self._sources = sources
+        self._inventories = inventories
+        self._watcher = watcher
+        self._clock = clock
+        self._apply_concurrency = apply_concurrency
+        self._drift_debounce_s = drift_debounce_s
+        self.states = {spec.name: SyncState(spec) for spec in syncs}
+        self._fights = FightGuard()
+        self._metrics = _Metrics(registry)
+        self.queue: WorkQueue[WorkKey] = WorkQueue(
+            self._process, concurrency=concurrency, registry=registry, name="controller"
+        )
+        self.ready = anyio.Event()
+
+    # --- triggers ------------------------------------------------------------------------------
+
+    def push(self, push: Push) -> None:
+        """A webhook named a commit for a sync: remember the SHA, reconcile as soon as possible."""
+        state = self.states.get(push.sync)
+        if state is None:
+            return
+        state.pending_sha = push.sha
+        state.pending_traceparent = push.event.traceparent if push.event else None
+        self.queue.put(("sync", push.sync))
+
+    def poll(self, sync: str) -> None:
+        self.queue.put(("sync", sync))
+
+    def on_watch_event(self, event: WatchEvent) -> None:
+        """Judge a watch event purely; enqueue a heal when a declared field drifted."""
+        labels = (event.object.get("metadata") or {}).get("labels") or {}
+        state = self.states.get(str(labels.get(SYNC_LABEL, "")))
+        if state is None:
+            return
+        encoded = state.desired.get(event.ref)
+        desired: JsonObject | None = orjson.loads(encoded) if encoded is not None else None
+        verdict = judge(event, desired, our_resource_version=state.written.get(event.ref))
+        if not verdict.drifted:
+            return
+        self._metrics.drifts.labels(sync=state.spec.name, kind=verdict.kind.value).inc()
+        if not state.spec.self_heal:
+            state.drifts_reported += 1
+            logger.warning(
+                "drift not healed (selfHeal: false)",
+                extra={"sync": state.spec.name, "object": str(event.ref), "reason": verdict.reason},
+            )
+            return
+        logger.info(
+            "drift detected",
+            extra={"sync": state.spec.name, "object": str(event.ref), "reason": verdict.reason},
+        )
+        # A short debounce: a burst of edits to one object (a script, an operator's retries)
+        # coalesces into one heal instead of racing it edit by edit.
+        self.queue.put(("object", state.spec.name, event.ref), delay_s=self._drift_debounce_s)
+
+    # --- running -------------------------------------------------------------------------------
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run the queue and one poller per sync until cancelled."""
+        async with anyio.create_task_group() as tasks:
+            await tasks.start(self.queue.run)
+            for name, state in self.states.items():
+                if not state.spec.suspend:
+                    tasks.start_soon(self._poll_forever, name, state.spec.source.interval_s)
+            task_status.started()
+            self.ready.set()
+
+    async def _poll_forever(self, name: str, interval_s: float) -> None:
+        """Reconcile at start, then every interval (jittered so syncs do not poll in step)."""
+        while True:
+            self.poll(name)
+            jitter = 1 + _POLL_JITTER * (2 * random.random() - 1)
+            await anyio.sleep(interval_s * jitter)
+
+    async def drain(self, *, timeout_s: float) -> bool:
+        return await self.queue.drain(timeout_s=timeout_s)
+
+    def status(self) -> list[dict[str, object]]:
+        return [state.view() for state in self.states.values()]
+
+    async def _process(self, key: WorkKey) -> None:
+        if key[0] == "sync":
+            await self._reconcile(key[1])
+        else:
+            _, sync, ref = key  # type: ignore[misc]
+            await self._heal(sync, ref)
+
+    # --- whole-sync reconcile ------------------------------------------------------------------
+
+    async def _reconcile(self, name: str) -> None:
+        state = self.states[name]
+        spec = state.spec
+        if spec.suspend:
+            return
+        source = self._sources[name]
+        sha, state.pending_sha = state.pending_sha, None
+        traceparent, state.pending_traceparent = state.pending_traceparent, None
+        started = time.monotonic()
+        try:
+            if sha is None:
+                sha = await source.resolve()  # a poll: one ls-remote, no fetch
+            if sha == state.last_applied_revision and state.reason == Reason.SUCCEEDED:
+                return  # nothing new
+            sha = await source.fetch(sha)
+            state.last_attempted_revision = sha
+            await source.verify(sha)
+            tree = await source.checkout(sha)
+        except VerificationError as e:
+            self._record_failure(state, Reason.FETCH_FAILED, f"commit {sha} not applied: {e}")
+            return
+        except AioreconcileError as e:
+            self._record_failure(state, Reason.FETCH_FAILED, str(e))
+            raise RetryLater(str(e)) from e
+
+        options = ApplyOptions(
+            sync=name,
+            revision=sha,
+            traceparent=traceparent,
+            concurrency=self._apply_concurrency,
+        )
+        request = SyncRequest(
+            directory=tree / spec.source.path,
+            render=spec.render,
+            options=options,
+            root=tree,
+            prune=spec.prune,
+            allow_empty=spec.allow_empty,
+        )
+
+        def remember_desired(manifests: Sequence[Manifest]) -> None:
+            state.revision = sha
+            state.desired = {
+                m.ref: orjson.dumps(stamp(m.body, sync=name, revision=sha, traceparent=traceparent))
+                for m in manifests
+            }
+
+        outcome = await sync_once(
+            request,
+            cluster=self._cluster,
+            render=self._render,
+            inventory=self._inventories.get(name),
+            before_apply=remember_desired,
+        )
+        self._record(state, outcome, seconds=time.monotonic() - started)
+        self._watch_all()
+        if outcome.reason in _RETRIED:
+            raise RetryLater(outcome.message)
+
+    def _record(self, state: SyncState, outcome: SyncOutcome, *, seconds: float) -> None:
+        name = state.spec.name
+        state.reconciles += 1
+        state.last_reconcile_at = time.time()
+        state.reason, state.message = outcome.reason.value, outcome.message
+        state.inventory_size = outcome.inventory_size
+        for entry in outcome.applied.entries:
+            if entry.resource_version_after is not None:
+                state.written[entry.ref] = entry.resource_version_after
+        for entry in outcome.pruned.entries:
+            state.written.pop(entry.ref, None)
+        state.written = {ref: rv for ref, rv in state.written.items() if ref in state.desired}
+        if outcome.ok:
+            state.last_applied_revision = outcome.revision
+            state.last_error = None
+        else:
+            failed = outcome.changeset.failed
+            state.last_error = f"{failed[0].ref}: {failed[0].error}" if failed else outcome.message
+        self._metrics.reconciles.labels(sync=name, reason=outcome.reason.value).inc()
+        self._metrics.reconcile_seconds.labels(sync=name).observe(seconds)
+        self._metrics.objects.labels(sync=name).set(len(state.desired))
+        totals = {a.value: n for a, n in outcome.changeset.totals().items() if n}
+        log = logger.info if outcome.ok else logger.warning
+        log(
+            "reconciled" if outcome.ok else "reconcile failed",
+            extra={
+                "sync": name,
+                "revision": outcome.revision,
+                "reason": outcome.reason.value,
+                "totals": totals,
+                "seconds": round(seconds, 3),
+                "error": state.last_error,
+            },
+        )
+
+    def _record_failure(self, state: SyncState, reason: Reason, message: str) -> None:
+        state.reconciles += 1
+        state.reason, state.message, state.last_error = reason.value, message, message
+        self._metrics.reconciles.labels(sync=state.spec.name, reason=reason.value).inc()
+        logger.warning(
+            "reconcile failed",
+            extra={"sync": state.spec.name, "reason": reason.value, "error": message},
+        )
+
+    def _watch_all(self) -> None:
+        kinds = {ref for state in self.states.values() for ref in state.desired}
+        self._watcher.watch(kinds)
+
+    # --- single-object heal --------------------------------------------------------------------
+
+    async def _heal(self, sync: str, ref: ObjectRef) -> None:
+        state = self.states.get(sync)
+        if state is None or state.revision is None:
+            return
+        encoded = state.desired.get(ref)
+        if encoded is None:
+            return  # no longer declared (pruned meanwhile)
+        allowed, wait_s = self._fights.allow(ref, now=self._clock())
+        if not allowed:
+            self._metrics.fights.labels(sync=sync).inc()
+            logger.warning(
+                "another writer keeps changing this object: not healing it for a while",
+                extra={"sync": sync, "object": str(ref), "pause_s": round(wait_s, 1)},
+            )
+            self.queue.put(("object", sync, ref), delay_s=wait_s)
+            return
+        live = await self._cluster.get(ref)
+        manifest = Manifest(ref, orjson.loads(encoded), origin=f"drift heal of {ref}")
+        options = ApplyOptions(sync=sync, revision=state.revision)
+        entry, _ = await self._cluster.apply_object(manifest, options, live=live)
+        if entry.resource_version_after is not None:
+            state.written[ref] = entry.resource_version_after
+        if entry.action is Action.FAILED:
+            self._metrics.heals.labels(sync=sync, result="failed").inc()
+            raise RetryLater(f"heal of {ref} failed: {entry.error}")
+        if entry.action is not Action.UNCHANGED:
+            state.heals += 1
+            self._metrics.heals.labels(sync=sync, result=entry.action.value).inc()
+            logger.info(
+                "drift healed",
+                extra={
+                    "sync": sync,
+                    "object": str(ref),
+                    "action": entry.action.value,
+                    "revision": state.revision,
+                },
+            )
+
+
+__all__ = ["Controller", "DriftKind", "SyncState"]
