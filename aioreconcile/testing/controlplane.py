@@ -179,6 +179,9 @@ def _apiserver_argv(
         # Endpoints may not point at loopback, and nothing here needs the kubernetes Service's.
         "--endpoint-reconciler-type=none",
         "--profiling=false",
+        # Without it an open watch holds a graceful stop for the whole 10 s grace; with it a
+        # restart in a test is a one-second outage, and watchers see their stream end.
+        "--shutdown-watch-termination-grace-period=1s",
         *extra,
     ]
 

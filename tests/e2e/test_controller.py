@@ -76,7 +76,7 @@ class Running:
 
     async def wait_for(self, check: Callable[[], Any], *, seconds: float = 20) -> None:
         with anyio.fail_after(seconds):
-            while not await check():  # noqa: ASYNC110 - polling the cluster, no event to wait on
+            while not await check():
                 await anyio.sleep(0.05)
 
     async def push_webhook(self, sha: str, before: str = "0" * 40) -> aiohttp.ClientResponse:
