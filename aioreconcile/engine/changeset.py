@@ -25,6 +25,7 @@ class ChangeSetEntry:
     duration_s: float = 0.0
     resource_version_before: str | None = None
     resource_version_after: str | None = None
+    started_at: float | None = None  # wall clock (time.time()) when the work on it began
 
 
 @dataclass(frozen=True)

@@ -50,10 +50,30 @@ async def _map_concurrently(
     return [results[i] for i in range(len(items))]
 
 
-def _failed(ref: ObjectRef, error: Exception, started: float) -> ChangeSetEntry:
+def _entry(
+    ref: ObjectRef,
+    action: Action,
+    started: float,
+    *,
+    error: str | None = None,
+    before: str | None = None,
+    after: str | None = None,
+) -> ChangeSetEntry:
+    """An entry timed from ``started`` (monotonic), with its wall-clock start for spans."""
+    duration = time.monotonic() - started
     return ChangeSetEntry(
-        ref, Action.FAILED, error=str(error), duration_s=time.monotonic() - started
+        ref,
+        action,
+        error=error,
+        duration_s=duration,
+        resource_version_before=before,
+        resource_version_after=after,
+        started_at=time.time() - duration,
     )
+
+
+def _failed(ref: ObjectRef, error: Exception, started: float) -> ChangeSetEntry:
+    return _entry(ref, Action.FAILED, started, error=str(error))
 
 
 class Applier:
@@ -181,14 +201,7 @@ class Applier:
                 if planning.same_content(preview[1], live):
                     decision = planning.Decision.UNCHANGED
             if decision is planning.Decision.UNCHANGED:
-                entry = ChangeSetEntry(
-                    ref,
-                    Action.UNCHANGED,
-                    duration_s=time.monotonic() - started,
-                    resource_version_before=before,
-                    resource_version_after=before,
-                )
-                return entry, live
+                return _entry(ref, Action.UNCHANGED, started, before=before, after=before), live
             status, applied = await self._server_apply(
                 resource, ref, desired, options, dry_run=options.dry_run
             )
@@ -201,14 +214,7 @@ class Applier:
             action = Action.UNCHANGED
         else:
             action = Action.CONFIGURED
-        entry = ChangeSetEntry(
-            ref,
-            action,
-            duration_s=time.monotonic() - started,
-            resource_version_before=before,
-            resource_version_after=after,
-        )
-        return entry, applied
+        return _entry(ref, action, started, before=before, after=after), applied
 
     async def _server_apply(
         self,
@@ -297,14 +303,12 @@ class Applier:
             resource = await self._discovery.resolve(ref)
         except AioreconcileError:
             # Its kind is gone (CRD deleted): so are all its objects.
-            return ChangeSetEntry(ref, Action.SKIPPED, error="kind no longer served")
+            return _entry(ref, Action.SKIPPED, started, error="kind no longer served")
         try:
             live = await self.get(ref)
             allowed, why = prunable(ref, live, sync=options.sync)
             if not allowed:
-                return ChangeSetEntry(
-                    ref, Action.SKIPPED, error=why, duration_s=time.monotonic() - started
-                )
+                return _entry(ref, Action.SKIPPED, started, error=why)
             params = {"propagationPolicy": "Background"}
             if options.dry_run:
                 params["dryRun"] = "All"
@@ -312,15 +316,10 @@ class Applier:
                 "DELETE", resource.object_path(ref.name, ref.namespace), params=params
             )
         except NotFoundError:
-            return ChangeSetEntry(ref, Action.SKIPPED, error="already gone")
+            return _entry(ref, Action.SKIPPED, started, error="already gone")
         except AioreconcileError as e:
             return _failed(ref, e, started)
-        return ChangeSetEntry(
-            ref,
-            Action.DELETED,
-            duration_s=time.monotonic() - started,
-            resource_version_before=_resource_version(live),
-        )
+        return _entry(ref, Action.DELETED, started, before=_resource_version(live))
 
 
 def _resource_version(obj: JsonObject | None) -> str | None:
