@@ -24,18 +24,25 @@ import orjson
 from aioreconcile.engine.applying import ApplyOptions
 from aioreconcile.engine.changeset import Action
 from aioreconcile.engine.config import SyncSpec
-from aioreconcile.engine.drift import DriftKind, FightGuard, judge
+from aioreconcile.engine.drift import (
+    DriftKind,
+    FightGuard,
+    differing_fields,
+    foreign_writers,
+    judge,
+)
 from aioreconcile.engine.errors import AioreconcileError, VerificationError
 from aioreconcile.engine.events import WatchEvent
 from aioreconcile.engine.metrics import Counter, Gauge, Histogram, Registry
 from aioreconcile.engine.model import JsonObject, Manifest, ObjectRef
-from aioreconcile.engine.naming import SYNC_LABEL
+from aioreconcile.engine.naming import SYNC_LABEL, TRACEPARENT_ANNOTATION
 from aioreconcile.engine.outcomes import Reason, SyncOutcome
 from aioreconcile.engine.planning import stamp
 from aioreconcile.engine.triggers import Push
 from aioreconcile.reactor.ports import Cluster, GitSource, InventoryStore, ManifestRenderer, Watcher
 from aioreconcile.reactor.queueing import WorkQueue
 from aioreconcile.reactor.syncing import SyncRequest, sync_once
+from aioreconcile.reactor.tracing import CommitInfo, NoTracing, SpanScope, Tracing
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +54,7 @@ _RETRIED: Final = frozenset(
     {Reason.FETCH_FAILED, Reason.APPLY_FAILED, Reason.PRUNE_FAILED, Reason.INVENTORY_FAILED}
 )
 _POLL_JITTER: Final = 0.1
+_WATCH_SYNC_TIMEOUT_S: Final = 30.0
 
 
 class RetryLater(AioreconcileError):
@@ -70,6 +78,7 @@ class SyncState:
     last_reconcile_at: float | None = None
     pending_sha: str | None = None
     pending_traceparent: str | None = None
+    pending_received_at: float | None = None
     revision: str | None = None  # the revision the desired objects below belong to
     desired: dict[ObjectRef, bytes] = field(default_factory=dict)  # stamped, orjson-encoded
     written: dict[ObjectRef, str] = field(default_factory=dict)  # resourceVersion of our write
@@ -150,6 +159,7 @@ class Controller:
         apply_concurrency: int = 16,
         clock: Callable[[], float] = time.monotonic,
         drift_debounce_s: float = 0.02,
+        tracing: Tracing | None = None,
     ) -> None:
         self._cluster = cluster
         self._render = render
@@ -159,6 +169,7 @@ class Controller:
         self._clock = clock
         self._apply_concurrency = apply_concurrency
         self._drift_debounce_s = drift_debounce_s
+        self._tracing: Tracing = tracing or NoTracing()
         self.states = {spec.name: SyncState(spec) for spec in syncs}
         self._fights = FightGuard()
         self._metrics = _Metrics(registry)
@@ -176,6 +187,7 @@ class Controller:
             return
         state.pending_sha = push.sha
         state.pending_traceparent = push.event.traceparent if push.event else None
+        state.pending_received_at = time.time()
         self.queue.put(("sync", push.sync))
 
     def poll(self, sync: str) -> None:
@@ -251,24 +263,60 @@ class Controller:
             return
         source = self._sources[name]
         sha, state.pending_sha = state.pending_sha, None
-        traceparent, state.pending_traceparent = state.pending_traceparent, None
+        parent, state.pending_traceparent = state.pending_traceparent, None
+        received_at, state.pending_received_at = state.pending_received_at, None
+        trigger = "push" if sha is not None else "poll"
         started = time.monotonic()
         try:
             if sha is None:
                 sha = await source.resolve()  # a poll: one ls-remote, no fetch
-            if sha == state.last_applied_revision and state.reason == Reason.SUCCEEDED:
-                return  # nothing new
-            sha = await source.fetch(sha)
-            state.last_attempted_revision = sha
-            await source.verify(sha)
-            tree = await source.checkout(sha)
-        except VerificationError as e:
-            self._record_failure(state, Reason.FETCH_FAILED, f"commit {sha} not applied: {e}")
-            return
         except AioreconcileError as e:
             self._record_failure(state, Reason.FETCH_FAILED, str(e))
             raise RetryLater(str(e)) from e
+        if sha == state.last_applied_revision and state.reason == Reason.SUCCEEDED:
+            return  # nothing new
+        state.last_attempted_revision = sha
+        info = CommitInfo(
+            sync=name,
+            repository_url=spec.source.url,
+            ref=spec.source.ref,
+            ref_type=_ref_type(spec.source.ref),
+            sha=sha,
+            trigger=trigger,
+            parent_traceparent=parent,
+            started_at=received_at,
+        )
+        with self._tracing.commit(info) as root:
+            outcome = await self._reconcile_commit(state, sha, root, started=started)
+        if outcome is not None and outcome.reason in _RETRIED:
+            raise RetryLater(outcome.message)
 
+    async def _reconcile_commit(
+        self, state: SyncState, sha: str, root: SpanScope, *, started: float
+    ) -> SyncOutcome | None:
+        """Fetch, verify and lay out one commit, then sync it; the root span is open."""
+        name, spec = state.spec.name, state.spec
+        source = self._sources[name]
+        with self._tracing.stage("git fetch", {"vcs.ref.head.revision": sha}) as span:
+            try:
+                sha = await source.fetch(sha)
+                await source.verify(sha)
+                tree = await source.checkout(sha)
+                author, subject = await source.commit_info(sha)
+            except VerificationError as e:
+                span.record_error(str(e), error=e)
+                root.record_error(f"commit {sha} not applied: {e}")
+                self._record_failure(state, Reason.FETCH_FAILED, f"commit {sha} not applied: {e}")
+                return None
+            except AioreconcileError as e:
+                span.record_error(str(e), error=e)
+                root.record_error(str(e))
+                self._record_failure(state, Reason.FETCH_FAILED, str(e))
+                raise RetryLater(str(e)) from e
+        root.set_attributes(
+            {"aioreconcile.commit.author": author, "aioreconcile.commit.subject": subject}
+        )
+        traceparent = root.traceparent
         options = ApplyOptions(
             sync=name,
             revision=sha,
@@ -290,6 +338,9 @@ class Controller:
                 m.ref: orjson.dumps(stamp(m.body, sync=name, revision=sha, traceparent=traceparent))
                 for m in manifests
             }
+            # Watch before writing: a change made right after our apply must not fall between
+            # the apply and a watch's first LIST.
+            self._watch_all()
 
         outcome = await sync_once(
             request,
@@ -297,11 +348,20 @@ class Controller:
             render=self._render,
             inventory=self._inventories.get(name),
             before_apply=remember_desired,
+            tracing=self._tracing,
         )
+        totals = outcome.changeset.totals()
+        root.set_attributes(
+            {"aioreconcile.reason": outcome.reason.value}
+            | {f"aioreconcile.objects.{action.value}": n for action, n in totals.items() if n}
+        )
+        if not outcome.ok:
+            root.record_error(outcome.message)
+        self._watch_all()  # kinds whose CRD this apply created are known only now
+        with anyio.move_on_after(_WATCH_SYNC_TIMEOUT_S):
+            await self._watcher.wait_synced()
         self._record(state, outcome, seconds=time.monotonic() - started)
-        self._watch_all()
-        if outcome.reason in _RETRIED:
-            raise RetryLater(outcome.message)
+        return outcome
 
     def _record(self, state: SyncState, outcome: SyncOutcome, *, seconds: float) -> None:
         name = state.spec.name
@@ -370,9 +430,20 @@ class Controller:
             self.queue.put(("object", sync, ref), delay_s=wait_s)
             return
         live = await self._cluster.get(ref)
-        manifest = Manifest(ref, orjson.loads(encoded), origin=f"drift heal of {ref}")
+        desired = orjson.loads(encoded)
+        manifest = Manifest(ref, desired, origin=f"drift heal of {ref}")
         options = ApplyOptions(sync=sync, revision=state.revision)
-        entry, _ = await self._cluster.apply_object(manifest, options, live=live)
+        with self._tracing.heal(
+            sync=sync,
+            entry_ref=str(ref),
+            link_traceparent=_traceparent_of(live) or _traceparent_of(desired),
+            writers=foreign_writers(live) if live is not None else (),
+            fields=differing_fields(desired, live) if live is not None else ["(deleted)"],
+        ) as span:
+            entry, _ = await self._cluster.apply_object(manifest, options, live=live)
+            self._tracing.objects([entry], operation="heal")
+            if entry.action is Action.FAILED:
+                span.record_error(entry.error or "heal failed")
         if entry.resource_version_after is not None:
             state.written[ref] = entry.resource_version_after
         if entry.action is Action.FAILED:
@@ -390,6 +461,20 @@ class Controller:
                     "revision": state.revision,
                 },
             )
+
+
+def _ref_type(ref: str) -> str:
+    if len(ref) == 40 and all(c in "0123456789abcdef" for c in ref):
+        return "commit"
+    return "tag" if ref.startswith("refs/tags/") else "branch"
+
+
+def _traceparent_of(obj: JsonObject | None) -> str | None:
+    if obj is None:
+        return None
+    annotations = (obj.get("metadata") or {}).get("annotations") or {}
+    value = annotations.get(TRACEPARENT_ANNOTATION)
+    return value if isinstance(value, str) else None
 
 
 __all__ = ["Controller", "DriftKind", "SyncState"]

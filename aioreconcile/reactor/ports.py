@@ -66,10 +66,18 @@ class GitSource(Protocol):
 
     async def checkout(self, sha: str) -> Path: ...
 
+    async def commit_info(self, sha: str) -> tuple[str, str]:
+        """Author and subject of a fetched commit (for the trace's root span)."""
+        ...
+
 
 class Watcher(Protocol):
     """Watches managed objects of the given kinds and reports their events to the reactor."""
 
     def watch(self, kinds: Iterable[ObjectRef]) -> None:
         """Keep watches open for exactly the kinds of these refs (version, group, kind)."""
+        ...
+
+    async def wait_synced(self) -> None:
+        """Return once every watched kind has done its first LIST (events after it are seen)."""
         ...

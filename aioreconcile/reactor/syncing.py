@@ -21,6 +21,7 @@ from aioreconcile.engine.model import JsonObject, Manifest, ObjectRef
 from aioreconcile.engine.outcomes import Reason, SyncOutcome
 from aioreconcile.engine.sources import RenderSpec
 from aioreconcile.reactor.ports import Cluster, InventoryStore, ManifestRenderer
+from aioreconcile.reactor.tracing import NoTracing, Tracing
 
 _HEALTH_POLL_S: Final = 0.5
 
@@ -44,24 +45,33 @@ async def sync_once(
     render: ManifestRenderer,
     inventory: InventoryStore | None = None,
     before_apply: Callable[[Sequence[Manifest]], None] | None = None,
+    tracing: Tracing | None = None,
 ) -> SyncOutcome:
     """Reconcile once. ``before_apply`` sees the rendered manifests before anything is written,
     so a drift watcher already compares incoming events with the new desired state."""
     revision = request.options.revision
-    try:
-        await cluster.refresh_discovery()
-        manifests = await render(
-            request.directory,
-            request.render,
-            root=request.root,
-            is_namespaced=cluster.is_namespaced,
-        )
-    except AioreconcileError as e:
-        return SyncOutcome(Reason.RENDER_FAILED, str(e), revision, prune_note="render failed")
+    tracing = tracing or NoTracing()
+    with tracing.stage("render", {"aioreconcile.render.type": request.render.type.value}) as span:
+        try:
+            await cluster.refresh_discovery()
+            manifests = await render(
+                request.directory,
+                request.render,
+                root=request.root,
+                is_namespaced=cluster.is_namespaced,
+            )
+        except AioreconcileError as e:
+            span.record_error(str(e), error=e)
+            return SyncOutcome(Reason.RENDER_FAILED, str(e), revision, prune_note="render failed")
+        span.set_attributes({"aioreconcile.objects": len(manifests)})
 
     if before_apply is not None:
         before_apply(manifests)
-    result = await cluster.apply(manifests, request.options)
+    with tracing.stage("apply", {"aioreconcile.objects": len(manifests)}) as span:
+        result = await cluster.apply(manifests, request.options)
+        tracing.objects(result.changeset.entries, operation="apply")
+        if result.changeset.failed:
+            span.record_error(f"{len(result.changeset.failed)} object(s) failed to apply")
     applied = result.changeset
     pruned = ChangeSet()
     prune_note: str | None = None
@@ -80,7 +90,11 @@ async def sync_once(
                     allow_empty=request.allow_empty,
                 )
                 if allowed:
-                    pruned = await cluster.delete(stale(previous, current), request.options)
+                    with tracing.stage("prune") as span:
+                        pruned = await cluster.delete(stale(previous, current), request.options)
+                        tracing.objects(pruned.entries, operation="prune")
+                        if pruned.failed:
+                            span.record_error(f"{len(pruned.failed)} object(s) failed to delete")
                     kept = merge(current, [e.ref for e in pruned.failed])
                 else:
                     prune_note = why
@@ -103,7 +117,12 @@ async def sync_once(
 
     not_ready: tuple[tuple[ObjectRef, health.Health], ...] = ()
     if request.wait and not request.options.dry_run:
-        not_ready = await wait_until_ready(cluster, result.live, timeout_s=request.wait_timeout_s)
+        with tracing.stage("health wait") as span:
+            not_ready = await wait_until_ready(
+                cluster, result.live, timeout_s=request.wait_timeout_s
+            )
+            if not_ready:
+                span.record_error(f"{len(not_ready)} object(s) not ready")
 
     if applied.failed:
         reason, message = Reason.APPLY_FAILED, f"{len(applied.failed)} object(s) failed to apply"

@@ -82,3 +82,6 @@ class ManagedKindsWatcher:
             if resource is not None:
                 resources[(ref.group, ref.kind)] = resource
         self._manager.watch_kinds(resources.values())
+
+    async def wait_synced(self) -> None:
+        await self._manager.wait_synced()

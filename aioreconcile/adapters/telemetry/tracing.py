@@ -1,0 +1,357 @@
+"""The reactor's tracing port, implemented with OpenTelemetry: one trace per commit reconcile.
+
+``OtelTracing`` matches ``aioreconcile.reactor.tracing.Tracing`` structurally; adapters may not
+import the reactor (import-linter keeps them independent), so the commit it receives is typed by
+the ``Commit`` protocol below, which ``reactor.tracing.CommitInfo`` satisfies.
+
+Nothing secret is exported: only the attributes named here, repository URLs without userinfo,
+and error texts with any ``scheme://user:password@`` removed. Object bodies never reach a span.
+"""
+
+import re
+import time
+import traceback
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from typing import Final, Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.propagators.textmap import DefaultGetter
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util.types import AttributeValue as OtelAttributeValue
+
+from aioreconcile import __version__
+from aioreconcile.engine.changeset import Action, ChangeSetEntry
+from aioreconcile.engine.model import ObjectRef
+
+AttributeValue = str | bool | int | float | Sequence[str]
+"""The same union as ``reactor.tracing.AttributeValue``, restated because we cannot import it."""
+
+_PROPAGATOR: Final = TraceContextTextMapPropagator()
+_GETTER: Final = DefaultGetter()
+_USERINFO_IN_TEXT: Final = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]*@")
+
+# Semantic-convention names exist for these kinds only, keyed by (group, kind) so that a custom
+# resource that happens to be called "Job" is not labelled as a batch Job.
+_K8S_NAME_ATTRIBUTE: Final[Mapping[tuple[str, str], str]] = {
+    ("", "Pod"): "k8s.pod.name",
+    ("", "Namespace"): "k8s.namespace.name",
+    ("", "Node"): "k8s.node.name",
+    ("", "Service"): "k8s.service.name",
+    ("", "ReplicationController"): "k8s.replicationcontroller.name",
+    ("", "ResourceQuota"): "k8s.resourcequota.name",
+    ("", "PersistentVolume"): "k8s.persistentvolume.name",
+    ("", "PersistentVolumeClaim"): "k8s.persistentvolumeclaim.name",
+    ("apps", "Deployment"): "k8s.deployment.name",
+    ("apps", "StatefulSet"): "k8s.statefulset.name",
+    ("apps", "DaemonSet"): "k8s.daemonset.name",
+    ("apps", "ReplicaSet"): "k8s.replicaset.name",
+    ("batch", "Job"): "k8s.job.name",
+    ("batch", "CronJob"): "k8s.cronjob.name",
+    ("autoscaling", "HorizontalPodAutoscaler"): "k8s.hpa.name",
+    ("storage.k8s.io", "StorageClass"): "k8s.storageclass.name",
+}
+
+
+class Commit(Protocol):
+    """What the root span needs to know about a commit (``reactor.tracing.CommitInfo``)."""
+
+    @property
+    def sync(self) -> str: ...
+    @property
+    def repository_url(self) -> str: ...
+    @property
+    def ref(self) -> str: ...
+    @property
+    def ref_type(self) -> str: ...
+    @property
+    def sha(self) -> str: ...
+    @property
+    def author(self) -> str: ...
+    @property
+    def subject(self) -> str: ...
+    @property
+    def trigger(self) -> str: ...
+    @property
+    def parent_traceparent(self) -> str | None: ...
+    @property
+    def started_at(self) -> float | None: ...
+
+
+def strip_credentials(url: str) -> str:
+    """The repository URL without userinfo (and without a query, where tokens also hide).
+
+    ``https://user:token@host/x.git`` -> ``https://host/x.git``; an scp-like ``user@host:path``
+    keeps its user (it names an SSH account, not a secret) but never a ``:password`` part.
+    """
+    parts = urlsplit(url)
+    if parts.scheme and parts.netloc:
+        host = parts.netloc.rpartition("@")[2]
+        return urlunsplit((parts.scheme, host, parts.path, "", ""))
+    userinfo, at, rest = url.partition("@")
+    if at and "/" not in userinfo:
+        return f"{userinfo.partition(':')[0]}@{rest}"
+    return url
+
+
+def scrub(text: str) -> str:
+    """Free text (errors from git or the API server) without any ``scheme://userinfo@``."""
+    return _USERINFO_IN_TEXT.sub(r"\1", text)
+
+
+def traceparent_of(span: trace.Span) -> str | None:
+    """The W3C ``traceparent`` of a span, or None for the invalid (non-)span."""
+    if not span.get_span_context().is_valid:
+        return None
+    carrier: dict[str, str] = {}
+    _PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span))
+    return carrier.get("traceparent")
+
+
+def parse_traceparent(value: str | None) -> trace.SpanContext | None:
+    """The span context a W3C ``traceparent`` names, or None when absent or malformed."""
+    if not value:
+        return None
+    extracted = _PROPAGATOR.extract({"traceparent": value.strip()}, getter=_GETTER)
+    span_context = trace.get_current_span(extracted).get_span_context()
+    return span_context if span_context.is_valid else None
+
+
+def object_span_name(ref: ObjectRef, operation: str) -> str:
+    where = f"{ref.namespace}/{ref.name}" if ref.namespace else ref.name
+    return f"{operation} {ref.kind}/{where}"
+
+
+def object_attributes(entry: ChangeSetEntry) -> dict[str, OtelAttributeValue]:
+    """The attributes of one object span: semantic-convention names where they exist, ours
+    always (so a query never depends on the kind having a convention)."""
+    ref = entry.ref
+    attributes: dict[str, OtelAttributeValue] = {
+        "aioreconcile.object.kind": ref.kind,
+        "aioreconcile.object.name": ref.name,
+        "aioreconcile.object.api_version": ref.api_version,
+        "aioreconcile.action": entry.action.value,
+    }
+    if ref.namespace:
+        attributes["aioreconcile.object.namespace"] = ref.namespace
+        attributes["k8s.namespace.name"] = ref.namespace
+    semconv = _K8S_NAME_ATTRIBUTE.get((ref.group, ref.kind))
+    if semconv is not None:
+        attributes[semconv] = ref.name
+    if entry.resource_version_before is not None:
+        attributes["aioreconcile.resource_version.before"] = entry.resource_version_before
+    if entry.resource_version_after is not None:
+        attributes["aioreconcile.resource_version.after"] = entry.resource_version_after
+    return attributes
+
+
+def _exported(value: AttributeValue) -> OtelAttributeValue:
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, bool | int | float):
+        return value
+    return [scrub(v) for v in value]
+
+
+def _add_exception_event(
+    span: trace.Span, message: str, *, error: BaseException | None, timestamp: int | None = None
+) -> None:
+    """An OTel ``exception`` event, like ``record_exception`` but with every text scrubbed."""
+    attributes: dict[str, OtelAttributeValue] = {
+        "exception.type": type(error).__qualname__ if error is not None else "Error",
+        "exception.message": scrub(message),
+    }
+    if error is not None:
+        stacktrace = "".join(traceback.format_exception(error))
+        attributes["exception.stacktrace"] = scrub(stacktrace)
+    span.add_event("exception", attributes, timestamp=timestamp)
+
+
+def _set_error(span: trace.Span, message: str) -> None:
+    span.set_status(trace.Status(trace.StatusCode.ERROR, scrub(message)))
+
+
+class OtelSpan:
+    """``SpanScope`` over an OTel span."""
+
+    __slots__ = ("_span",)
+
+    def __init__(self, span: trace.Span) -> None:
+        self._span = span
+
+    def set_attributes(self, attributes: Mapping[str, AttributeValue]) -> None:
+        self._span.set_attributes({k: _exported(v) for k, v in attributes.items()})
+
+    def record_error(self, message: str, *, error: BaseException | None = None) -> None:
+        _set_error(self._span, message)
+        _add_exception_event(self._span, message, error=error)
+
+    @property
+    def traceparent(self) -> str | None:
+        return traceparent_of(self._span)
+
+
+@contextmanager
+def _current(span: trace.Span) -> Iterator[OtelSpan]:
+    """Make ``span`` the current one (contextvars) for the block, end it on exit.
+
+    An exception escaping the block is an error of this span; a cancellation (a BaseException
+    such as asyncio's CancelledError on shutdown) is not, and is only noted as an attribute.
+    """
+    token = otel_context.attach(trace.set_span_in_context(span))
+    try:
+        yield OtelSpan(span)
+    except Exception as e:
+        _set_error(span, f"{type(e).__qualname__}: {e}")
+        _add_exception_event(span, str(e), error=e)
+        raise
+    except BaseException:
+        span.set_attribute("aioreconcile.cancelled", True)
+        raise
+    finally:
+        otel_context.detach(token)
+        span.end()
+
+
+def _ns(seconds: float | None) -> int | None:
+    return None if seconds is None else int(seconds * 1e9)
+
+
+class OtelTracing:
+    """``reactor.tracing.Tracing`` with spans from ``provider`` (a private TracerProvider in
+    ``start_tracing``; tests pass one with an in-memory exporter)."""
+
+    def __init__(self, provider: trace.TracerProvider) -> None:
+        self._tracer = provider.get_tracer("aioreconcile", __version__)
+
+    def commit(self, info: Commit) -> AbstractContextManager[OtelSpan]:
+        parent = parse_traceparent(info.parent_traceparent)
+        # A commit trace is always a root unless the webhook sender gave us its trace: it must
+        # never nest under whatever happens to be current in the caller.
+        context = (
+            trace.set_span_in_context(trace.NonRecordingSpan(parent))
+            if parent is not None
+            else otel_context.Context()
+        )
+        attributes: dict[str, OtelAttributeValue] = {
+            "vcs.repository.url.full": strip_credentials(info.repository_url),
+            "vcs.ref.head.name": info.ref,
+            "vcs.ref.head.revision": info.sha,
+            "vcs.ref.type": info.ref_type,
+            "vcs.ref.head.type": info.ref_type,
+            "aioreconcile.sync": info.sync,
+            "aioreconcile.trigger": info.trigger,
+        }
+        if info.author:
+            attributes["aioreconcile.commit.author"] = scrub(info.author)
+        if info.subject:
+            attributes["aioreconcile.commit.subject"] = scrub(info.subject)
+        span = self._tracer.start_span(
+            f"reconcile {info.sync}",
+            context=context,
+            kind=trace.SpanKind.SERVER if info.trigger == "push" else trace.SpanKind.INTERNAL,
+            attributes=attributes,
+            start_time=_ns(info.started_at),
+        )
+        return _current(span)
+
+    def stage(
+        self, name: str, attributes: Mapping[str, AttributeValue] | None = None
+    ) -> AbstractContextManager[OtelSpan]:
+        span = self._tracer.start_span(
+            name, attributes={k: _exported(v) for k, v in (attributes or {}).items()}
+        )
+        return _current(span)
+
+    def objects(self, entries: Sequence[ChangeSetEntry], *, operation: str) -> None:
+        now = time.time_ns()
+        for entry in entries:
+            start = now if entry.started_at is None else int(entry.started_at * 1e9)
+            end = now if entry.started_at is None else start + int(entry.duration_s * 1e9)
+            span = self._tracer.start_span(
+                object_span_name(entry.ref, operation),
+                attributes=object_attributes(entry),
+                start_time=start,
+            )
+            if entry.action is Action.FAILED:
+                message = entry.error or f"{operation} failed"
+                _set_error(span, message)
+                _add_exception_event(span, message, error=None, timestamp=end)
+            span.end(end_time=end)
+
+    def heal(
+        self,
+        *,
+        sync: str,
+        entry_ref: str,
+        link_traceparent: str | None,
+        writers: Sequence[str],
+        fields: Sequence[str],
+    ) -> AbstractContextManager[OtelSpan]:
+        linked = parse_traceparent(link_traceparent)
+        links = (
+            [trace.Link(linked, {"aioreconcile.link": "last applied by"})]
+            if linked is not None
+            else []
+        )
+        span = self._tracer.start_span(
+            f"heal {entry_ref}",
+            context=otel_context.Context(),
+            links=links,
+            attributes={
+                "aioreconcile.sync": sync,
+                "aioreconcile.object.ref": entry_ref,
+                "aioreconcile.drift.writers": [scrub(w) for w in writers],
+                "aioreconcile.drift.fields": [scrub(f) for f in fields],
+            },
+        )
+        return _current(span)
+
+
+class _NoSpan:
+    __slots__ = ()
+
+    def set_attributes(self, attributes: Mapping[str, AttributeValue]) -> None:
+        return None
+
+    def record_error(self, message: str, *, error: BaseException | None = None) -> None:
+        return None
+
+    @property
+    def traceparent(self) -> str | None:
+        return None
+
+
+class DisabledTracing:
+    """What ``start_tracing`` hands out when nothing is configured: the same as the reactor's
+    ``NoTracing`` (which this layer may not import) — no SDK objects, no spans, no cost."""
+
+    _span: Final = _NoSpan()
+
+    @contextmanager
+    def _nothing(self) -> Iterator[_NoSpan]:
+        yield self._span
+
+    def commit(self, info: Commit) -> AbstractContextManager[_NoSpan]:
+        return self._nothing()
+
+    def stage(
+        self, name: str, attributes: Mapping[str, AttributeValue] | None = None
+    ) -> AbstractContextManager[_NoSpan]:
+        return self._nothing()
+
+    def objects(self, entries: Sequence[ChangeSetEntry], *, operation: str) -> None:
+        return None
+
+    def heal(
+        self,
+        *,
+        sync: str,
+        entry_ref: str,
+        link_traceparent: str | None,
+        writers: Sequence[str],
+        fields: Sequence[str],
+    ) -> AbstractContextManager[_NoSpan]:
+        return self._nothing()
