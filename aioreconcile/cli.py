@@ -81,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         help="default: all",
     )
+    _add_trace_command(commands)
     return parser
 
 
@@ -331,12 +332,63 @@ def _run_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_trace_command(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    trace = commands.add_parser(
+        "trace", help="find the trace of a commit in Jaeger and print its span tree"
+    )
+    trace.add_argument("sha", help="the commit (full SHA, or a prefix of a recent one)")
+    trace.add_argument(
+        "--jaeger",
+        default=None,
+        help="Jaeger's UI/query URL (default: $JAEGER_URL, else http://127.0.0.1:16686)",
+    )
+    trace.add_argument("--service", default="aioreconcile", help="OTEL_SERVICE_NAME it ran as")
+    trace.add_argument("--lookback", default="7d", help="how far back to search (e.g. 1h, 2d)")
+    trace.add_argument("-o", "--output", choices=["tree", "json"], default="tree")
+
+
+def _run_trace(args: argparse.Namespace) -> int:
+    """Exit 0 with the newest trace of the commit, 1 when there is none, 2 when Jaeger fails."""
+    import os
+
+    from aioreconcile.adapters.telemetry import jaeger_query
+
+    url = args.jaeger or os.environ.get("JAEGER_URL") or jaeger_query.DEFAULT_JAEGER_URL
+    try:
+        traces = jaeger_query.find_commit_traces(
+            url, args.sha, service=args.service, lookback=args.lookback
+        )
+    except jaeger_query.JaegerUnreachable as e:
+        print(f"aioreconcile trace: cannot query Jaeger: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:
+        print(f"aioreconcile trace: {e}", file=sys.stderr)
+        return 2
+    if not traces:
+        print(
+            f"aioreconcile trace: no trace of service {args.service!r} for commit {args.sha} "
+            f"in the last {args.lookback} at {url}",
+            file=sys.stderr,
+        )
+        return 1
+    newest, *older = traces
+    if args.output == "json":
+        document = jaeger_query.as_json(newest, query_url=url)
+        document["older_traces"] = [t["traceID"] for t in older]
+        sys.stdout.write(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print(jaeger_query.format_tree(newest, query_url=url, others=[t["traceID"] for t in older]))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "run":
         return _run_controller(args)
     if args.command == "status":
         return _run_status(args)
+    if args.command == "trace":
+        return _run_trace(args)
     if args.command == "check-config":
         return _run_check_config(args.config)
     if args.command in ("apply", "diff"):

@@ -4,6 +4,9 @@ The CLI hands it plain settings; it returns plain results (SyncOutcome, diffs) f
 print. Nothing below this module knows which concrete adapters are in use.
 """
 
+import contextlib
+import ctypes
+import gc
 import hashlib
 import logging
 import os
@@ -174,6 +177,18 @@ class RunSettings:
     drain_timeout_s: float = 30.0
 
 
+def release_memory() -> None:
+    """After a reconcile, hand the heap it freed back to the OS.
+
+    Rendering and applying thousands of objects peaks well above what the controller keeps;
+    CPython's allocator and glibc keep that memory mapped, so an idle controller would show the
+    peak as its RSS. ``malloc_trim`` exists on glibc only; elsewhere this is just a collection.
+    """
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def _git_cache_dir(settings: RunSettings) -> Path:
     if settings.cache_dir is not None:
         return settings.cache_dir
@@ -217,6 +232,7 @@ async def run_controller(
             watcher=ManagedKindsWatcher(manager, cluster.discovery),
             registry=registry,
             concurrency=settings.concurrency,
+            after_reconcile=release_memory,
         )
         controller_ref.append(controller)
         app = build_app(

@@ -160,6 +160,7 @@ class Controller:
         clock: Callable[[], float] = time.monotonic,
         drift_debounce_s: float = 0.02,
         tracing: Tracing | None = None,
+        after_reconcile: Callable[[], None] | None = None,
     ) -> None:
         self._cluster = cluster
         self._render = render
@@ -170,6 +171,7 @@ class Controller:
         self._apply_concurrency = apply_concurrency
         self._drift_debounce_s = drift_debounce_s
         self._tracing: Tracing = tracing or NoTracing()
+        self._after_reconcile = after_reconcile
         self.states = {spec.name: SyncState(spec) for spec in syncs}
         self._fights = FightGuard()
         self._metrics = _Metrics(registry)
@@ -335,7 +337,7 @@ class Controller:
         def remember_desired(manifests: Sequence[Manifest]) -> None:
             state.revision = sha
             state.desired = {
-                m.ref: orjson.dumps(stamp(m.body, sync=name, revision=sha, traceparent=traceparent))
+                m.ref: _compact(stamp(m.body, sync=name, revision=sha, traceparent=traceparent))
                 for m in manifests
             }
             # Watch before writing: a change made right after our apply must not fall between
@@ -361,6 +363,8 @@ class Controller:
         with anyio.move_on_after(_WATCH_SYNC_TIMEOUT_S):
             await self._watcher.wait_synced()
         self._record(state, outcome, seconds=time.monotonic() - started)
+        if self._after_reconcile is not None:
+            self._after_reconcile()
         return outcome
 
     def _record(self, state: SyncState, outcome: SyncOutcome, *, seconds: float) -> None:
@@ -433,14 +437,18 @@ class Controller:
         desired = orjson.loads(encoded)
         manifest = Manifest(ref, desired, origin=f"drift heal of {ref}")
         options = ApplyOptions(sync=sync, revision=state.revision)
+        fields = differing_fields(desired, live) if live is not None else ["(deleted)"]
         with self._tracing.heal(
             sync=sync,
             entry_ref=str(ref),
             link_traceparent=_traceparent_of(live) or _traceparent_of(desired),
             writers=foreign_writers(live) if live is not None else (),
-            fields=differing_fields(desired, live) if live is not None else ["(deleted)"],
+            fields=fields,
         ) as span:
-            entry, _ = await self._cluster.apply_object(manifest, options, live=live)
+            # A declared value that differs is no server normalisation: write without a dry-run.
+            entry, _ = await self._cluster.apply_object(
+                manifest, options, live=live, known_changed=bool(fields)
+            )
             self._tracing.objects([entry], operation="heal")
             if entry.action is Action.FAILED:
                 span.record_error(entry.error or "heal failed")
@@ -461,6 +469,12 @@ class Controller:
                     "revision": state.revision,
                 },
             )
+
+
+def _compact(obj: JsonObject) -> bytes:
+    """orjson's result keeps its ~4 KiB working buffer allocated; an exact-size copy makes
+    10,000 stored objects cost ~4 MiB instead of ~40 MiB."""
+    return bytes(memoryview(orjson.dumps(obj)))
 
 
 def _ref_type(ref: str) -> str:

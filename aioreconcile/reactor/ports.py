@@ -28,10 +28,15 @@ class Cluster(Protocol):
     async def preview(self, manifest: Manifest, options: ApplyOptions) -> JsonObject: ...
 
     async def apply_object(
-        self, manifest: Manifest, options: ApplyOptions, *, live: JsonObject | None
+        self,
+        manifest: Manifest,
+        options: ApplyOptions,
+        *,
+        live: JsonObject | None,
+        known_changed: bool = False,
     ) -> tuple[ChangeSetEntry, JsonObject | None]:
-        """Apply one object whose live state the caller already has (a watch event): no LIST,
-        no staging, one request at most when nothing differs by a server normalisation."""
+        """Apply one object whose live state the caller already has: no LIST, no staging.
+        ``known_changed`` (a declared value differs) skips the pure check and the dry-run."""
         ...
 
 

@@ -182,6 +182,8 @@ class Applier:
         resource: Resource,
         live: JsonObject | None,
         options: ApplyOptions,
+        *,
+        known_changed: bool = False,
     ) -> tuple[ChangeSetEntry, JsonObject | None]:
         started = time.monotonic()
         ref = _ref_with_version(manifest.ref, resource)
@@ -193,7 +195,11 @@ class Applier:
         )
         before = _resource_version(live)
         try:
-            decision = planning.decide(desired, live, field_manager=options.field_manager)
+            decision = (
+                planning.Decision.APPLY
+                if known_changed
+                else planning.decide(desired, live, field_manager=options.field_manager)
+            )
             if decision is planning.Decision.VERIFY and live is not None:
                 preview = await self._server_apply(
                     resource, ref, planning.carry_stamps(desired, live), options, dry_run=True
@@ -257,14 +263,20 @@ class Applier:
             await self._discovery.refresh()
 
     async def apply_object(
-        self, manifest: Manifest, options: ApplyOptions, *, live: JsonObject | None
+        self,
+        manifest: Manifest,
+        options: ApplyOptions,
+        *,
+        live: JsonObject | None,
+        known_changed: bool = False,
     ) -> tuple[ChangeSetEntry, JsonObject | None]:
-        """One object, its live state given (from a watch event; None when deleted)."""
+        """One object, its live state given (None when deleted); ``known_changed`` skips the
+        decision (and so the dry-run) because the caller saw a declared value differ."""
         try:
             resource = await self._discovery.resolve(manifest.ref)
         except AioreconcileError as e:
             return _failed(manifest.ref, e, time.monotonic()), None
-        return await self._apply_one(manifest, resource, live, options)
+        return await self._apply_one(manifest, resource, live, options, known_changed=known_changed)
 
     async def preview(self, manifest: Manifest, options: ApplyOptions) -> JsonObject:
         """The object as it would be stored after our apply (server-side dry-run), with the

@@ -57,9 +57,16 @@ class KubeCluster:
         return await self.applier.get(ref)
 
     async def apply_object(
-        self, manifest: Manifest, options: ApplyOptions, *, live: JsonObject | None
+        self,
+        manifest: Manifest,
+        options: ApplyOptions,
+        *,
+        live: JsonObject | None,
+        known_changed: bool = False,
     ) -> tuple[ChangeSetEntry, JsonObject | None]:
-        return await self.applier.apply_object(manifest, options, live=live)
+        return await self.applier.apply_object(
+            manifest, options, live=live, known_changed=known_changed
+        )
 
     async def preview(self, manifest: Manifest, options: ApplyOptions) -> JsonObject:
         return await self.applier.preview(manifest, options)

@@ -5,6 +5,7 @@ is plain urllib (the CLI is synchronous and makes one or two requests); everythi
 fetch is pure and tested without Jaeger: building the tree, formatting it, the JSON view.
 """
 
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -70,10 +71,43 @@ def trace_url(query_url: str, trace_id: str) -> str:
     return f"{query_url.rstrip('/')}/trace/{trace_id}"
 
 
+_UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def lookback_seconds(lookback: str) -> float:
+    """``90s``, ``30m``, ``1h``, ``2d``, ``1w`` (or plain seconds) as seconds."""
+    text = lookback.strip().lower()
+    try:
+        if text and text[-1] in _UNITS:
+            seconds = float(text[:-1]) * _UNITS[text[-1]]
+        else:
+            seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if seconds <= 0:
+        raise ValueError(f"lookback {lookback!r}: expected a duration like 30m, 1h or 2d")
+    return seconds
+
+
 def search_url(
-    query_url: str, *, service: str, tags: Mapping[str, str] | None, lookback: str, limit: int
+    query_url: str,
+    *,
+    service: str,
+    tags: Mapping[str, str] | None,
+    lookback: str,
+    limit: int,
+    now: float | None = None,
 ) -> str:
-    params = {"service": service, "limit": str(limit), "lookback": lookback}
+    """The query API takes ``start``/``end`` in microseconds (``lookback`` is only the UI's
+    name for it, and the API would otherwise search its default of two days)."""
+    end = time.time() if now is None else now
+    params = {
+        "service": service,
+        "limit": str(limit),
+        "lookback": lookback,
+        "start": str(int((end - lookback_seconds(lookback)) * 1e6)),
+        "end": str(int(end * 1e6)),
+    }
     if tags:
         params["tags"] = orjson.dumps(dict(tags)).decode()
     return f"{query_url.rstrip('/')}/api/traces?{urllib.parse.urlencode(params)}"

@@ -1,0 +1,1 @@
+"""OpenTelemetry spans, their export to a real Jaeger, log correlation and `aioreconcile trace`."""
