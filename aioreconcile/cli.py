@@ -63,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--cache-dir", type=Path, default=None, help="git cache (default ~/.cache)")
     run.add_argument("--concurrency", type=int, default=16)
     run.add_argument("--log-level", default="info")
+    _add_tracing_flags(run)
 
     status = commands.add_parser("status", help="print each sync's state from a running controller")
     status.add_argument("--url", default="http://127.0.0.1:8080", help="the controller's address")
@@ -133,6 +134,7 @@ def _add_directory_command(
     )
     command.add_argument("-o", "--output", choices=["table", "json"], default="table")
     if name == "apply":
+        _add_tracing_flags(command)
         command.add_argument("--prune", action="store_true", help="delete what left the source")
         command.add_argument(
             "--inventory",
@@ -148,6 +150,17 @@ def _add_directory_command(
         command.add_argument("--wait", action="store_true", help="wait until every object is ready")
         command.add_argument("--timeout", type=float, default=300.0, help="for --wait, seconds")
         command.add_argument("--dry-run", action="store_true", help="server-side dry-run only")
+
+
+def _add_tracing_flags(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--otlp-endpoint",
+        default=None,
+        help="OTLP/HTTP collector base URL (default: $OTEL_EXPORTER_OTLP_ENDPOINT; none: off)",
+    )
+    command.add_argument(
+        "--service-name", default=None, help="trace service name (default $OTEL_SERVICE_NAME)"
+    )
 
 
 def _inline_values(assignments: Sequence[str]) -> dict[str, object]:
@@ -196,6 +209,10 @@ def _directory_settings(args: argparse.Namespace) -> "runtime.DirectorySettings"
         dry_run=getattr(args, "dry_run", False),
         force_conflicts=args.force_conflicts,
         concurrency=args.concurrency,
+        tracing=runtime.tracing_settings(
+            endpoint=getattr(args, "otlp_endpoint", None),
+            service_name=getattr(args, "service_name", None),
+        ),
     )
 
 
@@ -289,6 +306,10 @@ def _run_controller(args: argparse.Namespace) -> int:
         namespace=args.namespace,
         cache_dir=args.cache_dir,
         concurrency=args.concurrency,
+        tracing=runtime.tracing_settings(
+            endpoint=getattr(args, "otlp_endpoint", None),
+            service_name=getattr(args, "service_name", None),
+        ),
     )
     try:
         anyio.run(lambda: runtime.run_controller(settings))

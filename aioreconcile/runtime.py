@@ -25,9 +25,12 @@ from aioreconcile.adapters.kube.inventories import ConfigMapInventoryStore
 from aioreconcile.adapters.kube.watching import WatchManager
 from aioreconcile.adapters.render import render
 from aioreconcile.adapters.serving.endpoints import add_operational_routes, serve
+from aioreconcile.adapters.telemetry.correlating import install_log_correlation
+from aioreconcile.adapters.telemetry.setup import TracingHandle, TracingSettings, start_tracing
 from aioreconcile.adapters.webhook.receiving import build_app, load_secret
 from aioreconcile.engine.applying import ApplyOptions
 from aioreconcile.engine.changeset import ChangeSetEntry
+from aioreconcile.engine.config import ControllerConfig
 from aioreconcile.engine.configuration import parse_config
 from aioreconcile.engine.diffing import unified_diff
 from aioreconcile.engine.errors import AioreconcileError
@@ -37,6 +40,7 @@ from aioreconcile.engine.outcomes import SyncOutcome
 from aioreconcile.engine.sources import RenderSpec
 from aioreconcile.reactor.controlling import Controller
 from aioreconcile.reactor.syncing import SyncRequest, sync_once
+from aioreconcile.reactor.tracing import CommitInfo
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +68,7 @@ class DirectorySettings:
     dry_run: bool = False
     force_conflicts: bool = True
     concurrency: int = 16
+    tracing: TracingSettings = field(default_factory=TracingSettings.from_environ)
 
 
 def directory_revision(path: Path) -> str:
@@ -106,15 +111,38 @@ async def apply_directory(
         wait=settings.wait,
         wait_timeout_s=settings.wait_timeout_s,
     )
-    async with open_cluster(settings.cluster) as cluster:
-        store = (
-            ConfigMapInventoryStore(
-                cluster.transport, namespace=settings.inventory_namespace, name=settings.inventory
+    handle = start_tracing(settings.tracing)
+    try:
+        async with open_cluster(settings.cluster) as cluster:
+            store = (
+                ConfigMapInventoryStore(
+                    cluster.transport,
+                    namespace=settings.inventory_namespace,
+                    name=settings.inventory,
+                )
+                if settings.inventory
+                else None
             )
-            if settings.inventory
-            else None
-        )
-        return await sync_once(request, cluster=cluster, render=render, inventory=store)
+            commit = CommitInfo(
+                sync=settings.sync,
+                repository_url=str(settings.path.resolve()),
+                ref="",
+                ref_type="directory",
+                sha=revision,
+                trigger="cli",
+            )
+            with handle.tracing.commit(commit) as root:
+                traced = replace(
+                    request, options=replace(request.options, traceparent=root.traceparent)
+                )
+                outcome = await sync_once(
+                    traced, cluster=cluster, render=render, inventory=store, tracing=handle.tracing
+                )
+                if not outcome.ok:
+                    root.record_error(outcome.message)
+            return outcome
+    finally:
+        await anyio.to_thread.run_sync(handle.shutdown)
 
 
 @dataclass(frozen=True)
@@ -152,17 +180,6 @@ def default_sync_name(path: Path, inventory: str | None) -> str:
     return cleaned.strip("-_.") or "cli"
 
 
-__all__ = [
-    "ClusterSettings",
-    "DirectorySettings",
-    "ObjectDiff",
-    "apply_directory",
-    "default_sync_name",
-    "diff_directory",
-    "directory_revision",
-]
-
-
 @dataclass(frozen=True)
 class RunSettings:
     """``aioreconcile run --config FILE`` in plain data."""
@@ -175,6 +192,7 @@ class RunSettings:
     cache_dir: Path | None = None
     concurrency: int = 16
     drain_timeout_s: float = 30.0
+    tracing: TracingSettings = field(default_factory=TracingSettings.from_environ)
 
 
 def release_memory() -> None:
@@ -208,6 +226,32 @@ async def run_controller(
     secrets = {receiver.name: load_secret(receiver) for receiver in config.receivers}
     registry = Registry()
     cache = GitCache(_git_cache_dir(settings))
+    handle = start_tracing(settings.tracing)
+    install_log_correlation()
+    try:
+        await _run_controller(
+            settings,
+            config,
+            secrets=secrets,
+            registry=registry,
+            cache=cache,
+            tracing=handle,
+            task_status=task_status,
+        )
+    finally:
+        await anyio.to_thread.run_sync(handle.shutdown)
+
+
+async def _run_controller(
+    settings: RunSettings,
+    config: ControllerConfig,
+    *,
+    secrets: dict[str, bytes],
+    registry: Registry,
+    cache: GitCache,
+    tracing: TracingHandle,
+    task_status: anyio.abc.TaskStatus[int],
+) -> None:
     async with open_cluster(settings.cluster) as cluster:
         await cluster.refresh_discovery()
         controller_ref: list[Controller] = []
@@ -233,6 +277,7 @@ async def run_controller(
             registry=registry,
             concurrency=settings.concurrency,
             after_reconcile=release_memory,
+            tracing=tracing.tracing,
         )
         controller_ref.append(controller)
         app = build_app(
@@ -263,3 +308,23 @@ async def run_controller(
                 drained = await controller.drain(timeout_s=settings.drain_timeout_s)
                 logger.info("drained" if drained else "drain timed out; stopping anyway")
                 tasks.cancel_scope.cancel()
+
+
+def tracing_settings(*, endpoint: str | None, service_name: str | None) -> TracingSettings:
+    """The standard OTEL_* environment, with the CLI's flags (when given) on top."""
+    return TracingSettings.from_environ(endpoint=endpoint, service_name=service_name)
+
+
+__all__ = [
+    "ClusterSettings",
+    "DirectorySettings",
+    "ObjectDiff",
+    "RunSettings",
+    "apply_directory",
+    "default_sync_name",
+    "diff_directory",
+    "directory_revision",
+    "release_memory",
+    "run_controller",
+    "tracing_settings",
+]

@@ -449,7 +449,7 @@ class Controller:
             entry, _ = await self._cluster.apply_object(
                 manifest, options, live=live, known_changed=bool(fields)
             )
-            self._tracing.objects([entry], operation="heal")
+            self._tracing.objects([entry], operation="apply")
             if entry.action is Action.FAILED:
                 span.record_error(entry.error or "heal failed")
         if entry.resource_version_after is not None:
