@@ -13,12 +13,13 @@ from typing import Final
 import anyio
 
 from aioreconcile.engine import health
-from aioreconcile.engine.applying import ApplyOptions
-from aioreconcile.engine.changeset import ChangeSet
+from aioreconcile.engine.applying import ApplyOptions, ApplyResult
+from aioreconcile.engine.changeset import ChangeSet, ChangeSetEntry
 from aioreconcile.engine.errors import AioreconcileError
 from aioreconcile.engine.inventory import Inventory, allow_prune, merge, stale
 from aioreconcile.engine.model import JsonObject, Manifest, ObjectRef
 from aioreconcile.engine.outcomes import Reason, SyncOutcome
+from aioreconcile.engine.planning import Stage, staged
 from aioreconcile.engine.sources import RenderSpec
 from aioreconcile.reactor.ports import Cluster, InventoryStore, ManifestRenderer
 from aioreconcile.reactor.tracing import NoTracing, Tracing
@@ -68,8 +69,7 @@ async def sync_once(
     if before_apply is not None:
         before_apply(manifests)
     with tracing.stage("apply", {"aioreconcile.objects": len(manifests)}) as span:
-        result = await cluster.apply(manifests, request.options)
-        tracing.objects(result.changeset.entries, operation="apply")
+        result = await _apply_staged(cluster, manifests, request.options, tracing=tracing)
         if result.changeset.failed:
             span.record_error(f"{len(result.changeset.failed)} object(s) failed to apply")
     applied = result.changeset
@@ -143,6 +143,39 @@ async def sync_once(
         not_ready=not_ready,
         inventory_size=inventory_size,
     )
+
+
+_STAGE_NAMES: Final = {
+    Stage.CRDS: "apply CustomResourceDefinitions",
+    Stage.NAMESPACES: "apply Namespaces",
+    Stage.CLUSTER: "apply cluster-scoped",
+    Stage.NAMESPACED: "apply namespaced",
+}
+
+
+async def _apply_staged(
+    cluster: Cluster, manifests: Sequence[Manifest], options: ApplyOptions, *, tracing: Tracing
+) -> ApplyResult:
+    """One ``cluster.apply`` per stage, so each stage is a span of its own with its objects'
+    spans inside; the applier still settles CRDs and Namespaces before the next stage."""
+
+    def namespaced(ref: ObjectRef) -> bool:
+        # A kind the cluster does not know yet comes from a CRD of this apply: namespaced or
+        # not, it belongs after the cluster-scoped stage (the applier stages it the same way).
+        scope = cluster.is_namespaced(ref)
+        return True if scope is None else scope
+
+    entries: list[ChangeSetEntry] = []
+    live: dict[ObjectRef, JsonObject] = {}
+    for stage, members in staged(manifests, is_namespaced=namespaced):
+        with tracing.stage(_STAGE_NAMES[stage], {"aioreconcile.objects": len(members)}) as span:
+            result = await cluster.apply(members, options)
+            tracing.objects(result.changeset.entries, operation="apply")
+            if result.changeset.failed:
+                span.record_error(f"{len(result.changeset.failed)} object(s) failed to apply")
+        entries += result.changeset.entries
+        live |= result.live
+    return ApplyResult(ChangeSet.of(entries), live)
 
 
 async def wait_until_ready(

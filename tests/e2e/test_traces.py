@@ -87,7 +87,7 @@ async def test_a_pushed_commit_is_one_trace_and_a_heal_links_back_to_it(
         assert _tags(root)["vcs.ref.head.revision"] == second
         assert _tags(root)["aioreconcile.trigger"] == "push"
         assert _tags(root)["aioreconcile.commit.subject"] == "bump every value"
-        assert {"git fetch", "render", "apply"} <= set(spans)
+        assert {"git fetch", "render", "apply", "apply namespaced"} <= set(spans)
         assert len(object_spans) == 5
         assert {_tags(s)["aioreconcile.action"] for s in object_spans} == {"configured"}
 
