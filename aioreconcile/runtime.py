@@ -40,7 +40,7 @@ from aioreconcile.engine.outcomes import SyncOutcome
 from aioreconcile.engine.sources import RenderSpec
 from aioreconcile.reactor.controlling import Controller
 from aioreconcile.reactor.syncing import SyncRequest, sync_once
-from aioreconcile.reactor.tracing import CommitInfo
+from aioreconcile.reactor.tracing import CommitInfo, NoTracing
 
 logger = logging.getLogger(__name__)
 
@@ -131,12 +131,13 @@ async def apply_directory(
                 sha=revision,
                 trigger="cli",
             )
-            with handle.tracing.commit(commit) as root:
+            tracing = handle.tracing or NoTracing()
+            with tracing.commit(commit) as root:
                 traced = replace(
                     request, options=replace(request.options, traceparent=root.traceparent)
                 )
                 outcome = await sync_once(
-                    traced, cluster=cluster, render=render, inventory=store, tracing=handle.tracing
+                    traced, cluster=cluster, render=render, inventory=store, tracing=tracing
                 )
                 if not outcome.ok:
                     root.record_error(outcome.message)
@@ -277,7 +278,7 @@ async def _run_controller(
             registry=registry,
             concurrency=settings.concurrency,
             after_reconcile=release_memory,
-            tracing=tracing.tracing,
+            tracing=tracing.tracing or NoTracing(),
         )
         controller_ref.append(controller)
         app = build_app(

@@ -29,6 +29,7 @@ def _emit_commit_trace(endpoint: str, *, service: str, sha: str) -> None:
     """What the reactor does for one push: root, fetch, apply with three objects; then flush."""
     handle = start_tracing(TracingSettings(endpoint=endpoint, service_name=service))
     tracing = handle.tracing
+    assert tracing is not None
     began = time.time()
     entries = [
         ChangeSetEntry(

@@ -18,7 +18,6 @@ from aioreconcile.adapters.telemetry.setup import (
     start_tracing,
 )
 from aioreconcile.adapters.telemetry.tracing import (
-    DisabledTracing,
     OtelTracing,
     parse_traceparent,
     strip_credentials,
@@ -103,8 +102,8 @@ def trace_id(span: ReadableSpan) -> int:
 
 
 def test_adapter_satisfies_the_port(tracing: OtelTracing) -> None:
-    ports: list[Tracing] = [tracing, DisabledTracing(), NoTracing()]
-    assert len(ports) == 3
+    ports: list[Tracing] = [tracing, NoTracing()]
+    assert len(ports) == 2
 
 
 def test_commit_root_carries_vcs_attributes_and_stages_nest_under_it(
@@ -405,7 +404,7 @@ def test_parse_traceparent() -> None:
 
 
 def test_no_tracing_paths_do_nothing() -> None:
-    for disabled in (NoTracing(), DisabledTracing()):
+    for disabled in (NoTracing(),):
         with disabled.commit(commit_info()) as root, disabled.stage("apply") as stage:
             disabled.objects([entry("ConfigMap", "a", Action.CREATED)], operation="apply")
             stage.set_attributes({"a": 1})
@@ -480,7 +479,7 @@ def test_unusable_settings_name_the_variable(environ: dict[str, str], variable: 
 
 def test_nothing_configured_means_no_sdk() -> None:
     handle = start_tracing(TracingSettings.from_environ({}))
-    assert isinstance(handle.tracing, DisabledTracing)
+    assert handle.tracing is None
     assert not handle.enabled
     handle.shutdown()
 
@@ -501,12 +500,11 @@ def test_start_tracing_exports_through_the_batch_processor_on_shutdown() -> None
 def test_sampler_always_off_exports_nothing_but_still_propagates() -> None:
     exporter = InMemorySpanExporter()
     settings = TracingSettings.from_environ({"OTEL_TRACES_SAMPLER": "always_off"})
-    with (
-        start_tracing(settings, exporter=exporter) as handle,
-        handle.tracing.commit(commit_info()) as root,
-    ):
-        assert root.traceparent is not None
-        assert int(root.traceparent.rsplit("-", 1)[1], 16) & 1 == 0  # not sampled
+    with start_tracing(settings, exporter=exporter) as handle:
+        assert handle.tracing is not None
+        with handle.tracing.commit(commit_info()) as root:
+            assert root.traceparent is not None
+            assert int(root.traceparent.rsplit("-", 1)[1], 16) & 1 == 0  # not sampled
     assert exporter.get_finished_spans() == ()
 
 

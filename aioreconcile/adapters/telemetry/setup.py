@@ -28,7 +28,7 @@ from opentelemetry.sdk.trace.sampling import (
     TraceIdRatioBased,
 )
 
-from aioreconcile.adapters.telemetry.tracing import DisabledTracing, OtelTracing
+from aioreconcile.adapters.telemetry.tracing import OtelTracing
 from aioreconcile.engine.errors import AioreconcileError
 
 HTTP_PROTOBUF: Final = "http/protobuf"
@@ -184,7 +184,7 @@ class TracingHandle:
 
     def __init__(
         self,
-        tracing: OtelTracing | DisabledTracing,
+        tracing: OtelTracing | None,
         provider: TracerProvider | None = None,
     ) -> None:
         self.tracing = tracing
@@ -228,13 +228,13 @@ def _exporter(settings: TracingSettings) -> SpanExporter:
 def start_tracing(
     settings: TracingSettings, *, exporter: SpanExporter | None = None
 ) -> TracingHandle:
-    """Build the SDK when an endpoint is configured; otherwise hand out ``DisabledTracing``
-    without importing the exporter or creating a provider (no measurable cost).
+    """Build the SDK when an endpoint is configured; otherwise ``handle.tracing`` is None (the
+    caller uses the reactor's ``NoTracing``): no exporter import, no provider, no cost.
 
     ``exporter`` replaces the OTLP exporter (benchmarks and tests); it also enables tracing.
     """
     if not settings.enabled and exporter is None:
-        return TracingHandle(DisabledTracing())
+        return TracingHandle(None)
     settings.validate()
     resource = Resource.create(
         {
