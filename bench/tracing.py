@@ -74,6 +74,7 @@ def _count_traces(query_url: str) -> int:
 
 async def measure(kubeconfig: Path, *, n: int, runs: int, concurrency: int, workdir: Path) -> None:
     from aioreconcile.adapters.telemetry.setup import TracingSettings, start_tracing
+    from aioreconcile.reactor.tracing import NoTracing
     from aioreconcile.testing import start_jaeger
 
     async with start_jaeger() as jaeger:
@@ -89,7 +90,7 @@ async def measure(kubeconfig: Path, *, n: int, runs: int, concurrency: int, work
         # Warm-up: imports, discovery cache, connection setup, first namespace.
         warm = workdir / "warm"
         write_directory(warm, _docs(n, f"bench-tr-warm-{secrets.token_hex(3)}"))
-        await _apply_once(disabled.tracing, warm, kubeconfig, concurrency=concurrency, sha="0" * 40)
+        await _apply_once(NoTracing(), warm, kubeconfig, concurrency=concurrency, sha="0" * 40)
         for repetition in range(runs):
             order = ["disabled", "jaeger"] if repetition % 2 == 0 else ["jaeger", "disabled"]
             for mode in order:
@@ -98,7 +99,7 @@ async def measure(kubeconfig: Path, *, n: int, runs: int, concurrency: int, work
                     directory, _docs(n, f"bench-tr-{mode[0]}{repetition}-{secrets.token_hex(3)}")
                 )
                 seconds, applied, span_seconds = await _apply_once(
-                    handles[mode].tracing,
+                    handles[mode].tracing or NoTracing(),
                     directory,
                     kubeconfig,
                     concurrency=concurrency,
