@@ -1,24 +1,23 @@
 """Raw JSON requests to the API server over one aiohttp session.
 
 The generated kubernetes_asyncio API turns every response into model objects; at thousands of
-objects that costs more than the request itself, so we keep its configuration and credentials
-(kubeconfig parsing, exec plugins, token refresh) and send the requests ourselves with orjson.
+objects that costs more than the request itself, so requests go out through aiohttp with
+orjson, with the server, TLS and credentials from ``access`` (kubeconfig or in-cluster).
 A request that hits a dead pooled connection (the apiserver restarted) or a 429/5xx is retried
 with a short backoff; everything else is mapped to ``aioreconcile.engine.errors``.
 """
 
-import ssl
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import aiohttp
 import anyio
 import orjson
 
-from aioreconcile.adapters.kube.connecting import connect
+from aioreconcile.adapters.kube.access import ClusterAccess, cluster_access
 from aioreconcile.engine.errors import ApiError, ConflictError, NotFoundError, TransientError
 from aioreconcile.engine.model import JsonObject
 
@@ -32,18 +31,6 @@ _RETRY_DELAYS: Final = (0.05, 0.2, 0.5, 1.0, 2.0)
 class Response:
     status: int
     body: JsonObject
-
-
-def _ssl_context(configuration: Any) -> ssl.SSLContext | bool:
-    if not configuration.host.startswith("https"):
-        return False
-    context = ssl.create_default_context(cafile=configuration.ssl_ca_cert)
-    if configuration.cert_file:
-        context.load_cert_chain(configuration.cert_file, keyfile=configuration.key_file)
-    if not configuration.verify_ssl:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
 
 
 def _api_error(status: int, raw: bytes) -> ApiError:
@@ -62,13 +49,11 @@ def _api_error(status: int, raw: bytes) -> ApiError:
 class KubeTransport:
     """One connection pool to one API server; safe to share across tasks."""
 
-    def __init__(self, api_client: Any, *, max_connections: int = 64) -> None:
-        self._api_client = api_client
-        self.host: str = api_client.configuration.host.rstrip("/")
+    def __init__(self, access: ClusterAccess, *, max_connections: int = 64) -> None:
+        self._access = access
+        self.host: str = access.host
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(
-                limit=max_connections, ssl=_ssl_context(api_client.configuration)
-            ),
+            connector=aiohttp.TCPConnector(limit=max_connections, ssl=access.ssl_context()),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
         )
 
@@ -80,11 +65,13 @@ class KubeTransport:
         context: str | None = None,
         max_connections: int = 64,
     ) -> "KubeTransport":
-        return cls(await connect(kubeconfig, context=context), max_connections=max_connections)
+        return cls(
+            await cluster_access(kubeconfig, context=context), max_connections=max_connections
+        )
 
     async def close(self) -> None:
         await self._session.close()
-        await self._api_client.close()
+        await self._access.close()
 
     async def __aenter__(self) -> "KubeTransport":
         return self
@@ -96,8 +83,8 @@ class KubeTransport:
         headers = {"Accept": accept}
         if content_type:
             headers["Content-Type"] = content_type
-        # Fills Authorization from the kubeconfig, refreshing exec/OIDC tokens when they expire.
-        await self._api_client.update_params_for_auth(headers, [], ["BearerToken"])
+        # Bearer tokens from files and exec plugins are refreshed before they expire.
+        headers.update(await self._access.authorization())
         return headers
 
     async def request(
