@@ -196,7 +196,16 @@ class Controller:
         self.queue.put(("sync", sync))
 
     def on_watch_event(self, event: WatchEvent) -> None:
-        """Judge a watch event purely; enqueue a heal when a declared field drifted."""
+        """Judge a watch event purely; enqueue a heal when a declared field drifted.
+
+        Called by every watch: an exception escaping here would stop all of them, so one bad
+        object is logged and skipped instead."""
+        try:
+            self._judge(event)
+        except Exception:
+            logger.exception("could not judge a watch event", extra={"object": str(event.ref)})
+
+    def _judge(self, event: WatchEvent) -> None:
         labels = (event.object.get("metadata") or {}).get("labels") or {}
         state = self.states.get(str(labels.get(SYNC_LABEL, "")))
         if state is None:

@@ -1,0 +1,122 @@
+"""The controller's reactions to watch events, with fakes passed through its constructor
+(async tests: the queue reads the event loop's clock)."""
+
+import copy
+import logging
+from collections.abc import Iterable
+from typing import Any, cast
+
+import pytest
+
+from aioreconcile.engine.config import GitSourceSpec, SyncSpec
+from aioreconcile.engine.events import EventType, WatchEvent
+from aioreconcile.engine.metrics import Registry
+from aioreconcile.engine.model import ObjectRef
+from aioreconcile.engine.planning import stamp
+from aioreconcile.reactor.controlling import Controller, _compact
+
+
+class NoWatcher:
+    def __init__(self) -> None:
+        self.kinds: set[ObjectRef] = set()
+
+    def watch(self, kinds: Iterable[ObjectRef]) -> None:
+        self.kinds = set(kinds)
+
+    async def wait_synced(self) -> None:
+        return None
+
+
+DESIRED = stamp(
+    {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "c", "namespace": "n"},
+        "data": {"k": "git"},
+    },
+    sync="app",
+    revision="a" * 40,
+    traceparent=None,
+)
+REF = ObjectRef.of(DESIRED)
+OURS = {
+    "manager": "aioreconcile",
+    "operation": "Apply",
+    "apiVersion": "v1",
+    "time": "2026-11-28T00:00:00Z",
+    "fieldsType": "FieldsV1",
+    "fieldsV1": {
+        "f:data": {"f:k": {}},
+        "f:metadata": {
+            "f:labels": {"f:app.kubernetes.io/managed-by": {}, "f:aioreconcile.dev/sync": {}},
+            "f:annotations": {"f:aioreconcile.dev/revision": {}},
+        },
+    },
+}
+
+
+def controller(*, self_heal: bool = True) -> Controller:
+    spec = SyncSpec(name="app", source=GitSourceSpec(url="git://example/x"), self_heal=self_heal)
+    made = Controller(
+        [spec],
+        cluster=cast(Any, None),  # never reached: these tests only judge events
+        render=cast(Any, None),
+        sources={},
+        inventories={},
+        watcher=NoWatcher(),
+        registry=Registry(),
+    )
+    state = made.states["app"]
+    state.revision = "a" * 40
+    state.desired = {REF: _compact(DESIRED)}
+    state.written = {REF: "10"}
+    return made
+
+
+def live(value: str, rv: str) -> dict[str, Any]:
+    obj = copy.deepcopy(DESIRED)
+    obj["data"]["k"] = value
+    obj["metadata"]["resourceVersion"] = rv
+    obj["metadata"]["managedFields"] = [OURS]
+    return obj
+
+
+async def test_foreign_edit_of_a_declared_field_queues_one_heal() -> None:
+    made = controller()
+
+    made.on_watch_event(WatchEvent(EventType.MODIFIED, REF, live("edited", "11")))
+    made.on_watch_event(WatchEvent(EventType.MODIFIED, REF, live("again", "12")))
+
+    assert made.queue.depth == 1  # coalesced
+
+
+async def test_our_own_write_and_unlabelled_objects_queue_nothing() -> None:
+    made = controller()
+    stranger = live("edited", "11")
+    del stranger["metadata"]["labels"]["aioreconcile.dev/sync"]
+
+    made.on_watch_event(WatchEvent(EventType.MODIFIED, REF, live("git", "10")))
+    made.on_watch_event(WatchEvent(EventType.MODIFIED, REF, stranger))
+
+    assert made.queue.depth == 0
+
+
+async def test_self_heal_false_counts_the_drift_and_queues_nothing() -> None:
+    made = controller(self_heal=False)
+
+    made.on_watch_event(WatchEvent(EventType.DELETED, REF, live("git", "11")))
+
+    assert made.queue.depth == 0
+    assert made.states["app"].drifts_reported == 1
+
+
+async def test_a_bad_event_is_logged_and_never_stops_the_watches(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    made = controller()
+    made.states["app"].desired = {REF: b"not json"}
+
+    with caplog.at_level(logging.ERROR):
+        made.on_watch_event(WatchEvent(EventType.MODIFIED, REF, live("edited", "11")))
+
+    assert "could not judge a watch event" in caplog.text
