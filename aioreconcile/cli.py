@@ -161,6 +161,20 @@ def _add_tracing_flags(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--service-name", default=None, help="trace service name (default $OTEL_SERVICE_NAME)"
     )
+    command.add_argument(
+        "--otlp-protocol",
+        default=None,
+        choices=["http/protobuf", "grpc"],
+        help="default $OTEL_EXPORTER_OTLP_PROTOCOL, else http/protobuf",
+    )
+    command.add_argument(
+        "--traces-sampler",
+        default=None,
+        help="e.g. parentbased_traceidratio (default $OTEL_TRACES_SAMPLER, else always on)",
+    )
+    command.add_argument(
+        "--traces-sampler-arg", default=None, help="e.g. 0.1 (default $OTEL_TRACES_SAMPLER_ARG)"
+    )
 
 
 def _inline_values(assignments: Sequence[str]) -> dict[str, object]:
@@ -212,6 +226,9 @@ def _directory_settings(args: argparse.Namespace) -> "runtime.DirectorySettings"
         tracing=runtime.tracing_settings(
             endpoint=getattr(args, "otlp_endpoint", None),
             service_name=getattr(args, "service_name", None),
+            protocol=getattr(args, "otlp_protocol", None),
+            sampler=getattr(args, "traces_sampler", None),
+            sampler_arg=getattr(args, "traces_sampler_arg", None),
         ),
     )
 
@@ -309,6 +326,9 @@ def _run_controller(args: argparse.Namespace) -> int:
         tracing=runtime.tracing_settings(
             endpoint=getattr(args, "otlp_endpoint", None),
             service_name=getattr(args, "service_name", None),
+            protocol=getattr(args, "otlp_protocol", None),
+            sampler=getattr(args, "traces_sampler", None),
+            sampler_arg=getattr(args, "traces_sampler_arg", None),
         ),
     )
     try:

@@ -311,9 +311,22 @@ async def _run_controller(
                 tasks.cancel_scope.cancel()
 
 
-def tracing_settings(*, endpoint: str | None, service_name: str | None) -> TracingSettings:
+def tracing_settings(
+    *,
+    endpoint: str | None,
+    service_name: str | None,
+    protocol: str | None = None,
+    sampler: str | None = None,
+    sampler_arg: str | None = None,
+) -> TracingSettings:
     """The standard OTEL_* environment, with the CLI's flags (when given) on top."""
-    return TracingSettings.from_environ(endpoint=endpoint, service_name=service_name)
+    return TracingSettings.from_environ(
+        endpoint=endpoint,
+        service_name=service_name,
+        protocol=protocol,
+        sampler=sampler,
+        sampler_arg=sampler_arg,
+    )
 
 
 __all__ = [
