@@ -35,7 +35,7 @@ from aioreconcile.engine.configuration import parse_config
 from aioreconcile.engine.diffing import unified_diff
 from aioreconcile.engine.errors import AioreconcileError
 from aioreconcile.engine.metrics import Registry
-from aioreconcile.engine.model import ObjectRef
+from aioreconcile.engine.model import Manifest, ObjectRef
 from aioreconcile.engine.outcomes import SyncOutcome
 from aioreconcile.engine.sources import RenderSpec
 from aioreconcile.reactor.controlling import Controller
@@ -162,16 +162,22 @@ async def diff_directory(settings: DirectorySettings) -> list[ObjectDiff]:
         manifests = await render(
             settings.path, settings.render, is_namespaced=cluster.is_namespaced
         )
-        diffs: list[ObjectDiff] = []
-        for manifest in manifests:
-            try:
-                live = await cluster.get(manifest.ref)
-                merged = await cluster.preview(manifest, options)
-            except AioreconcileError as e:
-                diffs.append(ObjectDiff(manifest.ref, error=str(e)))
-                continue
-            diffs.append(ObjectDiff(manifest.ref, unified_diff(manifest.ref, live, merged)))
-        return diffs
+        diffs: dict[int, ObjectDiff] = {}
+        limiter = anyio.CapacityLimiter(max(1, settings.concurrency))
+
+        async def diff_one(index: int, manifest: Manifest) -> None:
+            async with limiter:
+                try:
+                    live, merged = await cluster.preview(manifest, options)
+                except AioreconcileError as e:
+                    diffs[index] = ObjectDiff(manifest.ref, error=str(e))
+                    return
+            diffs[index] = ObjectDiff(manifest.ref, unified_diff(manifest.ref, live, merged))
+
+        async with anyio.create_task_group() as tasks:
+            for index, manifest in enumerate(manifests):
+                tasks.start_soon(diff_one, index, manifest)
+        return [diffs[i] for i in range(len(manifests))]
 
 
 def default_sync_name(path: Path, inventory: str | None) -> str:

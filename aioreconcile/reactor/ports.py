@@ -25,7 +25,11 @@ class Cluster(Protocol):
 
     async def get(self, ref: ObjectRef) -> JsonObject | None: ...
 
-    async def preview(self, manifest: Manifest, options: ApplyOptions) -> JsonObject: ...
+    async def preview(
+        self, manifest: Manifest, options: ApplyOptions
+    ) -> tuple[JsonObject | None, JsonObject]:
+        """(live or None, the object as our apply would store it: a server-side dry-run)."""
+        ...
 
     async def apply_object(
         self,

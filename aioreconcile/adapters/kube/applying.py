@@ -278,9 +278,12 @@ class Applier:
             return _failed(manifest.ref, e, time.monotonic()), None
         return await self._apply_one(manifest, resource, live, options, known_changed=known_changed)
 
-    async def preview(self, manifest: Manifest, options: ApplyOptions) -> JsonObject:
-        """The object as it would be stored after our apply (server-side dry-run), with the
-        live stamps kept so that a new revision alone shows no difference."""
+    async def preview(
+        self, manifest: Manifest, options: ApplyOptions
+    ) -> tuple[JsonObject | None, JsonObject]:
+        """The live object (None if absent) and the object as it would be stored after our
+        apply (server-side dry-run), with the live stamps kept so that a new revision alone
+        shows no difference."""
         resource = await self._discovery.resolve(manifest.ref)
         ref = _ref_with_version(manifest.ref, resource)
         desired = planning.stamp(
@@ -293,7 +296,7 @@ class Applier:
         if live is not None:
             desired = planning.carry_stamps(desired, live)
         _, preview = await self._server_apply(resource, ref, desired, options, dry_run=True)
-        return preview
+        return live, preview
 
     # --- pruning ---------------------------------------------------------------------------------
 

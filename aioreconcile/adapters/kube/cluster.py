@@ -68,7 +68,9 @@ class KubeCluster:
             manifest, options, live=live, known_changed=known_changed
         )
 
-    async def preview(self, manifest: Manifest, options: ApplyOptions) -> JsonObject:
+    async def preview(
+        self, manifest: Manifest, options: ApplyOptions
+    ) -> tuple[JsonObject | None, JsonObject]:
         return await self.applier.preview(manifest, options)
 
 
