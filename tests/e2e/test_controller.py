@@ -71,6 +71,11 @@ class Running:
             document: dict[str, Any] = await response.json()
             return document
 
+    async def restored(self) -> bool:
+        """The ConfigMap ``settings`` holds Git's value again."""
+        cm = await self.core.read_namespaced_config_map("settings", self.namespace)
+        return bool(cm.data == {"v": "git"})
+
     async def sync_state(self, name: str = "app") -> dict[str, Any]:
         return next(s for s in (await self.status())["syncs"] if s["name"] == name)
 
@@ -208,11 +213,7 @@ async def test_drift_is_healed_and_what_git_does_not_declare_is_left_alone(
             "settings", namespace, {"data": {"v": "edited"}}, field_manager="intruder"
         )
 
-        async def restored() -> bool:
-            cm = await core.read_namespaced_config_map("settings", namespace)
-            return bool(cm.data == {"v": "git"})
-
-        await running.wait_for(restored, seconds=10)
+        await running.wait_for(running.restored, seconds=10)
 
         # Deleted: recreated.
         await apps.delete_namespaced_deployment("web", namespace)
@@ -255,16 +256,12 @@ async def test_ten_rapid_edits_coalesce_into_few_heals(
                 "settings", namespace, {"data": {"v": f"edit-{i}"}}, field_manager="intruder"
             )
 
-        async def restored() -> bool:
-            cm = await core.read_namespaced_config_map("settings", namespace)
-            return bool(cm.data == {"v": "git"})
-
-        await running.wait_for(restored, seconds=10)
+        await running.wait_for(running.restored, seconds=10)
         await anyio.sleep(0.5)
 
         heals = (await running.sync_state())["driftHeals"]
         assert 1 <= heals < 10
-        assert await restored()
+        assert await running.restored()
 
 
 async def test_self_heal_false_reports_drift_without_fixing_it(
@@ -316,8 +313,4 @@ async def test_watches_resume_after_apiserver_restart_and_heal(
             except aiohttp.ClientError:
                 continue
 
-        async def restored() -> bool:
-            cm = await running.core.read_namespaced_config_map("settings", namespace)
-            return bool(cm.data == {"v": "git"})
-
-        await running.wait_for(restored, seconds=20)
+        await running.wait_for(running.restored, seconds=20)
