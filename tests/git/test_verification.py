@@ -44,17 +44,23 @@ def ssh_keys(tmp_path: Path) -> tuple[Path, Path]:
     return ssh_key(keys, "trusted"), ssh_key(keys, "stranger")
 
 
+def ssh_verified_source(cache: GitCache, daemon: str, trusted: Path) -> GitSource:
+    """The served ``app`` repository, verified against an allowed-signers file naming only
+    ``trusted``."""
+    signers = allowed_signers(trusted.parent / "allowed", trusted)
+    return verified_source(
+        cache,
+        daemon + "app.git",
+        CommitVerification(mode=VerifyMode.SSH, allowed_signers_file=str(signers)),
+    )
+
+
 async def test_ssh_signed_commit_verifies(
     upstream: MakeUpstream, git_daemon: str, cache: GitCache, ssh_keys: tuple[Path, Path]
 ) -> None:
     trusted, _ = ssh_keys
     sha = upstream("app").commit({"a.txt": "a\n"}, sign=ssh_signing(trusted))
-    signers = allowed_signers(trusted.parent / "allowed", trusted)
-    src = verified_source(
-        cache,
-        git_daemon + "app.git",
-        CommitVerification(mode=VerifyMode.SSH, allowed_signers_file=str(signers)),
-    )
+    src = ssh_verified_source(cache, git_daemon, trusted)
     await src.fetch(sha)
     await src.verify(sha)
 
@@ -64,12 +70,7 @@ async def test_unsigned_commit_fails_ssh_verification(
 ) -> None:
     trusted, _ = ssh_keys
     sha = upstream("app").commit({"a.txt": "a\n"})
-    signers = allowed_signers(trusted.parent / "allowed", trusted)
-    src = verified_source(
-        cache,
-        git_daemon + "app.git",
-        CommitVerification(mode=VerifyMode.SSH, allowed_signers_file=str(signers)),
-    )
+    src = ssh_verified_source(cache, git_daemon, trusted)
     with pytest.raises(VerificationError, match=f"commit {sha} .* is not signed"):
         await src.verify(sha)
 
@@ -79,12 +80,7 @@ async def test_commit_by_an_unknown_ssh_signer_fails_verification(
 ) -> None:
     trusted, stranger = ssh_keys
     sha = upstream("app").commit({"a.txt": "a\n"}, sign=ssh_signing(stranger))
-    signers = allowed_signers(trusted.parent / "allowed", trusted)
-    src = verified_source(
-        cache,
-        git_daemon + "app.git",
-        CommitVerification(mode=VerifyMode.SSH, allowed_signers_file=str(signers)),
-    )
+    src = ssh_verified_source(cache, git_daemon, trusted)
     await src.fetch(sha)
     with pytest.raises(VerificationError, match="failed ssh signature verification") as e:
         await src.verify(sha)
