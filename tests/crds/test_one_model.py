@@ -62,6 +62,10 @@ RECEIVER_CRD_ONLY = {
     # Which Syncs a Receiver may trigger: the `hint` change adds them to the file format.
     "spec.syncs",
     "spec.selector",
+    # The file format's selector (from `hint`) is matchLabels only; the CRD takes a whole
+    # metav1.LabelSelector. The CRD mode must carry matchExpressions into the model before it
+    # may accept them (no parsed-but-ignored field).
+    "spec.selector.matchExpressions",
 }
 
 

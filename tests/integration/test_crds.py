@@ -195,7 +195,7 @@ BAD_SYNCS: list[tuple[str, dict[str, Any], str]] = [
     (
         "url-unknown-scheme",
         {"source": _source(url="ftp://git.example.com/a.git")},
-        "spec.source.url: must be an https://, http://, ssh:// or git:// URL",
+        "spec.source.url: must be an https://, http://, ssh:// (git+ssh://, ssh+git://) or git://",
     ),
     (
         "url-ssh-host-is-an-option",
@@ -225,7 +225,12 @@ BAD_SYNCS: list[tuple[str, dict[str, Any], str]] = [
         {"source": _source(timeout="1d")},
         "spec.source.timeout in body should match",
     ),
-    ("health-timeout-zero", {"timeout": "0s"}, "spec.timeout: must be positive"),
+    ("health-timeout-zero", {"wait": True, "timeout": "0s"}, "spec.timeout: must be positive"),
+    (
+        "health-timeout-without-wait",
+        {"timeout": "3m"},
+        "spec.timeout: only used with wait: true",
+    ),
     ("ref-with-tilde", {"source": _source(ref="main~1")}, "spec.source.ref: not a valid branch"),
     ("ref-starts-with-dash", {"source": _source(ref="-x")}, "spec.source.ref: must not start"),
     (
@@ -314,6 +319,24 @@ async def test_invalid_sync_is_refused_naming_the_field(
     assert absent.returncode != 0
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://github.com/acme/deploy.git",
+        "http://git.internal:8080/acme/deploy",
+        "git://git.example.com/acme/deploy.git",
+        "ssh://git@github.com/acme/deploy.git",
+        "ssh://git@bitbucket.example.com:7999/acme/deploy.git",
+        "git+ssh://git@[fd00::1]/acme/deploy.git",
+        "git@github.com:acme/deploy.git",
+    ],
+)
+async def test_every_remote_url_form_is_accepted(crds: Kube, namespace: str, url: str) -> None:
+    body = _sync("shop", namespace, source=_source(url=url, secretRef={"name": "git"}))
+
+    await _ok(crds, "apply", "--dry-run=server", "-f", "-", stdin=json.dumps(body))
+
+
 async def test_sync_name_must_be_a_label_value(crds: Kube, namespace: str) -> None:
     done = await _kubectl(crds, "apply", "-f", "-", stdin=json.dumps(_sync("shop.prod", namespace)))
 
@@ -328,6 +351,11 @@ BAD_RECEIVERS: list[tuple[str, dict[str, Any], str]] = [
     ("names-no-syncs", {"syncs": None}, "spec.syncs or spec.selector: name the Syncs"),
     ("empty-syncs", {"syncs": []}, "spec.syncs or spec.selector: name the Syncs"),
     ("sync-name-not-a-label", {"syncs": ["Shop"]}, "spec.syncs[0] in body should match"),
+    (
+        "selector-of-every-sync",
+        {"syncs": None, "selector": {"matchLabels": {}}},
+        "spec.selector: must name at least one label",
+    ),
     (
         "in-without-values",
         {"syncs": None, "selector": {"matchExpressions": [{"key": "team", "operator": "In"}]}},
