@@ -16,6 +16,7 @@ from aioreconcile.engine.changeset import ChangeSetEntry
 from aioreconcile.engine.configuration import ConfigError, parse_config
 from aioreconcile.engine.errors import AioreconcileError
 from aioreconcile.engine.naming import is_valid_label_value
+from aioreconcile.engine.redaction import printable, redact_text, redact_url
 from aioreconcile.engine.sources import RenderSpec, RenderType
 
 
@@ -282,7 +283,7 @@ def _run_diff(args: argparse.Namespace) -> int:
     else:
         for d in diffs:
             if d.error:
-                print(f"error {d.ref}: {d.error}", file=sys.stderr)
+                print(f"error {d.ref}: {redact_text(d.error)}", file=sys.stderr)
             elif d.diff:
                 sys.stdout.write(d.diff)
     if any(d.error for d in diffs):
@@ -302,7 +303,7 @@ def _run_check_config(path: Path) -> int:
     for sync in config.syncs:
         source = sync.source
         print(
-            f"sync {sync.name}: {source.url} {source.ref} {source.path} "
+            f"sync {sync.name}: {redact_url(source.url)} {printable(source.ref)} {source.path} "
             f"(every {source.interval_s:g} s, prune={sync.prune}, selfHeal={sync.self_heal})"
         )
     for receiver in config.receivers:
@@ -337,7 +338,7 @@ def _run_controller(args: argparse.Namespace) -> int:
         print(e, file=sys.stderr)
         return 1
     except AioreconcileError as e:
-        print(f"aioreconcile run: {e}", file=sys.stderr)
+        print(f"aioreconcile run: {redact_text(str(e))}", file=sys.stderr)
         return 2
     return 0
 
@@ -347,7 +348,11 @@ def _run_status(args: argparse.Namespace) -> int:
         with urllib.request.urlopen(f"{args.url.rstrip('/')}/status", timeout=10) as response:
             document = orjson.loads(response.read())
     except (OSError, ValueError) as e:
-        print(f"aioreconcile status: cannot read {args.url}/status: {e}", file=sys.stderr)
+        shown = redact_url(args.url)
+        print(
+            f"aioreconcile status: cannot read {shown}/status: {redact_text(str(e))}",
+            file=sys.stderr,
+        )
         return 2
     if args.output == "json":
         sys.stdout.write(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n")
@@ -436,7 +441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             return _run_apply(args) if args.command == "apply" else _run_diff(args)
         except AioreconcileError as e:
-            print(f"aioreconcile {args.command}: {e}", file=sys.stderr)
+            print(f"aioreconcile {args.command}: {redact_text(str(e))}", file=sys.stderr)
             return 2
     if args.command == "testenv":
         from aioreconcile.testing import session

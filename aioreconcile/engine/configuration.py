@@ -22,6 +22,7 @@ from aioreconcile.engine.config import (
     VerifyMode,
 )
 from aioreconcile.engine.errors import AioreconcileError
+from aioreconcile.engine.redaction import ambiguous_userinfo
 from aioreconcile.engine.sources import RenderSpec, RenderType
 
 _DURATION: Final = re.compile(
@@ -29,6 +30,10 @@ _DURATION: Final = re.compile(
 )
 _DNS_LABEL: Final = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _SHA: Final = re.compile(r"^[0-9a-f]{40}$")
+_URL_SCHEMES: Final = frozenset({"https", "http", "ssh", "git+ssh", "ssh+git", "git", "file"})
+_SCHEME: Final = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://([^/?#]*)")
+_REMOTE_HELPER: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+.-]*::")
+_SCP_HOST: Final = re.compile(r"^(?:[^@/:]*@)?([^/:]+):")
 T = TypeVar("T")
 
 
@@ -162,6 +167,8 @@ def _source(reader: _Reader, value: object, path: str) -> GitSourceSpec:
     if not data:
         reader.fail(path, "required")
     url = reader.field(data, path, "url", str, required=True) or ""
+    if url and (problem := url_problem(url)):
+        reader.fail(f"{path}.url", problem)
     ref = reader.field(data, path, "ref", str) or "main"
     sub_path = reader.field(data, path, "path", str) or "."
     if sub_path.startswith("/") or ".." in sub_path.split("/"):
@@ -179,6 +186,39 @@ def _source(reader: _Reader, value: object, path: str) -> GitSourceSpec:
         interval_s=reader.duration(data, path, "interval", 300.0),
         timeout_s=reader.duration(data, path, "timeout", 60.0),
     )
+
+
+def url_problem(url: str) -> str | None:
+    """Why git must not be given ``url``, or None.
+
+    git reads an argument starting with ``-`` as an option (``--upload-pack=<command>`` runs
+    the command; CVE-2017-1000117 was the same for ssh hosts), ``<helper>::<address>`` runs a
+    remote helper (``ext::`` a shell command), and whitespace or control characters have no
+    place in a repository address but can forge a log line. Only the URL forms git documents
+    for a remote repository are taken: ``https``, ``http``, ``ssh``, ``git``, ``file`` URLs, the
+    scp-like ``user@host:path`` and a local path. Messages never quote the URL (it may hold a
+    password).
+    """
+    if url.startswith("-"):
+        return "must not start with '-' (git would read it as an option)"
+    if _REMOTE_HELPER.match(url):
+        return "a '<transport>::<address>' remote helper URL is not allowed (it runs a program)"
+    if any(c.isspace() or not c.isprintable() for c in url):
+        return "must not contain whitespace or control characters"
+    if scheme := _SCHEME.match(url):
+        if scheme[1].lower() not in _URL_SCHEMES:
+            allowed = ", ".join(sorted(_URL_SCHEMES))
+            return f"scheme {scheme[1]!r} is not supported ({allowed})"
+        if ambiguous_userinfo(url):
+            return (
+                "the password in the URL holds '#', '?' or '/': percent-encode it (%23, %3F, "
+                "%2F) or use auth.passwordEnv / auth.passwordFile"
+            )
+        if scheme[2].rpartition("@")[2].startswith("-"):
+            return "the host must not start with '-' (ssh would read it as an option)"
+    elif (host := _SCP_HOST.match(url)) and host[1].startswith("-"):
+        return "the host must not start with '-' (ssh would read it as an option)"
+    return None
 
 
 def _render(reader: _Reader, value: object, path: str, namespace: str | None) -> RenderSpec:

@@ -38,6 +38,7 @@ from aioreconcile.engine.model import JsonObject, Manifest, ObjectRef
 from aioreconcile.engine.naming import SYNC_LABEL, TRACEPARENT_ANNOTATION
 from aioreconcile.engine.outcomes import Reason, SyncOutcome
 from aioreconcile.engine.planning import stamp
+from aioreconcile.engine.redaction import printable, redact_text, redact_url
 from aioreconcile.engine.triggers import Push
 from aioreconcile.reactor.ports import Cluster, GitSource, InventoryStore, ManifestRenderer, Watcher
 from aioreconcile.reactor.queueing import WorkQueue
@@ -86,14 +87,14 @@ class SyncState:
     def view(self) -> dict[str, object]:
         return {
             "name": self.spec.name,
-            "url": self.spec.source.url,
-            "ref": self.spec.source.ref,
+            "url": redact_url(self.spec.source.url),
+            "ref": printable(self.spec.source.ref),
             "suspended": self.spec.suspend,
             "lastAppliedRevision": self.last_applied_revision,
             "lastAttemptedRevision": self.last_attempted_revision,
             "reason": self.reason,
-            "message": self.message,
-            "lastError": self.last_error,
+            "message": redact_text(self.message),
+            "lastError": redact_text(self.last_error) if self.last_error else None,
             "inventorySize": self.inventory_size,
             "objects": len(self.desired),
             "driftHeals": self.heals,

@@ -1,5 +1,6 @@
 """The standalone configuration: every field read, every mistake named with path and file."""
 
+import json
 import textwrap
 
 import pytest
@@ -150,3 +151,69 @@ def test_all_problems_are_reported_at_once() -> None:
 
 def test_empty_file_is_an_empty_configuration() -> None:
     assert parse_config("", origin="c.yaml").syncs == ()
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        pytest.param(
+            "--upload-pack=touch /tmp/x", "must not start with '-'", id="option-upload-pack"
+        ),
+        pytest.param("-oProxyCommand=sh", "must not start with '-'", id="option-short"),
+        pytest.param("ssh://-oProxyCommand=sh/x", "host must not start with '-'", id="ssh-host"),
+        pytest.param("-host:org/repo", "must not start with '-'", id="scp-host-option"),
+        pytest.param("ext::sh -c touch% /tmp/x", "remote helper", id="ext-transport"),
+        pytest.param("fd::17", "remote helper", id="fd-transport"),
+        pytest.param("https://host/a b.git", "whitespace or control", id="space"),
+        pytest.param("https://host/a\tb.git", "whitespace or control", id="tab"),
+        pytest.param("https://host/a\u0085b.git", "whitespace or control", id="c1-nel"),
+        pytest.param("https://host/\u202eb.git", "whitespace or control", id="bidi"),
+        pytest.param("gopher://host/x.git", "scheme 'gopher' is not supported", id="scheme"),
+        pytest.param(
+            "https://bot:pa#ss@host/x.git",
+            "the password in the URL holds '#', '?' or '/': percent-encode it",
+            id="password-hash",
+        ),
+        pytest.param(
+            "https://bot:pa?ss@host/x.git", "percent-encode it", id="password-question-mark"
+        ),
+        pytest.param("https://bot:pa/ss@host/x.git", "percent-encode it", id="password-slash"),
+    ],
+)
+def test_a_url_git_would_misread_is_refused_naming_the_field(url: str, expected: str) -> None:
+    text = "syncs:\n  - name: a\n    source:\n      url: " + _yaml_string(url) + "\n"
+
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, origin="config.yaml")
+
+    (problem,) = caught.value.problems
+    assert problem.startswith("syncs[0].source.url: "), problem
+    assert expected in problem
+    assert str(caught.value).startswith("config.yaml: syncs[0].source.url: ")
+    assert not any(password in problem for password in ("pa#ss", "pa?ss", "pa/ss"))
+
+
+def _yaml_string(value: str) -> str:
+    return json.dumps(value)  # a JSON string is a YAML double-quoted scalar
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://git.example.com/org/shop.git",
+        "https://bot:pa%23s%3Fs%2F@git.example.com/org/shop.git",
+        "http://127.0.0.1:8080/shop.git",
+        "ssh://git@git.example.com:2222/org/shop.git",
+        "git@github.com:org/shop.git",
+        "git://127.0.0.1:9418/shop.git",
+        "file:///srv/git/shop.git",
+        "/srv/git/shop.git",
+        "https://host/org/repo@v2.git",
+    ],
+)
+def test_the_url_forms_git_takes_are_accepted(url: str) -> None:
+    text = "syncs:\n  - name: a\n    source:\n      url: " + _yaml_string(url) + "\n"
+
+    (sync,) = parse_config(text, origin="config.yaml").syncs
+
+    assert sync.source.url == url

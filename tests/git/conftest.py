@@ -209,10 +209,12 @@ def _command_lines_containing(secret: str) -> list[str]:
 
 
 @pytest.fixture
-def git_http(served_root: Path) -> Iterator[HttpGit]:
-    """``git http-backend`` as CGI behind a threaded HTTP server with basic auth."""
-    state = HttpGit(base="", username=HTTP_USER, password=HTTP_PASSWORD)
-    expected = "Basic " + base64.b64encode(f"{HTTP_USER}:{HTTP_PASSWORD}".encode()).decode()
+def git_http(served_root: Path, request: pytest.FixtureRequest) -> Iterator[HttpGit]:
+    """``git http-backend`` as CGI behind a threaded HTTP server with basic auth; the password
+    is HTTP_PASSWORD unless the test parametrizes the fixture indirectly with another."""
+    password: str = getattr(request, "param", HTTP_PASSWORD)
+    state = HttpGit(base="", username=HTTP_USER, password=password)
+    expected = "Basic " + base64.b64encode(f"{HTTP_USER}:{password}".encode()).decode()
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -226,7 +228,7 @@ def git_http(served_root: Path) -> Iterator[HttpGit]:
 
         def serve(self) -> None:
             state.requests += 1
-            state.leaking_commands.extend(_command_lines_containing(HTTP_PASSWORD))
+            state.leaking_commands.extend(_command_lines_containing(password))
             body = _read_body(self)
             if self.headers.get("Authorization") != expected:
                 state.unauthorized += 1

@@ -6,7 +6,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from aioreconcile.adapters.git import GitCommandError, GitTimeoutError, redact, run_git
+from aioreconcile.adapters.git import GitCommandError, GitTimeoutError, run_git
 from aioreconcile.adapters.git.running import run_command
 
 
@@ -78,10 +78,3 @@ async def test_failure_message_carries_the_redacted_stderr_tail() -> None:
 
 async def test_run_git_returns_standard_output() -> None:
     assert (await run_git(["--version"], cwd=None, env={}, time_limit=10)).startswith(b"git ")
-
-
-def test_redact_removes_userinfo_and_known_values() -> None:
-    text = "fetch http://u:p4ss@h/x.git failed; ssh://git@h/y; token=abc123def; abc"
-    assert redact(text, ("abc123def", "")) == (
-        "fetch http://***@h/x.git failed; ssh://***@h/y; token=***; abc"
-    )

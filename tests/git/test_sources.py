@@ -1,10 +1,12 @@
 """Git sources against real servers: git daemon and smart HTTP with basic auth on loopback."""
 
 import logging
+import socket
 import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import quote
 
 import anyio
 import pytest
@@ -14,7 +16,6 @@ from aioreconcile.adapters.git import (
     GitCache,
     GitSource,
     GitTimeoutError,
-    strip_userinfo,
 )
 from aioreconcile.engine.config import AuthKind, GitAuth, GitSourceSpec
 from aioreconcile.engine.errors import TransientError
@@ -345,18 +346,60 @@ async def test_wrong_password_in_the_url_stays_out_of_the_error(
     assert git_http.username not in str(e.value)
 
 
-def test_userinfo_is_stripped_and_decoded() -> None:
-    clean = strip_userinfo("https://bot:p%40ss@git.example.com/org/repo.git")
-    assert clean.url == "https://git.example.com/org/repo.git"
-    assert (clean.username, clean.password) == ("bot", "p@ss")
-    assert "p@ss" not in repr(clean)
-    assert strip_userinfo("git@github.com:org/repo.git").url == "git@github.com:org/repo.git"
-    assert strip_userinfo("ssh://git@host/repo.git").password is None
-
-
 def test_same_repository_shares_one_cache_whatever_the_credentials(tmp_path: Path) -> None:
     cache = GitCache(tmp_path)
     a = source(cache, "https://a:one@git.example.com/r.git")
     b = source(cache, "https://b:two@git.example.com/r.git/")
     assert a.key == b.key
     assert a.repository == b.repository
+
+
+RESERVED_PASSWORD = "p#ss?w/rd:x@y%z-do-not-print"
+
+
+@pytest.mark.parametrize("git_http", [RESERVED_PASSWORD], indirect=True)
+async def test_a_percent_encoded_password_with_reserved_characters_authenticates(
+    upstream: MakeUpstream, git_http: HttpGit, cache: GitCache
+) -> None:
+    sha = upstream("app").commit({"a.txt": "a\n"})
+    encoded = quote(RESERVED_PASSWORD, safe="")
+    src = source(cache, with_userinfo(git_http.base, git_http.username, encoded) + "app.git")
+
+    assert await src.fetch() == sha
+    assert src.url == git_http.base + "app.git"
+    assert git_http.unauthorized >= 1  # git asked without credentials first, then with them
+
+
+async def test_a_token_in_the_query_stays_out_of_the_error(cache: GitCache) -> None:
+    token = "glpat-query-t0ken-do-not-print"
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    src = source(cache, f"http://127.0.0.1:{port}/app.git?private_token={token}")
+
+    with pytest.raises(FetchError) as e:
+        await src.resolve()
+    assert "127.0.0.1" in str(e.value)
+    assert token not in str(e.value)
+    assert token not in src.url
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "--upload-pack=touch {marker}",
+        "--upload-pack=touch {marker};",
+        "-u touch {marker}",
+    ],
+)
+async def test_a_url_that_looks_like_an_option_never_runs_a_command(
+    cache: GitCache, tmp_path: Path, url: str
+) -> None:
+    marker = tmp_path / "pwned"
+    src = source(cache, url.format(marker=marker))
+
+    with pytest.raises(FetchError):
+        await src.resolve()
+    with pytest.raises(FetchError):
+        await src.fetch()
+    assert not marker.exists()

@@ -120,3 +120,18 @@ async def test_a_bad_event_is_logged_and_never_stops_the_watches(
         made.on_watch_event(WatchEvent(EventType.MODIFIED, REF, live("edited", "11")))
 
     assert "could not judge a watch event" in caplog.text
+
+
+def test_the_status_view_shows_no_token_of_the_source_url() -> None:
+    from aioreconcile.reactor.controlling import SyncState
+
+    token = "ghp_st4tus-t0ken"
+    spec = SyncSpec(
+        "app", GitSourceSpec(url=f"https://x-access-token:{token}@github.com/acme/app.git")
+    )
+    state = SyncState(spec, last_error=f"fetch https://x-access-token:{token}@github.com failed")
+
+    view = state.view()
+
+    assert view["url"] == "https://github.com/acme/app.git"
+    assert token not in repr(view)

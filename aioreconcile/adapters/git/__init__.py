@@ -6,7 +6,6 @@ the commits of one ``GitSourceSpec`` (polling is the reactor's: it enqueues a po
 Credentials reach git only through its environment (see ``credentials``). See docs/git.md.
 """
 
-from aioreconcile.adapters.git.credentials import CleanUrl, strip_userinfo
 from aioreconcile.adapters.git.repository import (
     CommitInfo,
     GitCache,
@@ -19,13 +18,11 @@ from aioreconcile.adapters.git.running import (
     GitCommandError,
     GitError,
     GitTimeoutError,
-    redact,
     run_git,
 )
 from aioreconcile.engine.errors import FetchError, VerificationError
 
 __all__ = [
-    "CleanUrl",
     "CommitInfo",
     "FetchError",
     "GitCache",
@@ -36,8 +33,6 @@ __all__ = [
     "RemoteRef",
     "VerificationError",
     "is_sha",
-    "redact",
     "run_git",
-    "strip_userinfo",
     "url_key",
 ]

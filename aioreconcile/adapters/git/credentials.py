@@ -5,8 +5,9 @@ HTTPS basic auth goes through ``GIT_ASKPASS``: a tiny script, written once, prin
 or the password from the child's own environment, where the values are put at each call
 (read from ``password_env``/``password_file`` at that moment, so a rotated secret is picked up).
 SSH uses a key file and a known_hosts file with strict host key checking. A URL written with
-userinfo (``https://user:token@host/repo``) is stripped before use; its userinfo becomes basic
-credentials unless the auth block names its own.
+userinfo (``https://user:token@host/repo``) is stripped before use
+(``engine.redaction.split_userinfo``, percent-decoded); its userinfo becomes basic credentials
+unless the auth block names its own.
 """
 
 import os
@@ -14,10 +15,10 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
-from urllib.parse import unquote, urlsplit, urlunsplit
 
 from aioreconcile.engine.config import AuthKind, GitAuth
 from aioreconcile.engine.errors import FetchError
+from aioreconcile.engine.redaction import SplitUrl, redact_url
 
 USERNAME_ENV: Final = "AIORECONCILE_GIT_USERNAME"
 PASSWORD_ENV: Final = "AIORECONCILE_GIT_PASSWORD"
@@ -31,39 +32,11 @@ esac
 
 
 @dataclass(frozen=True)
-class CleanUrl:
-    """A repository URL without userinfo, and what the userinfo held (never logged)."""
-
-    url: str
-    username: str | None = field(default=None, repr=False)
-    password: str | None = field(default=None, repr=False)
-
-
-@dataclass(frozen=True)
 class GitCredentials:
     """The environment to give git for one call and the values to redact from its output."""
 
     env: dict[str, str] = field(default_factory=dict, repr=False)
     secrets: tuple[str, ...] = field(default=(), repr=False)
-
-
-def strip_userinfo(url: str) -> CleanUrl:
-    """``url`` without ``user:password@``; scp-like SSH addresses (``git@host:repo``) are kept
-    as they are, since their user is not a secret."""
-    parts = urlsplit(url)
-    if not parts.scheme or "@" not in parts.netloc:
-        return CleanUrl(url.strip())
-    userinfo, _, hostport = parts.netloc.rpartition("@")
-    username, has_password, password = userinfo.partition(":")
-    clean = urlunsplit(parts._replace(netloc=hostport))
-    if parts.scheme in {"ssh", "git+ssh", "ssh+git"}:
-        # ssh://git@host/repo: the user is part of the address, and ssh takes no password here.
-        return CleanUrl(url.strip(), username=None, password=None)
-    return CleanUrl(
-        clean,
-        username=unquote(username) or None,
-        password=unquote(password) if has_password else None,
-    )
 
 
 def write_askpass(directory: Path) -> Path:
@@ -78,7 +51,7 @@ def write_askpass(directory: Path) -> Path:
     return path
 
 
-def resolve_credentials(auth: GitAuth, url: CleanUrl, *, askpass: Path) -> GitCredentials:
+def resolve_credentials(auth: GitAuth, url: SplitUrl, *, askpass: Path) -> GitCredentials:
     """The environment for git to authenticate as ``auth`` says, read now.
 
     Errors name the variable or file that is missing, never a value.
@@ -92,7 +65,8 @@ def resolve_credentials(auth: GitAuth, url: CleanUrl, *, askpass: Path) -> GitCr
             password = url.password
         if password is None:
             raise FetchError(
-                f"basic auth for {url.url} needs passwordEnv, passwordFile or a password in the URL"
+                f"basic auth for {redact_url(url.url)} needs passwordEnv, passwordFile or a "
+                "password in the URL"
             )
         env = {
             "GIT_ASKPASS": str(askpass),

@@ -27,10 +27,8 @@ from typing import Final, NamedTuple
 import anyio
 
 from aioreconcile.adapters.git.credentials import (
-    CleanUrl,
     GitCredentials,
     resolve_credentials,
-    strip_userinfo,
     write_askpass,
 )
 from aioreconcile.adapters.git.running import (
@@ -41,6 +39,7 @@ from aioreconcile.adapters.git.running import (
 )
 from aioreconcile.engine.config import GitSourceSpec, VerifyMode
 from aioreconcile.engine.errors import FetchError, VerificationError
+from aioreconcile.engine.redaction import SplitUrl, redact_url, split_userinfo
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +72,7 @@ def is_sha(ref: str) -> bool:
 
 def url_key(url: str) -> str:
     """The cache directory name of a repository: a hash of the URL without credentials."""
-    normalised = strip_userinfo(url).url.rstrip("/")
+    normalised = split_userinfo(url).url.rstrip("/")
     return hashlib.sha256(normalised.encode()).hexdigest()[:16]
 
 
@@ -139,7 +138,8 @@ class GitSource:
     def __init__(self, spec: GitSourceSpec, *, cache: GitCache) -> None:
         self.spec = spec
         self.cache = cache
-        self.remote: CleanUrl = strip_userinfo(spec.url)
+        self.remote: SplitUrl = split_userinfo(spec.url)
+        self._shown = redact_url(spec.url)
         self.key = url_key(spec.url)
         self.repository = cache.root / "repos" / f"{self.key}.git"
         self.trees = cache.root / "trees" / self.key
@@ -152,8 +152,8 @@ class GitSource:
 
     @property
     def url(self) -> str:
-        """The repository URL as it may be shown: without credentials."""
-        return self.remote.url
+        """The repository URL as it may be shown: without credentials (``redact_url``)."""
+        return self._shown
 
     async def resolve(self) -> str:
         """The commit ``spec.ref`` points at on the server now (``ls-remote``, no fetch)."""
@@ -168,7 +168,9 @@ class GitSource:
         candidates = [ref] if ref.startswith("refs/") else [f"refs/heads/{ref}", f"refs/tags/{ref}"]
         patterns = [p for c in candidates for p in (c, f"{c}^{{}}")]
         output = await self._network(
-            ["ls-remote", self.url, *patterns], doing=f"listing {ref!r}", in_repository=False
+            ["ls-remote", "--", self.remote.url, *patterns],
+            doing=f"listing {ref!r}",
+            in_repository=False,
         )
         advertised: dict[str, str] = {}
         for line in output.decode("utf-8", errors="replace").splitlines():
@@ -295,7 +297,8 @@ class GitSource:
         refspec = f"+{sha}:{_FETCHED_REF}"
         try:
             await self._network(
-                ["fetch", "--depth=1", "--no-tags", "origin", refspec], doing=f"commit {sha}"
+                ["fetch", "--depth=1", "--no-tags", "--", "origin", refspec],
+                doing=f"commit {sha}",
             )
         except FetchError as e:
             if isinstance(e, GitTimeoutError):
@@ -316,7 +319,7 @@ class GitSource:
         for depth in ("--depth=1", f"--deepen={DEEPEN_BY}", "--unshallow"):
             if depth != "--depth=1" and not (self.repository / "shallow").exists():
                 break
-            await self._network(["fetch", depth, "--no-tags", "origin", refspec], doing=ref)
+            await self._network(["fetch", depth, "--no-tags", "--", "origin", refspec], doing=ref)
             if await self._has_commit(sha):
                 return
         raise FetchError(f"commit {sha} is not reachable from {ref} in {self.url}")
@@ -336,11 +339,11 @@ class GitSource:
         try:
             await self._local(["init", "--bare", "--quiet", str(staging)], git_dir=None)
             for key, value in (
-                ("remote.origin.url", self.url),
+                ("remote.origin.url", self.remote.url),
                 ("gc.autoDetach", "false"),
                 ("core.logAllRefUpdates", "false"),
             ):
-                await self._local(["config", key, value], git_dir=staging)
+                await self._local(["config", "--", key, value], git_dir=staging)
             staging.rename(self.repository)
         except BaseException:
             with anyio.CancelScope(shield=True):

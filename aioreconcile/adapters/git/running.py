@@ -9,7 +9,6 @@ it can reach an exception or a log line.
 
 import logging
 import os
-import re
 import signal
 import subprocess
 import tempfile
@@ -21,10 +20,10 @@ import anyio
 from anyio.abc import ByteReceiveStream
 
 from aioreconcile.engine.errors import AioreconcileError, FetchError, TransientError
+from aioreconcile.engine.redaction import redact_text
 
 logger = logging.getLogger(__name__)
 
-REDACTED: Final = "***"
 _STDERR_TAIL_LINES: Final = 15
 _STDERR_TAIL_CHARS: Final = 1500
 # Passed through from our own environment: reaching the server may need a proxy or a CA bundle.
@@ -44,7 +43,6 @@ _INHERITED: Final = (
     "GIT_SSL_CAINFO",
     "GIT_SSL_CAPATH",
 )
-_USERINFO: Final = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]*@")
 
 SpawnHook = Callable[[Sequence[str]], None]
 spawn_hooks: list[SpawnHook] = []
@@ -72,17 +70,9 @@ class GitTimeoutError(FetchError, TransientError):
     server is worth another try later, and it never held up other repositories meanwhile."""
 
 
-def redact(text: str, secrets: Collection[str] = ()) -> str:
-    """``text`` with URL userinfo and every known secret value replaced by ``***``."""
-    text = _USERINFO.sub(lambda m: f"{m['scheme']}{REDACTED}@", text)
-    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
-        text = text.replace(secret, REDACTED)
-    return text
-
-
 def stderr_tail(stderr: bytes, secrets: Collection[str] = ()) -> str:
     """The last lines of stderr, redacted: git names the cause at the end."""
-    lines = redact(stderr.decode("utf-8", errors="replace"), secrets).strip().splitlines()
+    lines = redact_text(stderr.decode("utf-8", errors="replace"), secrets).strip().splitlines()
     tail = "\n".join(line.strip() for line in lines[-_STDERR_TAIL_LINES:])
     if len(tail) > _STDERR_TAIL_CHARS:
         tail = "..." + tail[-_STDERR_TAIL_CHARS:]

@@ -4,17 +4,16 @@
 import the reactor (import-linter keeps them independent), so the commit it receives is typed by
 the ``Commit`` protocol below, which ``reactor.tracing.CommitInfo`` satisfies.
 
-Nothing secret is exported: only the attributes named here, repository URLs without userinfo,
-and error texts with any ``scheme://user:password@`` removed. Object bodies never reach a span.
+Nothing secret is exported: only the attributes named here, repository URLs as
+``engine.redaction.redact_url`` shows them, and error texts through ``redact_text`` (no
+``scheme://user:password@``, no URL query). Object bodies never reach a span.
 """
 
-import re
 import time
 import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Final, Protocol
-from urllib.parse import urlsplit, urlunsplit
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -25,13 +24,13 @@ from opentelemetry.util.types import AttributeValue as OtelAttributeValue
 from aioreconcile import __version__
 from aioreconcile.engine.changeset import Action, ChangeSetEntry
 from aioreconcile.engine.model import ObjectRef
+from aioreconcile.engine.redaction import redact_text, redact_url
 
 AttributeValue = str | bool | int | float | Sequence[str]
 """The same union as ``reactor.tracing.AttributeValue``, restated because we cannot import it."""
 
 _PROPAGATOR: Final = TraceContextTextMapPropagator()
 _GETTER: Final = DefaultGetter()
-_USERINFO_IN_TEXT: Final = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]*@")
 
 # Semantic-convention names exist for these kinds only, keyed by (group, kind) so that a custom
 # resource that happens to be called "Job" is not labelled as a batch Job.
@@ -78,27 +77,6 @@ class Commit(Protocol):
     def parent_traceparent(self) -> str | None: ...
     @property
     def started_at(self) -> float | None: ...
-
-
-def strip_credentials(url: str) -> str:
-    """The repository URL without userinfo (and without a query, where tokens also hide).
-
-    ``https://user:token@host/x.git`` -> ``https://host/x.git``; an scp-like ``user@host:path``
-    keeps its user (it names an SSH account, not a secret) but never a ``:password`` part.
-    """
-    parts = urlsplit(url)
-    if parts.scheme and parts.netloc:
-        host = parts.netloc.rpartition("@")[2]
-        return urlunsplit((parts.scheme, host, parts.path, "", ""))
-    userinfo, at, rest = url.partition("@")
-    if at and "/" not in userinfo:
-        return f"{userinfo.partition(':')[0]}@{rest}"
-    return url
-
-
-def scrub(text: str) -> str:
-    """Free text (errors from git or the API server) without any ``scheme://userinfo@``."""
-    return _USERINFO_IN_TEXT.sub(r"\1", text)
 
 
 def traceparent_of(span: trace.Span) -> str | None:
@@ -148,28 +126,28 @@ def object_attributes(entry: ChangeSetEntry) -> dict[str, OtelAttributeValue]:
 
 def _exported(value: AttributeValue) -> OtelAttributeValue:
     if isinstance(value, str):
-        return scrub(value)
+        return redact_text(value)
     if isinstance(value, bool | int | float):
         return value
-    return [scrub(v) for v in value]
+    return [redact_text(v) for v in value]
 
 
 def _add_exception_event(
     span: trace.Span, message: str, *, error: BaseException | None, timestamp: int | None = None
 ) -> None:
-    """An OTel ``exception`` event, like ``record_exception`` but with every text scrubbed."""
+    """An OTel ``exception`` event, like ``record_exception`` but with every text redacted."""
     attributes: dict[str, OtelAttributeValue] = {
         "exception.type": type(error).__qualname__ if error is not None else "Error",
-        "exception.message": scrub(message),
+        "exception.message": redact_text(message),
     }
     if error is not None:
         stacktrace = "".join(traceback.format_exception(error))
-        attributes["exception.stacktrace"] = scrub(stacktrace)
+        attributes["exception.stacktrace"] = redact_text(stacktrace)
     span.add_event("exception", attributes, timestamp=timestamp)
 
 
 def _set_error(span: trace.Span, message: str) -> None:
-    span.set_status(trace.Status(trace.StatusCode.ERROR, scrub(message)))
+    span.set_status(trace.Status(trace.StatusCode.ERROR, redact_text(message)))
 
 
 class OtelSpan:
@@ -235,7 +213,7 @@ class OtelTracing:
             else otel_context.Context()
         )
         attributes: dict[str, OtelAttributeValue] = {
-            "vcs.repository.url.full": strip_credentials(info.repository_url),
+            "vcs.repository.url.full": redact_url(info.repository_url),
             "vcs.ref.head.name": info.ref,
             "vcs.ref.head.revision": info.sha,
             "vcs.ref.type": info.ref_type,
@@ -244,9 +222,9 @@ class OtelTracing:
             "aioreconcile.trigger": info.trigger,
         }
         if info.author:
-            attributes["aioreconcile.commit.author"] = scrub(info.author)
+            attributes["aioreconcile.commit.author"] = redact_text(info.author)
         if info.subject:
-            attributes["aioreconcile.commit.subject"] = scrub(info.subject)
+            attributes["aioreconcile.commit.subject"] = redact_text(info.subject)
         span = self._tracer.start_span(
             f"reconcile {info.sync}",
             context=context,
@@ -304,8 +282,8 @@ class OtelTracing:
             attributes={
                 "aioreconcile.sync": sync,
                 "aioreconcile.object.ref": entry_ref,
-                "aioreconcile.drift.writers": [scrub(w) for w in writers],
-                "aioreconcile.drift.fields": [scrub(f) for f in fields],
+                "aioreconcile.drift.writers": [redact_text(w) for w in writers],
+                "aioreconcile.drift.fields": [redact_text(f) for f in fields],
             },
         )
         return _current(span)
