@@ -57,7 +57,36 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", type=Path, required=True, help="syncs and receivers (YAML)")
     run.add_argument("--kubeconfig", type=Path, default=None)
     run.add_argument("--context", default=None)
-    run.add_argument("--listen", default="127.0.0.1:8080", help="HOST:PORT for webhooks etc.")
+    run.add_argument(
+        "--listen",
+        default="127.0.0.1:8080",
+        help="HOST:PORT of the webhook listener (POST /hooks/<receiver> only); the one to expose",
+    )
+    run.add_argument(
+        "--ops-listen",
+        default="127.0.0.1:8081",
+        help="HOST:PORT of /healthz, /readyz, /metrics and /status (default: loopback only)",
+    )
+    run.add_argument(
+        "--header-timeout",
+        type=float,
+        default=runtime.ListenerLimits.header_timeout_s,
+        metavar="SECONDS",
+        help="a request's line and headers must arrive within this, else 408 (default %(default)g)",
+    )
+    run.add_argument(
+        "--body-timeout",
+        type=float,
+        default=runtime.ListenerLimits.body_timeout_s,
+        metavar="SECONDS",
+        help="a webhook body must arrive within this, else 408 (default %(default)g)",
+    )
+    run.add_argument(
+        "--max-connections",
+        type=int,
+        default=runtime.ListenerLimits.max_connections,
+        help="per listener; one more is closed as it opens (default %(default)d)",
+    )
     run.add_argument(
         "--namespace", default="default", help="where inventories of the syncs are kept"
     )
@@ -67,7 +96,9 @@ def _parser() -> argparse.ArgumentParser:
     _add_tracing_flags(run)
 
     status = commands.add_parser("status", help="print each sync's state from a running controller")
-    status.add_argument("--url", default="http://127.0.0.1:8080", help="the controller's address")
+    status.add_argument(
+        "--url", default="http://127.0.0.1:8081", help="the controller's --ops-listen address"
+    )
     status.add_argument("-o", "--output", choices=["table", "json"], default="table")
 
     check = commands.add_parser(
@@ -311,16 +342,38 @@ def _run_check_config(path: Path) -> int:
     return 0
 
 
+def _host_port(flag: str, value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or int(port) > 65535:
+        raise SystemExit(f"aioreconcile run: {flag} expects HOST:PORT, got {value!r}")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
 def _run_controller(args: argparse.Namespace) -> int:
-    host, _, port = args.listen.rpartition(":")
-    if not host or not port.isdigit():
-        raise SystemExit(f"aioreconcile run: --listen expects HOST:PORT, got {args.listen!r}")
+    host, port = _host_port("--listen", args.listen)
+    ops_host, ops_port = _host_port("--ops-listen", args.ops_listen)
+    if (host, port) == (ops_host, ops_port) and port != 0:
+        raise SystemExit("aioreconcile run: --listen and --ops-listen must differ")
+    for flag, number in (
+        ("--header-timeout", args.header_timeout),
+        ("--body-timeout", args.body_timeout),
+        ("--max-connections", args.max_connections),
+    ):
+        if number <= 0:
+            raise SystemExit(f"aioreconcile run: {flag} must be positive")
     logs.configure(args.log_level)
     settings = runtime.RunSettings(
         config=args.config,
         cluster=runtime.ClusterSettings(kubeconfig=args.kubeconfig, context=args.context),
         listen_host=host,
-        listen_port=int(port),
+        listen_port=port,
+        ops_host=ops_host,
+        ops_port=ops_port,
+        limits=runtime.ListenerLimits(
+            header_timeout_s=args.header_timeout,
+            body_timeout_s=args.body_timeout,
+            max_connections=args.max_connections,
+        ),
         namespace=args.namespace,
         cache_dir=args.cache_dir,
         concurrency=args.concurrency,

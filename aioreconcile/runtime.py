@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import anyio
 import anyio.abc
@@ -24,7 +25,8 @@ from aioreconcile.adapters.kube.cluster import KubeCluster, ManagedKindsWatcher
 from aioreconcile.adapters.kube.inventories import ConfigMapInventoryStore
 from aioreconcile.adapters.kube.watching import WatchManager
 from aioreconcile.adapters.render import render
-from aioreconcile.adapters.serving.endpoints import add_operational_routes, serve
+from aioreconcile.adapters.serving.endpoints import build_ops_app
+from aioreconcile.adapters.serving.listening import ListenerLimits, serve
 from aioreconcile.adapters.telemetry.correlating import install_log_correlation
 from aioreconcile.adapters.telemetry.setup import TracingHandle, TracingSettings, start_tracing
 from aioreconcile.adapters.webhook.receiving import build_app, load_secret
@@ -193,8 +195,11 @@ class RunSettings:
 
     config: Path
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
-    listen_host: str = "127.0.0.1"
+    listen_host: str = "127.0.0.1"  # webhooks: the listener to expose
     listen_port: int = 8080
+    ops_host: str = "127.0.0.1"  # /healthz /readyz /metrics /status: keep it private
+    ops_port: int = 8081
+    limits: ListenerLimits = field(default_factory=ListenerLimits)
     namespace: str = "default"  # where standalone inventories (ConfigMaps) live
     cache_dir: Path | None = None
     concurrency: int = 16
@@ -220,10 +225,17 @@ def _git_cache_dir(settings: RunSettings) -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "aioreconcile" / "git"
 
 
+class Ports(NamedTuple):
+    """The ports the controller's two listeners are bound to (useful when asked for 0)."""
+
+    webhooks: int
+    ops: int
+
+
 async def run_controller(
     settings: RunSettings,
     *,
-    task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
+    task_status: anyio.abc.TaskStatus[Ports] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the controller until SIGTERM/SIGINT (or cancellation): webhooks, pollers, watches,
     queue workers and the operational endpoints in one task group; then drain and exit."""
@@ -257,7 +269,7 @@ async def _run_controller(
     registry: Registry,
     cache: GitCache,
     tracing: TracingHandle,
-    task_status: anyio.abc.TaskStatus[int],
+    task_status: anyio.abc.TaskStatus[Ports],
 ) -> None:
     async with open_cluster(settings.cluster) as cluster:
         await cluster.refresh_discovery()
@@ -292,26 +304,35 @@ async def _run_controller(
             secrets=secrets,
             syncs=lambda: config.syncs,
             enqueue=controller.push,
+            body_timeout_s=settings.limits.body_timeout_s,
         )
-        add_operational_routes(
-            app,
+        ops = build_ops_app(
             status=lambda: {"syncs": controller.status()},
             metrics=registry.exposition,
             ready=controller.ready.is_set,
         )
+        limits = settings.limits
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with anyio.create_task_group() as tasks:
-                async with serve(app, host=settings.listen_host, port=settings.listen_port) as port:
+                async with (
+                    serve(
+                        ops, host=settings.ops_host, port=settings.ops_port, limits=limits
+                    ) as ops_port,
+                    serve(
+                        app, host=settings.listen_host, port=settings.listen_port, limits=limits
+                    ) as port,
+                ):
                     await tasks.start(manager.run)
                     await tasks.start(controller.run)
                     logger.info(
-                        "controller running", extra={"port": port, "syncs": len(config.syncs)}
+                        "controller running",
+                        extra={"port": port, "ops_port": ops_port, "syncs": len(config.syncs)},
                     )
-                    task_status.started(port)
+                    task_status.started(Ports(webhooks=port, ops=ops_port))
                     async for received in signals:
                         logger.info("stopping", extra={"signal": signal.Signals(received).name})
                         break
-                # The listener is closed: no new webhooks. Let in-flight work finish.
+                # Both listeners are closed: no new webhooks. Let in-flight work finish.
                 drained = await controller.drain(timeout_s=settings.drain_timeout_s)
                 logger.info("drained" if drained else "drain timed out; stopping anyway")
                 tasks.cancel_scope.cancel()
@@ -338,7 +359,9 @@ def tracing_settings(
 __all__ = [
     "ClusterSettings",
     "DirectorySettings",
+    "ListenerLimits",
     "ObjectDiff",
+    "Ports",
     "RunSettings",
     "apply_directory",
     "default_sync_name",

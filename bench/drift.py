@@ -208,7 +208,8 @@ class Running:
     objects: Objects
     repo: Repository
     url: str
-    port: int
+    port: int  # webhooks
+    ops_port: int  # /status
     pid: int
     sha: str
     apply_s: float
@@ -216,10 +217,16 @@ class Running:
 
     @property
     def base(self) -> str:
+        """The webhook listener."""
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def ops(self) -> str:
+        """The operational listener (/status)."""
+        return f"http://127.0.0.1:{self.ops_port}"
+
     async def sync_state(self, session: aiohttp.ClientSession) -> dict[str, Any]:
-        async with session.get(f"{self.base}/status") as response:
+        async with session.get(f"{self.ops}/status") as response:
             document: dict[str, Any] = await response.json()
         state: dict[str, Any] = document["syncs"][0]
         return state
@@ -313,7 +320,7 @@ async def running_controller(
         }
         config_path = workdir / "config.yaml"
         config_path.write_text(yaml.safe_dump(config))
-        port = free_port()
+        port, ops_port = free_port(), free_port()
         # The child inherits it; kept out of argv, so neither ps nor the log shows it.
         os.environ[SECRET_ENV] = SECRET
         argv = [
@@ -327,6 +334,8 @@ async def running_controller(
             str(kubeconfig),
             "--listen",
             f"127.0.0.1:{port}",
+            "--ops-listen",
+            f"127.0.0.1:{ops_port}",
             "--namespace",
             objects.namespaces[0],
             "--cache-dir",
@@ -337,7 +346,7 @@ async def running_controller(
             started = time.perf_counter()
             process.start()  # setpriv execs: the pid is the Python interpreter's
             assert process.pid is not None
-            running = Running(objects, repo, url, port, process.pid, sha, 0.0, process)
+            running = Running(objects, repo, url, port, ops_port, process.pid, sha, 0.0, process)
             async with aiohttp.ClientSession() as session:
                 await running.wait_applied(session, sha, limit_s=apply_timeout)
             running.apply_s = time.perf_counter() - started

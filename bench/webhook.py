@@ -23,6 +23,7 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from aioreconcile.adapters.serving.listening import ListenerLimits, serve
 from aioreconcile.adapters.webhook.receiving import build_app
 from aioreconcile.engine.config import GitSourceSpec, Provider, ReceiverSpec, SyncSpec
 from aioreconcile.engine.triggers import Push
@@ -177,13 +178,10 @@ async def _serve_and_measure(requests: int, levels: list[int], syncs: int) -> No
             handler_s.append(time.perf_counter() - start)
 
     app.middlewares.append(timing)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
     rows = []
-    try:
+    # The listener as `aioreconcile run` serves it: head/body deadlines, connection cap, JSON
+    # errors (adapters/serving/listening.py).
+    async with serve(app, host="127.0.0.1", port=0, limits=ListenerLimits()) as port:
         for concurrency in levels:
             enqueued.clear()
             handler_s.clear()
@@ -221,8 +219,6 @@ async def _serve_and_measure(requests: int, levels: list[int], syncs: int) -> No
                     "server_cpu_ms_per_req": 1000 * server_cpu / (requests + WARMUP),
                 }
             )
-    finally:
-        await runner.cleanup()
     emit(
         "webhook",
         rows,

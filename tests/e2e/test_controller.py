@@ -56,7 +56,8 @@ def manifests(*docs: dict[str, Any]) -> dict[str, str]:
 
 @dataclass
 class Running:
-    port: int
+    port: int  # webhooks
+    ops_port: int  # /status, /metrics, /healthz, /readyz
     repo: Upstream
     url: str
     namespace: str
@@ -66,7 +67,7 @@ class Running:
     async def status(self) -> dict[str, Any]:
         async with (
             aiohttp.ClientSession() as session,
-            session.get(f"http://127.0.0.1:{self.port}/status") as response,
+            session.get(f"http://127.0.0.1:{self.ops_port}/status") as response,
         ):
             document: dict[str, Any] = await response.json()
             return document
@@ -150,13 +151,20 @@ async def controller(
         config=config_path,
         cluster=runtime.ClusterSettings(kubeconfig=kube.kubeconfig),
         listen_port=0,
+        ops_port=0,
         namespace=namespace,
         cache_dir=tmp_path / "git-cache",
     )
     async with anyio.create_task_group() as tasks:
-        port = await tasks.start(runtime.run_controller, settings)
+        ports = await tasks.start(runtime.run_controller, settings)
         running = Running(
-            port, repo, url, namespace, client.CoreV1Api(kube.api), client.AppsV1Api(kube.api)
+            ports.webhooks,
+            ports.ops,
+            repo,
+            url,
+            namespace,
+            client.CoreV1Api(kube.api),
+            client.AppsV1Api(kube.api),
         )
         try:
             yield running

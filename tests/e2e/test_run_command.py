@@ -84,8 +84,8 @@ async def test_sigterm_during_a_large_apply_exits_cleanly_and_reports_nothing_ha
             }
         )
     )
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
+    port, ops_port = _free_port(), _free_port()
+    base = f"http://127.0.0.1:{ops_port}"  # /readyz, /metrics, /status
     log = tmp_path / "controller.log"
     command = [
         sys.executable,
@@ -98,6 +98,8 @@ async def test_sigterm_during_a_large_apply_exits_cleanly_and_reports_nothing_ha
         str(kube.kubeconfig),
         "--listen",
         f"127.0.0.1:{port}",
+        "--ops-listen",
+        f"127.0.0.1:{ops_port}",
         "--namespace",
         namespace,
         "--cache-dir",

@@ -1,16 +1,19 @@
-"""Operational endpoints and the server lifecycle (aiohttp).
+"""Operational endpoints, on their own listener (``--ops-listen``, loopback by default).
 
 ``/healthz`` answers while the process serves at all (liveness); ``/readyz`` once the controller
 has started its queue and watches (readiness); ``/metrics`` is Prometheus text; ``/status`` is
 the JSON view of every sync (last applied and attempted revision, result, error, inventory size,
-drift heals) that ``aioreconcile status`` prints.
+drift heals) that ``aioreconcile status`` prints. None of them is served on the webhook
+listener, which is the one exposed to the internet (Argo CD and Flux keep metrics and health on
+a port apart from their webhook receivers for the same reason).
 """
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 
 import orjson
 from aiohttp import web
+
+from aioreconcile.adapters.serving.listening import json_errors
 
 _STATUS: web.AppKey[Callable[[], object]] = web.AppKey("status")
 _METRICS: web.AppKey[Callable[[], str]] = web.AppKey("metrics")
@@ -41,34 +44,17 @@ async def _status(request: web.Request) -> web.Response:
     return web.Response(body=body, content_type="application/json")
 
 
-def add_operational_routes(
-    app: web.Application,
+def build_ops_app(
     *,
     status: Callable[[], object],
     metrics: Callable[[], str],
     ready: Callable[[], bool],
 ) -> web.Application:
+    """The application of the operational listener: GET /healthz, /readyz, /metrics, /status."""
+    app = web.Application(middlewares=[json_errors])
     app[_STATUS], app[_METRICS], app[_READY] = status, metrics, ready
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/status", _status)
     return app
-
-
-@asynccontextmanager
-async def serve(
-    app: web.Application, *, host: str, port: int, shutdown_timeout_s: float = 5.0
-) -> AsyncIterator[int]:
-    """Serve ``app`` on host:port (0 picks a free port) and yield the bound port. On exit the
-    listener closes first, so no new webhook is accepted while in-flight work drains."""
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout_s)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    try:
-        server = site._server  # aiohttp keeps the bound sockets here
-        sockets = getattr(server, "sockets", None) or []
-        yield sockets[0].getsockname()[1] if sockets else port
-    finally:
-        await runner.cleanup()

@@ -6,8 +6,12 @@ milliseconds and never times out and retries a push we already have. Deciding wh
 means is pure (``engine.webhooks``, ``engine.matching``); this module only moves bytes.
 
 Order of checks, each answered with its own status (see docs/webhooks.md): unknown receiver
-404 -> body over the cap 413 -> signature 401 -> malformed payload 400 -> ping 200 ->
-repeated delivery 200 -> nothing to do 202 -> triggered 202.
+404 -> body over the cap 413 (or not complete in time 408) -> signature 401 -> malformed
+payload 400 -> ping 200 -> repeated delivery 200 -> nothing to do 202 -> triggered 202.
+
+Every string that came from the request and is printed (refs, event names, delivery ids, the
+reasons quoting them) goes through ``engine.redaction.printable`` first; the body itself is
+never logged nor echoed.
 """
 
 import logging
@@ -18,12 +22,20 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 
-import orjson
 from aiohttp import web
 
+from aioreconcile.adapters.serving.listening import (
+    BodyTimeout,
+    ClientGone,
+    ListenerLimits,
+    json_answer,
+    json_errors,
+    read_body,
+)
 from aioreconcile.engine.config import ReceiverSpec, SyncSpec
 from aioreconcile.engine.errors import AioreconcileError
 from aioreconcile.engine.matching import matching_syncs, normalise_repository_url
+from aioreconcile.engine.redaction import printable
 from aioreconcile.engine.triggers import Push, PushEvent
 from aioreconcile.engine.webhooks import (
     DeliveryKind,
@@ -52,6 +64,7 @@ class Outcome(StrEnum):
     PONG = "pong"
     UNKNOWN_RECEIVER = "unknown-receiver"
     TOO_LARGE = "too-large"
+    REQUEST_TIMEOUT = "request-timeout"
     UNAUTHORIZED = "unauthorized"
     MALFORMED = "malformed"
     UNAVAILABLE = "unavailable"
@@ -69,6 +82,7 @@ class _Hooks:
     syncs: Callable[[], Iterable[SyncSpec]]
     enqueue: Callable[[Push], None]
     deliveries: DeliveryLog
+    body_timeout_s: float
 
 
 HOOKS = web.AppKey("hooks", _Hooks)
@@ -107,11 +121,14 @@ def build_app(
     syncs: Callable[[], Iterable[SyncSpec]],
     enqueue: Callable[[Push], None],
     deliveries: DeliveryLog | None = None,
+    body_timeout_s: float = ListenerLimits.body_timeout_s,
 ) -> web.Application:
-    """The aiohttp application serving ``POST /hooks/{name}`` for ``receivers``.
+    """The aiohttp application serving ``POST /hooks/{name}`` for ``receivers`` (and nothing
+    else: a 404 for any other path, as JSON).
 
     ``secrets`` maps receiver names to their secrets (``load_secret``); ``syncs`` is called per
-    delivery so config reloads and CRD edits are seen at once; ``enqueue`` must not block.
+    delivery so config reloads and CRD edits are seen at once; ``enqueue`` must not block;
+    a body not complete within ``body_timeout_s`` is answered 408.
     """
     table: dict[str, _Receiver] = {}
     for spec in receivers:
@@ -121,39 +138,17 @@ def build_app(
         if spec.name in table:
             raise SecretError(f"receiver {spec.name!r} is defined twice")
         table[spec.name] = _Receiver(spec, secret)
-    app = web.Application()
+    app = web.Application(middlewares=[json_errors])
     log = deliveries if deliveries is not None else DeliveryLog()  # an empty log is falsy
-    app[HOOKS] = _Hooks(table, syncs, enqueue, log)
+    app[HOOKS] = _Hooks(table, syncs, enqueue, log, body_timeout_s)
     app.router.add_post("/hooks/{name}", _handle)
     return app
-
-
-class _TooLarge(Exception):
-    pass
-
-
-async def _read_capped(request: web.Request, cap: int) -> bytes:
-    """At most ``cap`` bytes of body; one byte more means the sender is over the limit."""
-    if request.content_length is not None and request.content_length > cap:
-        raise _TooLarge
-    chunks: list[bytes] = []
-    size = 0
-    while size <= cap:
-        chunk = await request.content.read(cap + 1 - size)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    if size > cap:
-        raise _TooLarge
-    return b"".join(chunks)
 
 
 def _answer(
     http_status: int, outcome: Outcome, reason: str = "", triggered: Sequence[str] = ()
 ) -> web.Response:
-    body = orjson.dumps({"status": outcome, "reason": reason, "triggered": list(triggered)})
-    return web.Response(status=http_status, body=body, content_type="application/json")
+    return json_answer(http_status, outcome, printable(reason), triggered)
 
 
 async def _handle(request: web.Request) -> web.Response:
@@ -165,8 +160,18 @@ async def _handle(request: web.Request) -> web.Response:
     spec = receiver.spec
     log = {"receiver": spec.name, "provider": str(spec.provider)}
     try:
-        body = await _read_capped(request, spec.max_body_bytes)
-    except _TooLarge:
+        body = await read_body(request, spec.max_body_bytes, timeout_s=hooks.body_timeout_s)
+    except BodyTimeout:
+        logger.warning("webhook body not complete within %g s", hooks.body_timeout_s, extra=log)
+        answer = _answer(
+            408, Outcome.REQUEST_TIMEOUT, f"body not complete within {hooks.body_timeout_s:g} s"
+        )
+        answer.force_close()
+        return answer
+    except ClientGone:
+        logger.debug("webhook client disconnected before its body was complete", extra=log)
+        raise web.HTTPBadRequest() from None  # nobody is there to read it
+    if body is None:
         logger.warning("webhook body over %d bytes refused", spec.max_body_bytes, extra=log)
         return _answer(413, Outcome.TOO_LARGE, f"body over {spec.max_body_bytes} bytes")
 
@@ -179,16 +184,16 @@ async def _handle(request: web.Request) -> web.Response:
     try:
         delivery = parse(spec.provider, headers, body)
     except WebhookError as e:
-        logger.warning("webhook payload malformed: %s", e, extra=log)
+        logger.warning("webhook payload malformed: %s", printable(str(e)), extra=log)
         return _answer(400, Outcome.MALFORMED, str(e))
-    log["delivery_id"] = delivery.delivery_id
-    log["event"] = delivery.event
+    log["delivery_id"] = printable(delivery.delivery_id)
+    log["event"] = printable(delivery.event)
 
     if delivery.kind is DeliveryKind.PING:
         logger.info("webhook ping", extra=log)
         return _answer(200, Outcome.PONG, "ping received")
     if delivery.kind is DeliveryKind.IGNORED:
-        logger.info("webhook ignored: %s", delivery.reason, extra=log)
+        logger.info("webhook ignored: %s", printable(delivery.reason), extra=log)
         return _answer(202, Outcome.IGNORED, delivery.reason)
     if hooks.deliveries.seen(spec.name, delivery.delivery_id):
         logger.info("webhook delivery repeated, ignored", extra=log)
@@ -224,13 +229,14 @@ def _trigger(
         triggers.extend(found)
         if reason:
             reasons.append(reason)
+        ref = printable(event.ref)
         logger.info(
             "webhook push %s %s@%s triggers %s",
-            normalise_repository_url(event.repository_urls[0]),
-            event.ref,
-            event.after,
-            [p.sync for p in found] or reason,
-            extra={**log, "ref": event.ref, "sha": event.after},
+            printable(normalise_repository_url(event.repository_urls[0])),
+            ref,
+            printable(event.after),
+            [p.sync for p in found] or printable(reason),
+            extra={**log, "ref": ref, "sha": printable(event.after)},
         )
     for trigger in triggers:
         hooks.enqueue(trigger)
