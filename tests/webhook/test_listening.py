@@ -214,6 +214,30 @@ async def test_a_malformed_request_is_answered_in_json_and_never_logged(
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
+async def test_a_broken_chunk_after_the_head_is_a_json_400_and_never_logged(
+    listener: Listener, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    reader, writer = await listener.connect()
+    writer.write(
+        b'POST /hooks/github HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{"a\r\n'
+    )
+    await writer.drain()
+    await asyncio.sleep(0.1)  # the handler is reading the body by now
+    writer.write(f"zz{MARKER}\r\n".encode())
+    await writer.drain()
+
+    response = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+
+    status, headers, body = split(response)
+    assert status == 400
+    assert headers["content-type"] == "application/json"
+    assert json.loads(body)["status"] == "bad-request"
+    assert MARKER not in logged(caplog)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
 async def test_an_unknown_path_is_a_json_404(listener: Listener) -> None:
     raw = b"GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
 

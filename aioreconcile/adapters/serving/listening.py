@@ -28,6 +28,7 @@ from typing import Any, Final
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_server import Server
@@ -122,7 +123,8 @@ async def read_body(request: web.Request, cap: int, *, timeout_s: float) -> byte
     """At most ``cap`` bytes of body within ``timeout_s``; None when the sender sends more.
 
     Raises BodyTimeout when the body is not complete in time, ClientGone when the client
-    disconnects half-way (neither is our failure: callers answer or log one line).
+    disconnects half-way (neither is our failure: callers answer or log one line), and
+    HTTPBadRequest when the body is malformed (a broken chunk).
     """
     if request.content_length is not None and request.content_length > cap:
         return None
@@ -142,11 +144,10 @@ async def read_body(request: web.Request, cap: int, *, timeout_s: float) -> byte
         raise BodyTimeout from None
     except (ConnectionError, asyncio.IncompleteReadError) as e:
         raise ClientGone from e
-    except Exception as e:
-        # aiohttp's ClientPayloadError / the payload's "Connection lost" state
-        if request.transport is None or request.protocol.transport is None:
-            raise ClientGone from e
-        raise
+    except HttpProcessingError:
+        # A broken chunk or a body shorter than announced: the client's fault, answered 400
+        # like a malformed head, and the bytes are not quoted anywhere.
+        raise web.HTTPBadRequest() from None
     if size > cap:
         return None
     return b"".join(chunks)
