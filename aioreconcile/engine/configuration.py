@@ -175,7 +175,10 @@ def _source(reader: _Reader, value: object, path: str) -> GitSourceSpec:
         reader.fail(f"{path}.path", "must stay inside the repository (relative, no '..')")
     if ref.startswith("refs/") and not ref.startswith(("refs/heads/", "refs/tags/")):
         reader.fail(f"{path}.ref", "a full ref must be under refs/heads/ or refs/tags/")
-    if _SHA.match(ref) is None and any(c in ref for c in " ~^:?*[\\"):
+    if any(c.isspace() or not c.isprintable() for c in ref):
+        # git refuses C0 controls itself; U+0085, U+2028 or U+202E would forge what is printed.
+        reader.fail(f"{path}.ref", "must not contain whitespace or control characters")
+    elif _SHA.match(ref) is None and any(c in ref for c in " ~^:?*[\\"):
         reader.fail(f"{path}.ref", f"{ref!r} is not a valid branch, tag or commit SHA")
     return GitSourceSpec(
         url=url,

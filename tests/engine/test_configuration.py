@@ -217,3 +217,15 @@ def test_the_url_forms_git_takes_are_accepted(url: str) -> None:
     (sync,) = parse_config(text, origin="config.yaml").syncs
 
     assert sync.source.url == url
+
+
+@pytest.mark.parametrize("ref", ["ma\u202ein", "main\u2028x", "a\u0085b", "a\tb", "a\x1bb"])
+def test_a_ref_with_control_characters_is_refused(ref: str) -> None:
+    text = f"syncs:\n  - name: a\n    source: {{url: u, ref: {_yaml_string(ref)}}}\n"
+
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, origin="config.yaml")
+
+    assert caught.value.problems == [
+        "syncs[0].source.ref: must not contain whitespace or control characters"
+    ]

@@ -135,3 +135,11 @@ def test_the_status_view_shows_no_token_of_the_source_url() -> None:
 
     assert view["url"] == "https://github.com/acme/app.git"
     assert token not in repr(view)
+
+
+def test_the_status_view_escapes_control_characters_in_the_ref() -> None:
+    from aioreconcile.reactor.controlling import SyncState
+
+    spec = SyncSpec("app", GitSourceSpec(url="https://h/r.git", ref="ma\u202ein\u2028x"))
+
+    assert SyncState(spec).view()["ref"] == "ma\\u202ein\\u2028x"

@@ -154,6 +154,24 @@ async def test_a_body_that_does_not_arrive_in_time_is_answered_408_and_closed(
     assert listener.enqueued == []
 
 
+async def test_a_slow_second_head_on_a_kept_alive_connection_gets_408(listener: Listener) -> None:
+    first = push_request(delivery="keep-1").replace(b"Connection: close\r\n", b"")
+    reader, writer = await listener.connect()
+    writer.write(first)
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    length = int(split(head)[1]["content-length"])
+    await asyncio.wait_for(reader.readexactly(length), 5)
+    assert split(head)[0] == 202
+
+    writer.write(b"POST /hooks/github HTTP/1.1\r\nHost: x\r\n")  # ...and nothing more
+    await writer.drain()
+    second = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+
+    assert split(second)[0] == 408
+
+
 async def test_a_silent_connection_is_closed_without_an_answer(listener: Listener) -> None:
     reader, writer = await listener.connect()
 
