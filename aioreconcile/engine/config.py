@@ -53,18 +53,51 @@ class GitSourceSpec:
 
 
 @dataclass(frozen=True)
+class ServiceAccountRef:
+    """The Kubernetes identity a sync acts as: every request for its objects impersonates
+    ``system:serviceaccount:<namespace>:<name>`` with the groups the API server gives a real
+    token of that account (client-go ``rest.ImpersonationConfig``; Flux's kustomize-controller
+    impersonates ``spec.serviceAccountName`` the same way), so RBAC decides what it may do."""
+
+    namespace: str
+    name: str
+
+    @property
+    def user(self) -> str:
+        return f"system:serviceaccount:{self.namespace}:{self.name}"
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        return (
+            "system:serviceaccounts",
+            f"system:serviceaccounts:{self.namespace}",
+            "system:authenticated",
+        )
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
 class SyncSpec:
-    """One Git source, how to render it, where it goes and the policy for keeping it there."""
+    """One Git source, how to render it, where it goes and the policy for keeping it there.
+
+    ``wait``: after an apply, the sync is Ready only once every applied object is healthy
+    (kstatus, ``engine.health``), or it fails with HealthCheckFailed after ``wait_timeout_s``
+    (Flux Kustomization ``spec.wait``/``spec.timeout``). ``wait_timeout_s`` is that health wait
+    only; each git call has its own ``source.timeout_s``."""
 
     name: str
     source: GitSourceSpec
     render: RenderSpec = field(default_factory=RenderSpec)
     target_namespace: str | None = None
-    service_account: str | None = None
+    service_account: ServiceAccountRef | None = None
     prune: bool = True
     self_heal: bool = True
     suspend: bool = False
     allow_empty: bool = False
+    wait: bool = False
+    wait_timeout_s: float = 300.0
 
 
 class Provider(StrEnum):

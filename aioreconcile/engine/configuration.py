@@ -18,6 +18,7 @@ from aioreconcile.engine.config import (
     GitSourceSpec,
     Provider,
     ReceiverSpec,
+    ServiceAccountRef,
     SyncSpec,
     VerifyMode,
 )
@@ -29,6 +30,7 @@ _DURATION: Final = re.compile(
     r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?$"
 )
 _DNS_LABEL: Final = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_DNS_SUBDOMAIN: Final = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 _SHA: Final = re.compile(r"^[0-9a-f]{40}$")
 _URL_SCHEMES: Final = frozenset({"https", "http", "ssh", "git+ssh", "ssh+git", "git", "file"})
 _SCHEME: Final = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://([^/?#]*)")
@@ -240,6 +242,52 @@ def _render(reader: _Reader, value: object, path: str, namespace: str | None) ->
     )
 
 
+def service_account_ref(value: str, *, default_namespace: str | None) -> ServiceAccountRef:
+    """``namespace/name``, or a bare ``name`` in ``default_namespace`` (a file-mode sync's
+    ``targetNamespace``). Without a namespace to take the value would be a guess, so it is
+    refused; so is the ``system:serviceaccount:`` user name, which the caller must not write
+    (it is derived). Raises ValueError with a message fit for the config check."""
+    if value.startswith("system:"):
+        raise ValueError(f"{value!r}: give namespace/name, not a user name")
+    namespace, slash, name = value.rpartition("/")
+    if not slash:
+        if default_namespace is None:
+            raise ValueError(
+                f"{value!r} names no namespace and the sync has no targetNamespace: "
+                "write namespace/name"
+            )
+        namespace = default_namespace
+    if not _DNS_LABEL.match(namespace):
+        raise ValueError(f"{value!r}: namespace {namespace!r} is not a DNS label")
+    if not _DNS_SUBDOMAIN.match(name):
+        raise ValueError(f"{value!r}: name {name!r} is not a valid ServiceAccount name")
+    return ServiceAccountRef(namespace=namespace, name=name)
+
+
+def _service_account(
+    reader: _Reader, data: Mapping[str, Any], path: str, namespace: str | None
+) -> ServiceAccountRef | None:
+    raw = reader.field(data, path, "serviceAccount", str)
+    if raw is None:
+        return None
+    try:
+        return service_account_ref(raw, default_namespace=namespace)
+    except ValueError as e:
+        reader.fail(f"{path}.serviceAccount", str(e))
+        return None
+
+
+def _wait(reader: _Reader, data: Mapping[str, Any], path: str) -> tuple[bool, float]:
+    """``wait`` and its ``timeout``. The sync-level ``timeout`` bounds the health wait only
+    (``source.timeout`` bounds each git call); given without ``wait: true`` it would do
+    nothing, so it is refused rather than ignored."""
+    wait = bool(reader.field(data, path, "wait", bool, False))
+    timeout = reader.duration(data, path, "timeout", 300.0)
+    if not wait and data.get("timeout") is not None:
+        reader.fail(f"{path}.timeout", "only used with wait: true (the health wait's limit)")
+    return wait, timeout
+
+
 def _sync(reader: _Reader, value: object, path: str) -> SyncSpec:
     data = reader.mapping(
         value,
@@ -254,22 +302,27 @@ def _sync(reader: _Reader, value: object, path: str) -> SyncSpec:
             "selfHeal",
             "suspend",
             "allowEmpty",
+            "wait",
+            "timeout",
         },
     )
     name = reader.field(data, path, "name", str, required=True) or ""
     if name and not _DNS_LABEL.match(name):
         reader.fail(f"{path}.name", f"{name!r} must be a DNS label (a-z, 0-9, '-', at most 63)")
     namespace = reader.field(data, path, "targetNamespace", str)
+    wait, wait_timeout_s = _wait(reader, data, path)
     return SyncSpec(
         name=name,
         source=_source(reader, data.get("source"), f"{path}.source"),
         render=_render(reader, data.get("render"), f"{path}.render", namespace),
         target_namespace=namespace,
-        service_account=reader.field(data, path, "serviceAccount", str),
+        service_account=_service_account(reader, data, path, namespace),
         prune=bool(reader.field(data, path, "prune", bool, True)),
         self_heal=bool(reader.field(data, path, "selfHeal", bool, True)),
         suspend=bool(reader.field(data, path, "suspend", bool, False)),
         allow_empty=bool(reader.field(data, path, "allowEmpty", bool, False)),
+        wait=wait,
+        wait_timeout_s=wait_timeout_s,
     )
 
 

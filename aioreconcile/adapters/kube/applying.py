@@ -157,23 +157,52 @@ class Applier:
         options: ApplyOptions,
         failures: dict[int, ChangeSetEntry],
     ) -> dict[ObjectRef, JsonObject]:
-        """One LIST per (resource, namespace) in the stage; unknown kinds become failures."""
-        wanted: dict[tuple[Resource, str], None] = {}
+        """One LIST per (resource, namespace) in the stage; unknown kinds become failures.
+
+        A LIST that fails (typically 403: a sync's service account may not list that kind, and
+        RBAC ``resourceNames`` can grant get but never list) does not fail the stage: its
+        objects are read one GET each, and an object whose GET fails too fails alone, with the
+        server's words, which name it (``clusterroles... "x" is forbidden: User ...``)."""
+        wanted: dict[tuple[Resource, str], list[int]] = {}
         for index, manifest in enumerate(members):
             try:
                 resource = await self._discovery.resolve(manifest.ref)
             except AioreconcileError as e:
                 failures[index] = _failed(manifest.ref, e, time.monotonic())
                 continue
-            wanted[(resource, manifest.ref.namespace if resource.namespaced else "")] = None
+            key = (resource, manifest.ref.namespace if resource.namespaced else "")
+            wanted.setdefault(key, []).append(index)
 
-        async def list_one(key: tuple[Resource, str]) -> dict[ObjectRef, JsonObject]:
+        async def list_one(key: tuple[Resource, str]) -> dict[ObjectRef, JsonObject] | None:
             resource, namespace = key
-            return await self.list_owned(resource, sync=options.sync, namespace=namespace)
+            try:
+                return await self.list_owned(resource, sync=options.sync, namespace=namespace)
+            except AioreconcileError:
+                return None
 
+        async def get_one(index: int) -> JsonObject | None:
+            started = time.monotonic()
+            try:
+                obj = await self.get(members[index].ref)
+            except AioreconcileError as e:
+                failures[index] = _failed(members[index].ref, e, started)
+                return None
+            labels = ((obj or {}).get("metadata") or {}).get("labels") or {}
+            return obj if labels.get(SYNC_LABEL) == options.sync else None  # as the LIST's filter
+
+        keys = list(wanted)
         current: dict[ObjectRef, JsonObject] = {}
-        for listed in await _map_concurrently(list_one, list(wanted), limit=options.concurrency):
-            current |= listed
+        unlisted: list[int] = []
+        listed = await _map_concurrently(list_one, keys, limit=options.concurrency)
+        for key, objects in zip(keys, listed, strict=True):
+            if objects is None:
+                unlisted += wanted[key]
+            else:
+                current |= objects
+        got = await _map_concurrently(get_one, unlisted, limit=options.concurrency)
+        for index, obj in zip(unlisted, got, strict=True):
+            if obj is not None:
+                current[members[index].ref] = obj
         return current
 
     async def _apply_one(

@@ -1,5 +1,6 @@
 """The Kubernetes adapter as the reactor sees it (the ``Cluster`` port): one transport, one
-discovery cache, one applier, opened and closed together."""
+discovery cache, one applier, opened and closed together; and, per sync with a service
+account, a view that makes every object request as that account over the same pool."""
 
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -10,14 +11,24 @@ from aioreconcile.adapters.kube.transport import KubeTransport
 from aioreconcile.adapters.kube.watching import WatchManager
 from aioreconcile.engine.applying import ApplyOptions, ApplyResult
 from aioreconcile.engine.changeset import ChangeSet, ChangeSetEntry
+from aioreconcile.engine.config import ServiceAccountRef
 from aioreconcile.engine.model import JsonObject, Manifest, ObjectRef
 
 
 class KubeCluster:
-    def __init__(self, transport: KubeTransport) -> None:
+    def __init__(self, transport: KubeTransport, *, discovery: Discovery | None = None) -> None:
         self.transport = transport
-        self.discovery = Discovery(transport)
+        self.discovery = discovery if discovery is not None else Discovery(transport)
         self.applier = Applier(transport, self.discovery)
+
+    def impersonating(self, account: ServiceAccountRef) -> "KubeCluster":
+        """This cluster as ``account``: every GET, LIST, apply, dry-run and DELETE of objects
+        impersonates it, over the same connection pool. Discovery stays shared and is read
+        with the controller's identity (which kinds exist is no secret, and the account may
+        not be allowed to list the CRDs that define them). Closing the view closes nothing."""
+        return KubeCluster(
+            self.transport.impersonating(account.user, account.groups), discovery=self.discovery
+        )
 
     @classmethod
     async def connect(

@@ -5,9 +5,16 @@ objects that costs more than the request itself, so requests go out through aioh
 orjson, with the server, TLS and credentials from ``access`` (kubeconfig or in-cluster).
 A request that hits a dead pooled connection (the apiserver restarted) or a 429/5xx is retried
 with a short backoff; everything else is mapped to ``aioreconcile.engine.errors``.
+
+``impersonating`` gives a view of the same connection pool whose every request carries
+``Impersonate-User``/``Impersonate-Group`` (client-go ``rest.ImpersonationConfig``): the API
+server authorises it as that user, so a sync with a service account can do only what that
+account may. The controller's own credentials still authenticate the connection, and the
+controller needs the ``impersonate`` verb on those users and groups.
 """
 
-from collections.abc import AsyncIterator, Mapping
+import copy
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +59,8 @@ class KubeTransport:
     def __init__(self, access: ClusterAccess, *, max_connections: int = 64) -> None:
         self._access = access
         self.host: str = access.host
+        self._owner = True
+        self._impersonation: tuple[tuple[str, str], ...] = ()
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=max_connections, ssl=access.ssl_context()),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
@@ -69,7 +78,24 @@ class KubeTransport:
             await cluster_access(kubeconfig, context=context), max_connections=max_connections
         )
 
+    def impersonating(self, user: str, groups: Sequence[str]) -> "KubeTransport":
+        """The same connection pool and credentials, every request made as ``user`` in
+        ``groups``. Closing the view closes nothing: the pool belongs to this transport."""
+        view = copy.copy(self)
+        view._owner = False
+        view._impersonation = (
+            ("Impersonate-User", user),
+            *(("Impersonate-Group", group) for group in groups),
+        )
+        return view
+
+    @property
+    def impersonated_user(self) -> str | None:
+        return next((v for k, v in self._impersonation if k == "Impersonate-User"), None)
+
     async def close(self) -> None:
+        if not self._owner:
+            return
         await self._session.close()
         await self._access.close()
 
@@ -79,12 +105,14 @@ class KubeTransport:
     async def __aexit__(self, *_: object) -> None:
         await self.close()
 
-    async def _headers(self, content_type: str | None, accept: str) -> dict[str, str]:
-        headers = {"Accept": accept}
+    async def _headers(self, content_type: str | None, accept: str) -> list[tuple[str, str]]:
+        headers = [("Accept", accept)]
         if content_type:
-            headers["Content-Type"] = content_type
+            headers.append(("Content-Type", content_type))
         # Bearer tokens from files and exec plugins are refreshed before they expire.
-        headers.update(await self._access.authorization())
+        headers += (await self._access.authorization()).items()
+        # One Impersonate-Group header per group, as client-go sends them (pairs, not a dict).
+        headers += self._impersonation
         return headers
 
     async def request(
