@@ -282,6 +282,7 @@ async def _run_controller(
         controller = Controller(
             config.syncs,
             cluster=cluster,
+            clusters=_sync_clusters(cluster, config),
             render=render,
             sources={spec.name: cache.source(spec.source) for spec in config.syncs},
             inventories={
@@ -336,6 +337,26 @@ async def _run_controller(
                 drained = await controller.drain(timeout_s=settings.drain_timeout_s)
                 logger.info("drained" if drained else "drain timed out; stopping anyway")
                 tasks.cancel_scope.cancel()
+
+
+def _sync_clusters(cluster: KubeCluster, config: ControllerConfig) -> dict[str, KubeCluster]:
+    """Per sync with a ``serviceAccount``, the cluster as that account (one connection pool).
+
+    Impersonated: everything done to the sync's objects (LIST, GET, dry-run, apply, DELETE,
+    health reads, drift heals). Not impersonated: discovery, the shared drift watch (it only
+    reads labelled objects, and whatever it reports is healed through the sync's own view)
+    and the inventory ConfigMap (the controller's bookkeeping in its own namespace, where a
+    tenant's account has no business; a tenant cannot widen prune through it, since every
+    DELETE is made as the account). As Flux's kustomize-controller does."""
+    clusters: dict[str, KubeCluster] = {}
+    for spec in config.syncs:
+        if spec.service_account is not None:
+            clusters[spec.name] = cluster.impersonating(spec.service_account)
+            logger.info(
+                "sync acts as its service account",
+                extra={"sync": spec.name, "user": spec.service_account.user},
+            )
+    return clusters
 
 
 def tracing_settings(

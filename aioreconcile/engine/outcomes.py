@@ -17,6 +17,9 @@ class Reason(StrEnum):
     PRUNE_FAILED = "PruneFailed"
     INVENTORY_FAILED = "InventoryFailed"
     HEALTH_CHECK_FAILED = "HealthCheckFailed"
+    # Applied; waiting for the objects to become healthy (``wait``). Not a result: the health
+    # check that follows ends in SUCCEEDED or HEALTH_CHECK_FAILED (Flux's "Progressing").
+    PROGRESSING = "Progressing"
 
 
 @dataclass(frozen=True)

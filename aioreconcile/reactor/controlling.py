@@ -1,9 +1,14 @@
 """The controller: triggers in, reconciles out, one lane per key.
 
-Two kinds of work share one queue. ``("sync", name)`` reconciles a whole sync: fetch the commit
-(the pushed SHA, or whatever the ref resolves to on a poll), render, apply, prune. ``("object",
-sync, ref)`` heals one drifted object alone. Keys coalesce, so ten edits of one object while
-it waits become one heal; a push arriving while its sync runs makes exactly one more run.
+Three kinds of work share one queue. ``("sync", name)`` reconciles a whole sync: fetch the
+commit (the pushed SHA, or whatever the ref resolves to on a poll), render, apply, prune.
+``("object", sync, ref)`` heals one drifted object alone. ``("health", name)`` re-reads the
+objects of a ``wait: true`` sync that were not yet healthy after its apply, one short round at
+a time, until they are or its ``timeout`` passed: a sync that waits holds no lane and no slot
+of the queue meanwhile, so heals, other syncs and a newer commit of the same sync go on (a
+newer commit supersedes the wait, as Flux's health-check cancellation on a new revision).
+Keys coalesce, so ten edits of one object while it waits become one heal; a push arriving
+while its sync runs makes exactly one more run.
 
 The desired state of every sync is kept as compact JSON per object (memory stays flat at
 10,000 objects), with the resourceVersion of our own last write, so a watch event is judged
@@ -42,7 +47,14 @@ from aioreconcile.engine.redaction import printable, redact_text, redact_url
 from aioreconcile.engine.triggers import Push
 from aioreconcile.reactor.ports import Cluster, GitSource, InventoryStore, ManifestRenderer, Watcher
 from aioreconcile.reactor.queueing import WorkQueue
-from aioreconcile.reactor.syncing import SyncRequest, sync_once
+from aioreconcile.reactor.syncing import (
+    HEALTH_POLL_S,
+    NotReady,
+    SyncRequest,
+    not_ready_message,
+    recheck_health,
+    sync_once,
+)
 from aioreconcile.reactor.tracing import CommitInfo, NoTracing, SpanScope, Tracing
 
 logger = logging.getLogger(__name__)
@@ -51,6 +63,9 @@ SyncKey = tuple[str, str]
 ObjectKey = tuple[str, str, ObjectRef]
 WorkKey = SyncKey | ObjectKey
 
+# Retried with backoff. HealthCheckFailed is not: the objects were applied, waiting longer is
+# what the timeout was for; the next poll or push applies and judges them again (Flux retries
+# a failed health check at the next interval, too).
 _RETRIED: Final = frozenset(
     {Reason.FETCH_FAILED, Reason.APPLY_FAILED, Reason.PRUNE_FAILED, Reason.INVENTORY_FAILED}
 )
@@ -60,6 +75,17 @@ _WATCH_SYNC_TIMEOUT_S: Final = 30.0
 
 class RetryLater(AioreconcileError):
     """Raised by a work item to make the queue retry it with backoff."""
+
+
+@dataclass
+class HealthWait:
+    """A ``wait: true`` sync's objects not yet healthy after the apply of ``revision``."""
+
+    revision: str
+    deadline: float  # on the controller's clock
+    timeout_s: float
+    started: float  # time.monotonic() the reconcile began, for its duration
+    waiting: NotReady
 
 
 @dataclass
@@ -83,6 +109,7 @@ class SyncState:
     revision: str | None = None  # the revision the desired objects below belong to
     desired: dict[ObjectRef, bytes] = field(default_factory=dict)  # stamped, orjson-encoded
     written: dict[ObjectRef, str] = field(default_factory=dict)  # resourceVersion of our write
+    health: HealthWait | None = None  # a health check under way (``wait: true``)
 
     def view(self) -> dict[str, object]:
         return {
@@ -151,6 +178,7 @@ class Controller:
         syncs: Sequence[SyncSpec],
         *,
         cluster: Cluster,
+        clusters: Mapping[str, Cluster] | None = None,
         render: ManifestRenderer,
         sources: Mapping[str, GitSource],
         inventories: Mapping[str, InventoryStore],
@@ -164,6 +192,8 @@ class Controller:
         after_reconcile: Callable[[], None] | None = None,
     ) -> None:
         self._cluster = cluster
+        # Per sync, the cluster as its service account (impersonated); others use ``cluster``.
+        self._clusters = dict(clusters or {})
         self._render = render
         self._sources = sources
         self._inventories = inventories
@@ -259,9 +289,14 @@ class Controller:
     def status(self) -> list[dict[str, object]]:
         return [state.view() for state in self.states.values()]
 
+    def _cluster_for(self, sync: str) -> Cluster:
+        return self._clusters.get(sync, self._cluster)
+
     async def _process(self, key: WorkKey) -> None:
         if key[0] == "sync":
             await self._reconcile(key[1])
+        elif key[0] == "health":
+            await self._check_health(key[1])
         else:
             _, sync, ref = key  # type: ignore[misc]
             await self._heal(sync, ref)
@@ -287,6 +322,9 @@ class Controller:
             raise RetryLater(str(e)) from e
         if sha == state.last_applied_revision and state.reason == Reason.SUCCEEDED:
             return  # nothing new
+        if state.health is not None and state.health.revision == sha:
+            return  # applied; its health check is under way and ends on its own deadline
+        state.health = None  # a newer commit supersedes a wait for an older one
         state.last_attempted_revision = sha
         info = CommitInfo(
             sync=name,
@@ -342,6 +380,9 @@ class Controller:
             root=tree,
             prune=spec.prune,
             allow_empty=spec.allow_empty,
+            wait=spec.wait,
+            wait_timeout_s=spec.wait_timeout_s,
+            wait_in_place=False,  # polled by ("health", name) keys, holding no lane meanwhile
         )
 
         def remember_desired(manifests: Sequence[Manifest]) -> None:
@@ -356,7 +397,7 @@ class Controller:
 
         outcome = await sync_once(
             request,
-            cluster=self._cluster,
+            cluster=self._cluster_for(name),
             render=self._render,
             inventory=self._inventories.get(name),
             before_apply=remember_desired,
@@ -367,11 +408,22 @@ class Controller:
             {"aioreconcile.reason": outcome.reason.value}
             | {f"aioreconcile.objects.{action.value}": n for action, n in totals.items() if n}
         )
-        if not outcome.ok:
+        if outcome.reason is Reason.PROGRESSING:
+            root.set_attributes({"aioreconcile.health.waiting": len(outcome.not_ready)})
+        elif not outcome.ok:
             root.record_error(outcome.message)
         self._watch_all()  # kinds whose CRD this apply created are known only now
         with anyio.move_on_after(_WATCH_SYNC_TIMEOUT_S):
             await self._watcher.wait_synced()
+        if outcome.reason is Reason.PROGRESSING:
+            state.health = HealthWait(
+                revision=sha,
+                deadline=self._clock() + spec.wait_timeout_s,
+                timeout_s=spec.wait_timeout_s,
+                started=started,
+                waiting=outcome.not_ready,
+            )
+            self.queue.put(("health", name), delay_s=HEALTH_POLL_S)
         self._record(state, outcome, seconds=time.monotonic() - started)
         if self._after_reconcile is not None:
             self._after_reconcile()
@@ -379,16 +431,28 @@ class Controller:
 
     def _record(self, state: SyncState, outcome: SyncOutcome, *, seconds: float) -> None:
         name = state.spec.name
+        state.reason, state.message = outcome.reason.value, outcome.message
+        if outcome.reason is Reason.PROGRESSING:
+            state.inventory_size = outcome.inventory_size
+            self._remember_writes(state, outcome)
+            waiting_ref, waiting = outcome.not_ready[0]
+            state.last_error = None
+            logger.info(
+                "applied, waiting for health",
+                extra={
+                    "sync": name,
+                    "revision": outcome.revision,
+                    "reason": outcome.reason.value,
+                    "waiting": len(outcome.not_ready),
+                    "object": str(waiting_ref),
+                    "health": waiting.message,
+                },
+            )
+            return  # counted once, with the health check's result
         state.reconciles += 1
         state.last_reconcile_at = time.time()
-        state.reason, state.message = outcome.reason.value, outcome.message
         state.inventory_size = outcome.inventory_size
-        for entry in outcome.applied.entries:
-            if entry.resource_version_after is not None:
-                state.written[entry.ref] = entry.resource_version_after
-        for entry in outcome.pruned.entries:
-            state.written.pop(entry.ref, None)
-        state.written = {ref: rv for ref, rv in state.written.items() if ref in state.desired}
+        self._remember_writes(state, outcome)
         if outcome.ok:
             state.last_applied_revision = outcome.revision
             state.last_error = None
@@ -411,6 +475,40 @@ class Controller:
                 "error": state.last_error,
             },
         )
+
+    @staticmethod
+    def _remember_writes(state: SyncState, outcome: SyncOutcome) -> None:
+        for entry in outcome.applied.entries:
+            if entry.resource_version_after is not None:
+                state.written[entry.ref] = entry.resource_version_after
+        for entry in outcome.pruned.entries:
+            state.written.pop(entry.ref, None)
+        state.written = {ref: rv for ref, rv in state.written.items() if ref in state.desired}
+
+    async def _check_health(self, name: str) -> None:
+        """One round of a health check: re-read what was not healthy, then succeed, fail at
+        the deadline, or come back in ``HEALTH_POLL_S``. Short, so it never holds a lane."""
+        state = self.states.get(name)
+        wait = state.health if state is not None else None
+        if state is None or wait is None:
+            return
+        still = tuple(await recheck_health(self._cluster_for(name), [r for r, _ in wait.waiting]))
+        if state.health is not wait:
+            return  # a newer commit was applied meanwhile: its own check decides
+        if still and self._clock() < wait.deadline:
+            wait.waiting = still
+            self.queue.put(("health", name), delay_s=HEALTH_POLL_S)
+            return
+        state.health = None
+        if still:
+            reason = Reason.HEALTH_CHECK_FAILED
+            message = not_ready_message(still, timeout_s=wait.timeout_s)
+        else:
+            reason, message = Reason.SUCCEEDED, f"applied revision {wait.revision}"
+        outcome = SyncOutcome(
+            reason, message, wait.revision, not_ready=still, inventory_size=state.inventory_size
+        )
+        self._record(state, outcome, seconds=time.monotonic() - wait.started)
 
     def _record_failure(self, state: SyncState, reason: Reason, message: str) -> None:
         state.reconciles += 1
@@ -443,7 +541,8 @@ class Controller:
             )
             self.queue.put(("object", sync, ref), delay_s=wait_s)
             return
-        live = await self._cluster.get(ref)
+        cluster = self._cluster_for(sync)
+        live = await cluster.get(ref)
         desired = orjson.loads(encoded)
         manifest = Manifest(ref, desired, origin=f"drift heal of {ref}")
         options = ApplyOptions(sync=sync, revision=state.revision)
@@ -456,7 +555,7 @@ class Controller:
             fields=fields,
         ) as span:
             # A declared value that differs is no server normalisation: write without a dry-run.
-            entry, _ = await self._cluster.apply_object(
+            entry, _ = await cluster.apply_object(
                 manifest, options, live=live, known_changed=bool(fields)
             )
             self._tracing.objects([entry], operation="apply")

@@ -5,7 +5,7 @@ and nothing is pruned when rendering or any apply failed, or when the source bec
 that was not explicitly allowed. Failed deletions stay in the inventory so the next run retries.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -24,11 +24,20 @@ from aioreconcile.engine.sources import RenderSpec
 from aioreconcile.reactor.ports import Cluster, InventoryStore, ManifestRenderer
 from aioreconcile.reactor.tracing import NoTracing, Tracing
 
-_HEALTH_POLL_S: Final = 0.5
+HEALTH_POLL_S: Final = 0.5
+_HEALTH_READ_CONCURRENCY: Final = 16
+
+NotReady = tuple[tuple[ObjectRef, health.Health], ...]
 
 
 @dataclass(frozen=True)
 class SyncRequest:
+    """``wait``: judge the applied objects' health (``engine.health``) after the apply.
+    ``wait_in_place`` polls them here until they are Current or ``wait_timeout_s`` passed
+    (the CLI: one command, one result). A caller that must not hold its lane for the whole
+    timeout (the controller) sets it False: the objects are judged once, as the apply returned
+    them, and those not yet Current come back as ``Reason.PROGRESSING`` for it to poll."""
+
     directory: Path
     render: RenderSpec
     options: ApplyOptions
@@ -37,6 +46,7 @@ class SyncRequest:
     allow_empty: bool = False
     wait: bool = False
     wait_timeout_s: float = 300.0
+    wait_in_place: bool = True
 
 
 async def sync_once(
@@ -115,8 +125,10 @@ async def sync_once(
                 prune_note=prune_note,
             )
 
-    not_ready: tuple[tuple[ObjectRef, health.Health], ...] = ()
-    if request.wait and not request.options.dry_run:
+    not_ready: NotReady = ()
+    if request.wait and not request.options.dry_run and not request.wait_in_place:
+        not_ready = tuple(health.not_ready(result.live.values()))
+    elif request.wait and not request.options.dry_run:
         with tracing.stage("health wait") as span:
             not_ready = await wait_until_ready(
                 cluster, result.live, timeout_s=request.wait_timeout_s
@@ -128,9 +140,12 @@ async def sync_once(
         reason, message = Reason.APPLY_FAILED, f"{len(applied.failed)} object(s) failed to apply"
     elif pruned.failed:
         reason, message = Reason.PRUNE_FAILED, f"{len(pruned.failed)} object(s) failed to delete"
+    elif not_ready and not request.wait_in_place:
+        reason = Reason.PROGRESSING
+        message = f"applied; waiting up to {request.wait_timeout_s:g} s for {_count(not_ready)}"
     elif not_ready:
         reason = Reason.HEALTH_CHECK_FAILED
-        message = f"{len(not_ready)} object(s) not ready after {request.wait_timeout_s:g} s"
+        message = not_ready_message(not_ready, timeout_s=request.wait_timeout_s)
     else:
         reason, message = Reason.SUCCEEDED, f"applied revision {revision}"
     return SyncOutcome(
@@ -180,19 +195,55 @@ async def _apply_staged(
 
 async def wait_until_ready(
     cluster: Cluster, live: dict[ObjectRef, JsonObject], *, timeout_s: float
-) -> tuple[tuple[ObjectRef, health.Health], ...]:
+) -> NotReady:
     """Poll the objects that are not Current until they are, or the time is up; return those
     still not ready, each with why."""
-    current = dict(live)
-    waiting = health.not_ready(current.values())
+    waiting = health.not_ready(live.values())
     with anyio.move_on_after(timeout_s):
         while waiting:
-            await anyio.sleep(_HEALTH_POLL_S)
-            for ref, _ in waiting:
-                obj = await cluster.get(ref)
-                if obj is None:
-                    current.pop(ref, None)
-                else:
-                    current[ref] = obj
-            waiting = health.not_ready(current.values())
+            await anyio.sleep(HEALTH_POLL_S)
+            waiting = await recheck_health(cluster, [ref for ref, _ in waiting])
     return tuple(waiting)
+
+
+async def recheck_health(
+    cluster: Cluster, refs: Iterable[ObjectRef]
+) -> list[tuple[ObjectRef, health.Health]]:
+    """Read each object again and judge it: those still not Current, in the order given. An
+    object that is gone is no longer waited for; one that cannot be read (403, a timeout) is
+    Unknown, so it keeps being waited for and the reason shows."""
+    refs = list(refs)
+    verdicts: dict[int, health.Health] = {}
+    limiter = anyio.CapacityLimiter(_HEALTH_READ_CONCURRENCY)
+
+    async def judge(index: int, ref: ObjectRef) -> None:
+        async with limiter:
+            try:
+                obj = await cluster.get(ref)
+            except AioreconcileError as e:
+                verdicts[index] = health.Health(health.HealthStatus.UNKNOWN, f"cannot read: {e}")
+                return
+        if obj is not None:
+            verdicts[index] = health.compute(obj)
+
+    async with anyio.create_task_group() as tasks:
+        for index, ref in enumerate(refs):
+            tasks.start_soon(judge, index, ref)
+    return [
+        (refs[i], verdict)
+        for i, verdict in sorted(verdicts.items())
+        if verdict.status is not health.HealthStatus.CURRENT
+    ]
+
+
+def not_ready_message(not_ready: NotReady, *, timeout_s: float) -> str:
+    """The HealthCheckFailed message: how many, how long, and the first one with why."""
+    ref, verdict = not_ready[0]
+    return (
+        f"{_count(not_ready)} not ready after {timeout_s:g} s; "
+        f"{ref}: {verdict.status.value}: {verdict.message}"
+    )
+
+
+def _count(objects: Sequence[object]) -> str:
+    return f"{len(objects)} object" if len(objects) == 1 else f"{len(objects)} objects"
