@@ -337,6 +337,10 @@ def _run_check_config(path: Path) -> int:
             f"sync {sync.name}: {redact_url(source.url)} {printable(source.ref)} {source.path} "
             f"(every {source.interval_s:g} s, prune={sync.prune}, selfHeal={sync.self_heal})"
         )
+        if sync.wait:
+            print(f"  waits up to {sync.wait_timeout_s:g} s for its objects to be healthy")
+        if sync.service_account is not None:
+            print(f"  acts as {sync.service_account.user} (impersonated)")
     for receiver in config.receivers:
         print(f"receiver {receiver.name}: {receiver.provider.value} at POST /hooks/{receiver.name}")
     return 0
