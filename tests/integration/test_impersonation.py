@@ -3,9 +3,12 @@ Role allows is applied, anything else fails alone with 403, and the controller's
 is untouched."""
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
+import yaml
 from kubernetes_asyncio import client
 
 from aioreconcile.adapters.kube.cluster import KubeCluster
@@ -128,3 +131,75 @@ async def test_reads_and_deletes_are_made_as_the_account_too(
     assert "forbidden" in entry.error
     assert await cluster.get(elsewhere.ref) is not None
     await cluster.delete([elsewhere.ref], options)
+
+
+async def test_the_controller_needs_the_impersonate_verb_and_nothing_of_the_accounts_rights(
+    kube: Kube, namespace: str, tmp_path: Path
+) -> None:
+    """The controller as a token-authenticated ServiceAccount with no rights on ConfigMaps:
+    refused until it may ``impersonate`` serviceaccounts and groups, then the tenant's own
+    rights are what count."""
+    await grant_config_maps(kube, namespace, "deployer")
+    core, rbac = client.CoreV1Api(kube.api), client.RbacAuthorizationV1Api(kube.api)
+    await core.create_namespaced_service_account(namespace, {"metadata": {"name": "controller"}})
+    issued = await core.create_namespaced_service_account_token(
+        "controller", namespace, {"spec": {"expirationSeconds": 600}}
+    )
+    document = yaml.safe_load(kube.kubeconfig.read_text())
+    document["users"][0]["user"] = {"token": issued.status.token}
+    kubeconfig = tmp_path / "controller.kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump(document))
+    options = ApplyOptions(sync="tenant", revision="r1")
+    wanted = config_map("a", namespace)
+
+    async with await KubeCluster.connect(kubeconfig) as controller:
+        await controller.refresh_discovery()
+        tenant = controller.impersonating(ServiceAccountRef(namespace, "deployer"))
+
+        refused = await tenant.apply([wanted], options)
+        (entry,) = refused.changeset.entries
+        assert entry.action is Action.FAILED
+        assert entry.error is not None
+        assert "cannot impersonate" in entry.error
+
+        role = f"{namespace}-impersonator"
+        await rbac.create_cluster_role(
+            {
+                "metadata": {"name": role},
+                "rules": [
+                    {
+                        "apiGroups": [""],
+                        "resources": ["serviceaccounts", "groups"],
+                        "verbs": ["impersonate"],
+                    }
+                ],
+            }
+        )
+        await rbac.create_cluster_role_binding(
+            {
+                "metadata": {"name": role},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "ClusterRole",
+                    "name": role,
+                },
+                "subjects": [
+                    {"kind": "ServiceAccount", "name": "controller", "namespace": namespace}
+                ],
+            }
+        )
+        try:
+            with anyio.fail_after(10):  # RBAC reaches the authorizer through its informers
+                while True:
+                    applied = await tenant.apply([wanted], options)
+                    (entry,) = applied.changeset.entries
+                    if entry.action is not Action.FAILED:
+                        break
+                    await anyio.sleep(0.1)
+            assert entry.action is Action.CREATED
+            # The controller itself still may not touch ConfigMaps: only the account's rights.
+            with pytest.raises(Exception, match="forbidden"):
+                await controller.get(wanted.ref)
+        finally:
+            await rbac.delete_cluster_role_binding(role)
+            await rbac.delete_cluster_role(role)
