@@ -89,10 +89,6 @@ class KubeTransport:
         )
         return view
 
-    @property
-    def impersonated_user(self) -> str | None:
-        return next((v for k, v in self._impersonation if k == "Impersonate-User"), None)
-
     async def close(self) -> None:
         if not self._owner:
             return
