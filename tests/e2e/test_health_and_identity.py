@@ -124,7 +124,7 @@ async def test_waiting_sync_fails_its_health_check_then_succeeds_and_blocks_noth
         manifests(widget(group, namespace, 1), config_map("settings", namespace, v="git"))
     )
     other.commit(manifests(config_map("other", namespace, v="1")))
-    timeout_s = 6.0
+    timeout_s = 10.0
     syncs = [
         sync(
             "app",

@@ -187,7 +187,7 @@ async def test_a_newer_commit_is_applied_while_an_older_one_waits_and_supersedes
 async def test_a_failed_health_check_waits_for_the_next_poll_and_then_succeeds(
     widgets: Widgets, tmp_path: Path
 ) -> None:
-    async with running(widgets, tmp_path, timeout_s=0.8) as (controller, _):
+    async with running(widgets, tmp_path, timeout_s=1.5) as (controller, _):
         state = controller.states["app"]
         controller.poll("app")
         await until(lambda: state.reason == "HealthCheckFailed")
