@@ -98,6 +98,9 @@ class Source:
     async def fetch(self, sha: str | None = None) -> str:
         return sha or self.head
 
+    async def is_ancestor(self, ancestor: str, commit: str) -> bool | None:
+        return None
+
     async def verify(self, sha: str) -> None:
         return None
 
