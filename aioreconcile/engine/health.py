@@ -47,6 +47,13 @@ def not_ready(objects: Iterable[JsonObject]) -> list[tuple[ObjectRef, Health]]:
     return [(ref, health) for ref, health in verdicts if health.status is not HealthStatus.CURRENT]
 
 
+def failed(verdicts: Iterable[tuple[ObjectRef, Health]]) -> list[tuple[ObjectRef, Health]]:
+    """The Failed ones: waiting will not make them Current (kstatus Stalled, a Deployment past
+    its progress deadline), so a wait that meets one ends now instead of at its timeout, as
+    Flux's health checks fail fast since 2.1."""
+    return [(ref, health) for ref, health in verdicts if health.status is HealthStatus.FAILED]
+
+
 # --- reading a decoded object -------------------------------------------------------------------
 
 

@@ -26,6 +26,7 @@ import anyio
 import anyio.abc
 import orjson
 
+from aioreconcile.engine import health
 from aioreconcile.engine.applying import ApplyOptions
 from aioreconcile.engine.changeset import Action
 from aioreconcile.engine.config import SyncSpec
@@ -495,7 +496,7 @@ class Controller:
         still = tuple(await recheck_health(self._cluster_for(name), [r for r, _ in wait.waiting]))
         if state.health is not wait:
             return  # a newer commit was applied meanwhile: its own check decides
-        if still and self._clock() < wait.deadline:
+        if still and not health.failed(still) and self._clock() < wait.deadline:
             wait.waiting = still
             self.queue.put(("health", name), delay_s=HEALTH_POLL_S)
             return

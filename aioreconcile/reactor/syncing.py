@@ -140,7 +140,7 @@ async def sync_once(
         reason, message = Reason.APPLY_FAILED, f"{len(applied.failed)} object(s) failed to apply"
     elif pruned.failed:
         reason, message = Reason.PRUNE_FAILED, f"{len(pruned.failed)} object(s) failed to delete"
-    elif not_ready and not request.wait_in_place:
+    elif not_ready and not request.wait_in_place and not health.failed(not_ready):
         reason = Reason.PROGRESSING
         message = f"applied; waiting up to {request.wait_timeout_s:g} s for {_count(not_ready)}"
     elif not_ready:
@@ -196,11 +196,11 @@ async def _apply_staged(
 async def wait_until_ready(
     cluster: Cluster, live: dict[ObjectRef, JsonObject], *, timeout_s: float
 ) -> NotReady:
-    """Poll the objects that are not Current until they are, or the time is up; return those
-    still not ready, each with why."""
+    """Poll the objects that are not Current until they are, one is Failed, or the time is up;
+    return those still not ready, each with why."""
     waiting = health.not_ready(live.values())
     with anyio.move_on_after(timeout_s):
-        while waiting:
+        while waiting and not health.failed(waiting):
             await anyio.sleep(HEALTH_POLL_S)
             waiting = await recheck_health(cluster, [ref for ref, _ in waiting])
     return tuple(waiting)
@@ -237,12 +237,17 @@ async def recheck_health(
 
 
 def not_ready_message(not_ready: NotReady, *, timeout_s: float) -> str:
-    """The HealthCheckFailed message: how many, how long, and the first one with why."""
-    ref, verdict = not_ready[0]
-    return (
-        f"{_count(not_ready)} not ready after {timeout_s:g} s; "
-        f"{ref}: {verdict.status.value}: {verdict.message}"
-    )
+    """The HealthCheckFailed message: how many and why it ended (a Failed object, or the
+    timeout), then the first object that decided it, with why."""
+    failed = health.failed(not_ready)
+    if failed:
+        others = len(not_ready) - len(failed)
+        summary = f"{_count(failed)} failed" + (f", {others} more not ready" if others else "")
+        ref, verdict = failed[0]
+    else:
+        summary = f"{_count(not_ready)} not ready after {timeout_s:g} s"
+        ref, verdict = not_ready[0]
+    return f"{summary}; {ref}: {verdict.status.value}: {verdict.message}"
 
 
 def _count(objects: Sequence[object]) -> str:

@@ -97,15 +97,19 @@ def widget(group: str, namespace: str, size: int) -> dict[str, Any]:
     }
 
 
-async def set_ready(kube: Kube, group: str, namespace: str, status: str, reason: str) -> None:
-    """Write the Widget's Ready condition through the status subresource, as its controller
-    would."""
-    condition = {"type": "Ready", "status": status, "reason": reason, "message": "by the test"}
+async def set_ready(
+    kube: Kube, group: str, namespace: str, status: str, reason: str, *, stalled: bool = False
+) -> None:
+    """Write the Widget's conditions through the status subresource, as its controller would:
+    Ready, and with ``stalled`` also Stalled=True (kstatus Failed)."""
+    conditions = [{"type": "Ready", "status": status, "reason": reason, "message": "by the test"}]
+    if stalled:
+        conditions.append({"type": "Stalled", "status": "True", "reason": "BadSpec"})
     async with await KubeTransport.connect(kube.kubeconfig) as transport:
         await transport.request(
             "PATCH",
             f"/apis/{group}/v1/namespaces/{namespace}/widgets/w/status",
-            body={"status": {"conditions": [condition]}},
+            body={"status": {"conditions": conditions}},
             content_type=MERGE_PATCH,
         )
 
@@ -184,6 +188,21 @@ async def test_waiting_sync_fails_its_health_check_then_succeeds_and_blocks_noth
             )
 
         await running.wait_for(second_applied, seconds=timeout_s + 5)
+
+        # Stalled will not heal by waiting: a new commit fails at once, not after the timeout.
+        await set_ready(kube, group, namespace, "False", "Broken", stalled=True)
+        third = app.commit(
+            manifests(widget(group, namespace, 3), config_map("settings", namespace, v="git"))
+        )
+
+        async def third_failed() -> bool:
+            state = await running.sync_state()
+            return bool(
+                state["reason"] == "HealthCheckFailed" and state["lastAttemptedRevision"] == third
+            )
+
+        await running.wait_for(third_failed, seconds=timeout_s - 3)
+        assert "1 object failed" in (await running.sync_state())["lastError"]
     await client.ApiextensionsV1Api(kube.api).delete_custom_resource_definition(f"widgets.{group}")
 
 

@@ -8,7 +8,7 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aioreconcile.engine.health import Health, HealthStatus, compute, not_ready
+from aioreconcile.engine.health import Health, HealthStatus, compute, failed, not_ready
 from aioreconcile.engine.model import JsonObject, ObjectRef
 
 FIXTURES = Path(__file__).parent / "fixtures" / "health"
@@ -138,3 +138,20 @@ def test_compute_never_raises_whatever_the_status_holds(
 
     assert health.status in set(HealthStatus)
     assert health.message
+
+
+@pytest.mark.parametrize(
+    ("statuses", "expected"),
+    [
+        pytest.param([], [], id="nothing"),
+        pytest.param(["InProgress", "Unknown"], [], id="may-still-settle"),
+        pytest.param(["InProgress", "Failed", "Failed"], [1, 2], id="failed-ones-in-order"),
+    ],
+)
+def test_failed_picks_the_verdicts_waiting_cannot_fix(
+    statuses: list[str], expected: list[int]
+) -> None:
+    refs = [ObjectRef(group="", kind="ConfigMap", namespace="n", name=f"c{i}") for i in range(3)]
+    verdicts = [(refs[i], Health(HealthStatus(s), "why")) for i, s in enumerate(statuses)]
+
+    assert failed(verdicts) == [verdicts[i] for i in expected]

@@ -37,6 +37,7 @@ class Widgets:
 
     def __init__(self) -> None:
         self.ready: Callable[[int], bool] = lambda size: False
+        self.stalled = False
         self.body: JsonObject | None = None
         self.gets = 0
 
@@ -47,6 +48,9 @@ class Widgets:
         ok = self.ready(live["spec"]["size"])
         condition = {"type": "Ready", "status": str(ok), "reason": "Test", "message": "by fake"}
         live["status"] = {"conditions": [condition]}
+        if self.stalled:
+            stalled = {"type": "Stalled", "status": "True", "reason": "BadSpec", "message": "x"}
+            live["status"]["conditions"].append(stalled)
         return live
 
     def is_namespaced(self, ref: ObjectRef) -> bool | None:
@@ -211,3 +215,19 @@ async def test_a_failed_health_check_waits_for_the_next_poll_and_then_succeeds(
         widgets.ready = lambda size: True
         await until(lambda: state.reason == "ReconciliationSucceeded")
         assert state.last_applied_revision == SHA1
+
+
+async def test_a_failed_object_ends_the_wait_at_once(widgets: Widgets, tmp_path: Path) -> None:
+    """Stalled (kstatus Failed) will not heal by waiting: HealthCheckFailed now, not after the
+    timeout (Flux's fail-fast since 2.1)."""
+    async with running(widgets, tmp_path, timeout_s=30.0) as (controller, _):
+        state = controller.states["app"]
+        controller.poll("app")
+        await until(lambda: state.reason == "Progressing")
+
+        widgets.stalled = True
+
+        await until(lambda: state.reason == "HealthCheckFailed", seconds=2.0)
+        assert state.last_error is not None
+        assert "1 object failed" in state.last_error
+        assert "Widget.example.com/n/w: Failed: stalled: BadSpec (x)" in state.last_error
