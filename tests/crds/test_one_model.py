@@ -54,9 +54,6 @@ SYNC_CRD_ONLY = {
     "spec.dependsOn",
     # Public keys may sit in a ConfigMap; the file format reads keyringFile/allowedSignersFile.
     "spec.source.verify.configMapRef",
-    # Health wait and its limit: the `health` change adds them to the file format.
-    "spec.wait",
-    "spec.timeout",
 }
 RECEIVER_CRD_ONLY = {
     # Which Syncs a Receiver may trigger: the `hint` change adds them to the file format.
