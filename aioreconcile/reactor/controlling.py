@@ -416,15 +416,6 @@ class Controller:
         self._watch_all()  # kinds whose CRD this apply created are known only now
         with anyio.move_on_after(_WATCH_SYNC_TIMEOUT_S):
             await self._watcher.wait_synced()
-        if outcome.reason is Reason.PROGRESSING:
-            state.health = HealthWait(
-                revision=sha,
-                deadline=self._clock() + spec.wait_timeout_s,
-                timeout_s=spec.wait_timeout_s,
-                started=started,
-                waiting=outcome.not_ready,
-            )
-            self.queue.put(("health", name), delay_s=HEALTH_POLL_S)
         self._record(state, outcome, seconds=time.monotonic() - started)
         if self._after_reconcile is not None:
             self._after_reconcile()
@@ -432,28 +423,21 @@ class Controller:
 
     def _record(self, state: SyncState, outcome: SyncOutcome, *, seconds: float) -> None:
         name = state.spec.name
+        progressing = outcome.reason is Reason.PROGRESSING
+        if not progressing:  # a health check's reconcile is counted once, with its result
+            state.reconciles += 1
+            state.last_reconcile_at = time.time()
         state.reason, state.message = outcome.reason.value, outcome.message
-        if outcome.reason is Reason.PROGRESSING:
-            state.inventory_size = outcome.inventory_size
-            self._remember_writes(state, outcome)
-            waiting_ref, waiting = outcome.not_ready[0]
-            state.last_error = None
-            logger.info(
-                "applied, waiting for health",
-                extra={
-                    "sync": name,
-                    "revision": outcome.revision,
-                    "reason": outcome.reason.value,
-                    "waiting": len(outcome.not_ready),
-                    "object": str(waiting_ref),
-                    "health": waiting.message,
-                },
-            )
-            return  # counted once, with the health check's result
-        state.reconciles += 1
-        state.last_reconcile_at = time.time()
         state.inventory_size = outcome.inventory_size
-        self._remember_writes(state, outcome)
+        for entry in outcome.applied.entries:
+            if entry.resource_version_after is not None:
+                state.written[entry.ref] = entry.resource_version_after
+        for entry in outcome.pruned.entries:
+            state.written.pop(entry.ref, None)
+        state.written = {ref: rv for ref, rv in state.written.items() if ref in state.desired}
+        if progressing:
+            self._start_health_check(state, outcome, seconds=seconds)
+            return
         if outcome.ok:
             state.last_applied_revision = outcome.revision
             state.last_error = None
@@ -477,14 +461,34 @@ class Controller:
             },
         )
 
-    @staticmethod
-    def _remember_writes(state: SyncState, outcome: SyncOutcome) -> None:
-        for entry in outcome.applied.entries:
-            if entry.resource_version_after is not None:
-                state.written[entry.ref] = entry.resource_version_after
-        for entry in outcome.pruned.entries:
-            state.written.pop(entry.ref, None)
-        state.written = {ref: rv for ref, rv in state.written.items() if ref in state.desired}
+    # --- health checks of ``wait: true`` syncs ---------------------------------------------------
+
+    def _start_health_check(
+        self, state: SyncState, outcome: SyncOutcome, *, seconds: float
+    ) -> None:
+        """Applied, not all healthy yet: remember what to re-read and queue the first round."""
+        name, spec = state.spec.name, state.spec
+        state.last_error = None
+        state.health = HealthWait(
+            revision=outcome.revision,
+            deadline=self._clock() + spec.wait_timeout_s,
+            timeout_s=spec.wait_timeout_s,
+            started=time.monotonic() - seconds,
+            waiting=outcome.not_ready,
+        )
+        self.queue.put(("health", name), delay_s=HEALTH_POLL_S)
+        waiting_ref, waiting = outcome.not_ready[0]
+        logger.info(
+            "applied, waiting for health",
+            extra={
+                "sync": name,
+                "revision": outcome.revision,
+                "reason": outcome.reason.value,
+                "waiting": len(outcome.not_ready),
+                "object": str(waiting_ref),
+                "health": waiting.message,
+            },
+        )
 
     async def _check_health(self, name: str) -> None:
         """One round of a health check: re-read what was not healthy, then succeed, fail at
