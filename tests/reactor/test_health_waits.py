@@ -1,10 +1,12 @@
 """The controller's health check for ``wait: true`` syncs, with fakes through its constructor:
-a wait holds no lane, a newer commit supersedes it, a failure is not retried with backoff."""
+a wait holds no lane, a newer commit supersedes it, a failure is not retried with backoff; and
+a sync with its own cluster (a service account's) uses it for everything."""
 
 import copy
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any, cast
 
 import anyio
 import pytest
@@ -12,8 +14,10 @@ import pytest
 from aioreconcile.engine.applying import ApplyOptions, ApplyResult
 from aioreconcile.engine.changeset import Action, ChangeSet, ChangeSetEntry
 from aioreconcile.engine.config import GitSourceSpec, SyncSpec
+from aioreconcile.engine.events import EventType, WatchEvent
 from aioreconcile.engine.metrics import Registry
 from aioreconcile.engine.model import JsonObject, Manifest, ObjectRef
+from aioreconcile.engine.planning import stamp
 from aioreconcile.engine.sources import RenderSpec
 from aioreconcile.reactor.controlling import Controller
 
@@ -40,6 +44,7 @@ class Widgets:
         self.stalled = False
         self.body: JsonObject | None = None
         self.gets = 0
+        self.heals = 0
 
     def _live(self) -> JsonObject | None:
         if self.body is None:
@@ -86,7 +91,18 @@ class Widgets:
         live: JsonObject | None,
         known_changed: bool = False,
     ) -> tuple[ChangeSetEntry, JsonObject | None]:
-        raise AssertionError("not used")
+        """A heal: the object is written back."""
+        self.body = manifest.body
+        self.heals += 1
+        entry = ChangeSetEntry(REF, Action.CREATED, resource_version_after=f"h{self.heals}")
+        return entry, self._live()
+
+
+class Refusing:
+    """The controller's own cluster, for a sync that has its own: never to be used for it."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"the controller's own identity was used for {name}")
 
 
 class Source:
@@ -141,15 +157,18 @@ async def widgets() -> Widgets:
 
 @asynccontextmanager
 async def running(
-    widgets: Widgets, tmp_path: Path, *, timeout_s: float
+    widgets: Widgets, tmp_path: Path, *, timeout_s: float, own_cluster: bool = False
 ) -> AsyncIterator[tuple[Controller, Source]]:
+    """The controller with one ``wait: true`` sync ``app`` on ``widgets``; ``own_cluster``: as
+    the sync's own cluster (a service account's), the controller's being one that refuses."""
     spec = SyncSpec(
         name="app", source=GitSourceSpec(url="git://x/y"), wait=True, wait_timeout_s=timeout_s
     )
     source = Source(tmp_path)
     controller = Controller(
         [spec],
-        cluster=widgets,
+        cluster=cast(Any, Refusing()) if own_cluster else widgets,
+        clusters={"app": widgets} if own_cluster else None,
         render=render,
         sources={"app": source},
         inventories={},
@@ -231,3 +250,24 @@ async def test_a_failed_object_ends_the_wait_at_once(widgets: Widgets, tmp_path:
         assert state.last_error is not None
         assert "1 object failed" in state.last_error
         assert "Widget.example.com/n/w: Failed: stalled: BadSpec (x)" in state.last_error
+
+
+async def test_a_sync_with_its_own_cluster_never_uses_the_controllers(
+    widgets: Widgets, tmp_path: Path
+) -> None:
+    """Reconcile, health rounds and drift heals of a sync with a service account all go
+    through its own (impersonating) cluster."""
+    ready_after = 2
+    widgets.ready = lambda size: widgets.gets >= ready_after
+    async with running(widgets, tmp_path, timeout_s=30.0, own_cluster=True) as (controller, _):
+        state = controller.states["app"]
+        controller.poll("app")
+        await until(lambda: state.reason == "ReconciliationSucceeded")
+        assert widgets.gets >= ready_after  # the health rounds read through it
+
+        gone = stamp(widget(1), sync="app", revision=SHA1, traceparent=None)
+        gone["metadata"]["resourceVersion"] = "99"
+        controller.on_watch_event(WatchEvent(EventType.DELETED, REF, gone))
+
+        await until(lambda: widgets.heals == 1)
+        assert state.heals == 1
