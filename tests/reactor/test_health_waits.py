@@ -267,6 +267,7 @@ async def test_a_sync_with_its_own_cluster_never_uses_the_controllers(
 
         gone = stamp(widget(1), sync="app", revision=SHA1, traceparent=None)
         gone["metadata"]["resourceVersion"] = "99"
+        widgets.body = None  # deleted by someone
         controller.on_watch_event(WatchEvent(EventType.DELETED, REF, gone))
 
         await until(lambda: widgets.heals == 1)
