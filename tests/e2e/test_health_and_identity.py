@@ -31,14 +31,21 @@ async def running_controller(
         config=config_path,
         cluster=runtime.ClusterSettings(kubeconfig=kube.kubeconfig),
         listen_port=0,
+        ops_port=0,
         namespace=namespace,
         cache_dir=tmp_path / "git-cache",
     )
     async with anyio.create_task_group() as tasks:
-        port = await tasks.start(runtime.run_controller, settings)
+        ports = await tasks.start(runtime.run_controller, settings)
         url = str(syncs[0]["source"]["url"])
         yield Running(
-            port, repo, url, namespace, client.CoreV1Api(kube.api), client.AppsV1Api(kube.api)
+            ports.webhooks,
+            ports.ops,
+            repo,
+            url,
+            namespace,
+            client.CoreV1Api(kube.api),
+            client.AppsV1Api(kube.api),
         )
         tasks.cancel_scope.cancel()
 
