@@ -342,7 +342,14 @@ def _run_check_config(path: Path) -> int:
         if sync.service_account is not None:
             print(f"  acts as {sync.service_account.user} (impersonated)")
     for receiver in config.receivers:
-        print(f"receiver {receiver.name}: {receiver.provider.value} at POST /hooks/{receiver.name}")
+        scope = [f"syncs {', '.join(receiver.syncs)}"] if receiver.syncs else []
+        if receiver.selector:
+            labels = ",".join(f"{k}={v}" for k, v in receiver.selector.items())
+            scope.append(f"syncs labelled {labels}")
+        print(
+            f"receiver {receiver.name}: {receiver.provider.value} at POST /hooks/{receiver.name}"
+            f", triggers {' and '.join(scope)}"
+        )
     return 0
 
 

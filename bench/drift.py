@@ -316,7 +316,9 @@ async def running_controller(
                     "selfHeal": True,
                 }
             ],
-            "receivers": [{"name": "github", "provider": "github", "secretEnv": SECRET_ENV}],
+            "receivers": [
+                {"name": "github", "provider": "github", "secretEnv": SECRET_ENV, "syncs": [name]}
+            ],
         }
         config_path = workdir / "config.yaml"
         config_path.write_text(yaml.safe_dump(config))

@@ -3,11 +3,11 @@
     python -m bench.git [--files 1000] [--runs 5]
 
 A repository of ``--files`` files is served by ``git daemon`` on loopback. Each run pushes a
-one-file commit, then times resolve (``ls-remote``), fetch (shallow, by SHA) and checkout (the
-tree materialised and the changed file read back). ``cold`` starts from an empty cache every
-run; ``warm`` reuses one cache that already holds the previous commit. ``webhook_s`` is what a
-push webhook costs (it names the SHA: fetch + checkout); ``total_s`` adds the resolve a poll
-needs.
+one-file commit, then times resolve (``ls-remote``), fetch (of the ref itself: shallow into an
+empty cache, incremental after) and checkout (the tree materialised and the changed file read
+back). ``cold`` starts from an empty cache every run; ``warm`` reuses one cache that already
+holds the previous commit. ``webhook_s`` is what a push webhook costs (fetch of the ref +
+checkout: a push skips the ``ls-remote``); ``total_s`` adds the resolve a poll needs.
 """
 
 import argparse
@@ -131,12 +131,12 @@ async def _measure(cache: GitCache, upstream: Upstream, *, mode: str, run: int) 
     start = time.perf_counter()
     resolved = await source.resolve()
     resolved_at = time.perf_counter()
-    fetched = await source.fetch(resolved)
+    fetched = await source.fetch()  # the ref itself, as a push and a poll fetch it
     fetched_at = time.perf_counter()
     tree = await source.checkout(fetched)
     readable = await anyio.Path(tree / "dir-00" / "cm-0000.yaml").read_text()
     done = time.perf_counter()
-    if resolved != sha or readable != content:
+    if resolved != sha or fetched != sha or readable != content:
         raise RuntimeError(f"run {run}: read {resolved} instead of {sha}")
     return {
         "mode": mode,

@@ -1,6 +1,7 @@
 """The definition of syncs and receivers, shared by ``aioreconcile run --config FILE`` and the
 in-cluster CRD (same field names, camelCase as in Kubernetes)."""
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -85,7 +86,10 @@ class SyncSpec:
     ``wait``: after an apply, the sync is Ready only once every applied object is healthy
     (kstatus, ``engine.health``), or it fails with HealthCheckFailed after ``wait_timeout_s``
     (Flux Kustomization ``spec.wait``/``spec.timeout``). ``wait_timeout_s`` is that health wait
-    only; each git call has its own ``source.timeout_s``."""
+    only; each git call has its own ``source.timeout_s``.
+
+    ``labels`` let a receiver's ``selector`` name syncs without listing them (as Flux's
+    Receiver selects its resources by ``matchLabels``)."""
 
     name: str
     source: GitSourceSpec
@@ -98,6 +102,7 @@ class SyncSpec:
     allow_empty: bool = False
     wait: bool = False
     wait_timeout_s: float = 300.0
+    labels: Mapping[str, str] = field(default_factory=dict)
 
 
 class Provider(StrEnum):
@@ -112,13 +117,20 @@ class Provider(StrEnum):
 @dataclass(frozen=True)
 class ReceiverSpec:
     """A webhook endpoint ``POST /hooks/<name>``. The secret is mandatory and given by
-    reference (environment variable or file)."""
+    reference (environment variable or file).
+
+    A receiver triggers only the syncs it names (``syncs``) or selects (``selector``, a
+    ``matchLabels`` map: every label must match), like Flux's Receiver ``resources``: one
+    leaked secret moves only its own syncs. Naming none triggers nothing (and the config check
+    refuses it): there is no implicit "every sync"."""
 
     name: str
     provider: Provider
     secret_env: str | None = None
     secret_file: str | None = None
     max_body_bytes: int = 5 * 1024 * 1024
+    syncs: tuple[str, ...] = ()
+    selector: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

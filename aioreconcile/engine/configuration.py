@@ -36,6 +36,8 @@ _URL_SCHEMES: Final = frozenset({"https", "http", "ssh", "git+ssh", "ssh+git", "
 _SCHEME: Final = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://([^/?#]*)")
 _REMOTE_HELPER: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+.-]*::")
 _SCP_HOST: Final = re.compile(r"^(?:[^@/:]*@)?([^/:]+):")
+# Kubernetes label syntax: an optional DNS-subdomain prefix and "/", a name of at most 63.
+_LABEL_NAME: Final = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 T = TypeVar("T")
 
 
@@ -288,6 +290,28 @@ def _wait(reader: _Reader, data: Mapping[str, Any], path: str) -> tuple[bool, fl
     return wait, timeout
 
 
+def _labels(reader: _Reader, value: object, path: str) -> dict[str, str]:
+    """A Kubernetes-style label map (keys and values checked as the apiserver would)."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        reader.fail(path, f"must be a mapping, not {type(value).__name__}")
+        return {}
+    labels: dict[str, str] = {}
+    for key, item in value.items():
+        if not isinstance(item, str):
+            reader.fail(f"{path}.{key}", f"must be str, not {type(item).__name__}")
+            continue
+        prefix, _, name = str(key).rpartition("/")
+        if not _LABEL_NAME.match(name) or (prefix and not _DNS_SUBDOMAIN.match(prefix)):
+            reader.fail(path, f"{key!r} is not a valid label key")
+        elif item and not _LABEL_NAME.match(item):
+            reader.fail(f"{path}.{key}", f"{item!r} is not a valid label value")
+        else:
+            labels[str(key)] = item
+    return labels
+
+
 def _sync(reader: _Reader, value: object, path: str) -> SyncSpec:
     data = reader.mapping(
         value,
@@ -304,6 +328,7 @@ def _sync(reader: _Reader, value: object, path: str) -> SyncSpec:
             "allowEmpty",
             "wait",
             "timeout",
+            "labels",
         },
     )
     name = reader.field(data, path, "name", str, required=True) or ""
@@ -323,12 +348,15 @@ def _sync(reader: _Reader, value: object, path: str) -> SyncSpec:
         allow_empty=bool(reader.field(data, path, "allowEmpty", bool, False)),
         wait=wait,
         wait_timeout_s=wait_timeout_s,
+        labels=_labels(reader, data.get("labels"), f"{path}.labels"),
     )
 
 
 def _receiver(reader: _Reader, value: object, path: str) -> ReceiverSpec:
     data = reader.mapping(
-        value, path, {"name", "provider", "secretEnv", "secretFile", "maxBodyBytes"}
+        value,
+        path,
+        {"name", "provider", "secretEnv", "secretFile", "maxBodyBytes", "syncs", "selector"},
     )
     name = reader.field(data, path, "name", str, required=True) or ""
     if name and not _DNS_LABEL.match(name):
@@ -344,12 +372,32 @@ def _receiver(reader: _Reader, value: object, path: str) -> ReceiverSpec:
     max_body = reader.field(data, path, "maxBodyBytes", int, 5 * 1024 * 1024) or 0
     if max_body <= 0:
         reader.fail(f"{path}.maxBodyBytes", "must be positive")
+    syncs = reader.field(data, path, "syncs", list) or []
+    for index, item in enumerate(syncs):
+        if not isinstance(item, str):
+            reader.fail(f"{path}.syncs[{index}]", "must be a sync name")
+    selector_path = f"{path}.selector"
+    selector_data = reader.mapping(data.get("selector"), selector_path, {"matchLabels"})
+    selector: dict[str, str] = {}
+    if "matchLabels" in selector_data:
+        match_path = f"{selector_path}.matchLabels"
+        selector = _labels(reader, selector_data["matchLabels"], match_path)
+        if not selector:
+            reader.fail(match_path, "must name at least one label (there is no 'every sync')")
+    elif not syncs:
+        reader.fail(
+            path,
+            "names no syncs: set syncs: [names] or selector.matchLabels "
+            "(a receiver triggers only the syncs it names; there is no 'every sync')",
+        )
     return ReceiverSpec(
         name=name,
         provider=reader.choice(data, path, "provider", Provider, Provider.GENERIC_HMAC),
         secret_env=secret_env,
         secret_file=secret_file,
         max_body_bytes=max_body,
+        syncs=tuple(str(name) for name in syncs),
+        selector=selector,
     )
 
 
@@ -381,6 +429,11 @@ def parse_config(text: str, *, origin: str) -> ControllerConfig:
     receivers = [_receiver(reader, item, f"receivers[{i}]") for i, item in enumerate(raw_receivers)]
     _unique(reader, [s.name for s in syncs], "syncs")
     _unique(reader, [r.name for r in receivers], "receivers")
+    known = {s.name for s in syncs}
+    for i, receiver in enumerate(receivers):
+        for j, name in enumerate(receiver.syncs):
+            if name not in known:
+                reader.fail(f"receivers[{i}].syncs[{j}]", f"no sync is named {name!r}")
     if reader.problems:
         raise ConfigError(origin, reader.problems)
     return ControllerConfig(syncs=tuple(syncs), receivers=tuple(receivers))

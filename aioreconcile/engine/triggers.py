@@ -1,7 +1,9 @@
 """Why work happens. Every trigger becomes a key on the work queue (see docs/architecture.md).
 
 A webhook delivery is first normalised into a provider-independent ``PushEvent``; matching it
-against the configured sources (``engine.matching``) yields ``Push`` triggers with the exact SHA.
+against the syncs its receiver may trigger (``engine.matching``) yields ``Push`` triggers. The
+SHA a ``Push`` carries is a hint, never an order: the reactor applies the ref's head as the Git
+server reports it (Flux and Argo CD treat a webhook as "look now" the same way).
 """
 
 from dataclasses import dataclass, field
@@ -27,9 +29,10 @@ class PushEvent:
     """One push, whatever the provider.
 
     ``repository_urls`` holds every URL the provider gave for the repository (clone URL, SSH URL,
-    web URL), so a source written in any of those forms matches. ``after`` is the new head SHA;
-    for a deletion it is all zeros and ``deleted`` is true (a deletion never triggers a sync,
-    so it can never prune everything).
+    web URL), so a source written in any of those forms matches. ``after`` is the new head SHA
+    the sender claims; for a deletion it is all zeros, and an all-zero ``after`` makes
+    ``deleted`` true whatever the payload's flag said (a deletion never triggers a sync, so it
+    can never prune everything).
     """
 
     provider: str
@@ -43,6 +46,10 @@ class PushEvent:
     forced: bool = False
     commits: tuple[PushedCommit, ...] = ()
     traceparent: str | None = None  # W3C trace context of the delivery, when the sender gave one
+
+    def __post_init__(self) -> None:
+        if is_zero_sha(self.after) and not self.deleted:
+            object.__setattr__(self, "deleted", True)
 
     @property
     def ref_type(self) -> RefType | None:
@@ -58,9 +65,18 @@ class PushEvent:
         return self.ref.split("/", 2)[2] if self.ref.count("/") >= 2 else self.ref
 
 
+def is_zero_sha(sha: str) -> bool:
+    """The all-zero id (40 or 64 digits) Git servers send for a ref that does not exist."""
+    return bool(sha) and not sha.strip("0")
+
+
 @dataclass(frozen=True)
 class Push:
-    """A webhook named this SHA for this sync: fetch exactly it, skip any poll wait."""
+    """A webhook said this sync's ref moved: look at the ref now, skip any poll wait.
+
+    ``sha`` is what the delivery claimed the new head is: a hint for logs and traces, never
+    what gets applied (a holder of a receiver secret, or a replayer of an old signed delivery,
+    could name any commit the server holds)."""
 
     sync: str
     sha: str

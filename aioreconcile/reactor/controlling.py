@@ -1,14 +1,14 @@
 """The controller: triggers in, reconciles out, one lane per key.
 
 Three kinds of work share one queue. ``("sync", name)`` reconciles a whole sync: fetch the
-commit (the pushed SHA, or whatever the ref resolves to on a poll), render, apply, prune.
-``("object", sync, ref)`` heals one drifted object alone. ``("health", name)`` re-reads the
-objects of a ``wait: true`` sync that were not yet healthy after its apply, one short round at
-a time, until they are or its ``timeout`` passed: a sync that waits holds no lane and no slot
-of the queue meanwhile, so heals, other syncs and a newer commit of the same sync go on (a
-newer commit supersedes the wait, as Flux's health-check cancellation on a new revision).
-Keys coalesce, so ten edits of one object while it waits become one heal; a push arriving
-while its sync runs makes exactly one more run.
+ref's head as the Git server holds it (a push's SHA is only a hint: Flux and Argo CD treat a
+webhook as "look now" too), render, apply, prune. ``("object", sync, ref)`` heals one drifted
+object alone. ``("health", name)`` re-reads the objects of a ``wait: true`` sync that were not
+yet healthy after its apply, one short round at a time, until they are or its ``timeout``
+passed: a sync that waits holds no lane and no slot of the queue meanwhile, so heals, other
+syncs and a newer commit of the same sync go on (a newer commit supersedes the wait, as Flux's
+health-check cancellation on a new revision). Keys coalesce, so ten edits of one object while
+it waits become one heal; a push arriving while its sync runs makes exactly one more run.
 
 The desired state of every sync is kept as compact JSON per object (memory stays flat at
 10,000 objects), with the resourceVersion of our own last write, so a watch event is judged
@@ -104,11 +104,12 @@ class SyncState:
     drifts_reported: int = 0
     reconciles: int = 0
     last_reconcile_at: float | None = None
-    pending_sha: str | None = None
+    pending_hint: str | None = None  # the SHA the last push named: for logs and traces only
     pending_traceparent: str | None = None
     pending_received_at: float | None = None
     revision: str | None = None  # the revision the desired objects below belong to
     desired: dict[ObjectRef, bytes] = field(default_factory=dict)  # stamped, orjson-encoded
+    rewind_counted: tuple[str, str] | None = None  # (from, to) of the last rewind counted
     written: dict[ObjectRef, str] = field(default_factory=dict)  # resourceVersion of our write
     health: HealthWait | None = None  # a health check under way (``wait: true``)
 
@@ -163,6 +164,18 @@ class _Metrics:
             ["sync"],
             registry=registry,
         )
+        self.rewinds = Counter(
+            "aioreconcile_ref_rewinds_total",
+            "Heads followed that do not build on the last applied commit (force push, rollback).",
+            ["sync"],
+            registry=registry,
+        )
+        self.hints = Counter(
+            "aioreconcile_push_hints_total",
+            "Pushes looked at, by whether the SHA they named was the ref's head when fetched.",
+            ["sync", "hint"],
+            registry=registry,
+        )
         self.objects = Gauge(
             "aioreconcile_managed_objects",
             "Objects each sync declares.",
@@ -215,11 +228,12 @@ class Controller:
     # --- triggers ------------------------------------------------------------------------------
 
     def push(self, push: Push) -> None:
-        """A webhook named a commit for a sync: remember the SHA, reconcile as soon as possible."""
+        """A webhook said a sync's ref moved: look at the ref as soon as possible. The SHA it
+        named is kept as a hint for logs and traces; what is applied is the ref's head."""
         state = self.states.get(push.sync)
         if state is None:
             return
-        state.pending_sha = push.sha
+        state.pending_hint = push.sha
         state.pending_traceparent = push.event.traceparent if push.event else None
         state.pending_received_at = time.time()
         self.queue.put(("sync", push.sync))
@@ -305,26 +319,33 @@ class Controller:
     # --- whole-sync reconcile ------------------------------------------------------------------
 
     async def _reconcile(self, name: str) -> None:
+        """Look at the sync's ref and apply its head if it is new.
+
+        The head is settled (a poll's ``ls-remote``, then a fetch of the ref itself) before the
+        commit's trace opens: a push that finds the head already applied (a replay, a
+        redelivery) changes nothing and leaves no trace that ``aioreconcile trace`` could take
+        for the commit's deployment."""
         state = self.states[name]
         spec = state.spec
         if spec.suspend:
             return
         source = self._sources[name]
-        sha, state.pending_sha = state.pending_sha, None
+        hint, state.pending_hint = state.pending_hint, None
         parent, state.pending_traceparent = state.pending_traceparent, None
         received_at, state.pending_received_at = state.pending_received_at, None
-        trigger = "push" if sha is not None else "poll"
         started = time.monotonic()
         try:
-            if sha is None:
-                sha = await source.resolve()  # a poll: one ls-remote, no fetch
+            if hint is None and _up_to_date(state, await source.resolve()):
+                return  # a poll: one ls-remote, nothing new
+            fetch_started = time.monotonic()
+            sha = await self._fetch_head(state, hint=hint)
+            fetch_seconds = time.monotonic() - fetch_started
+            if _up_to_date(state, sha):
+                return
+            rewound = await self._rewound(state, sha)
         except AioreconcileError as e:
             self._record_failure(state, Reason.FETCH_FAILED, str(e))
             raise RetryLater(str(e)) from e
-        if sha == state.last_applied_revision and state.reason == Reason.SUCCEEDED:
-            return  # nothing new
-        if state.health is not None and state.health.revision == sha:
-            return  # applied; its health check is under way and ends on its own deadline
         state.health = None  # a newer commit supersedes a wait for an older one
         state.last_attempted_revision = sha
         info = CommitInfo(
@@ -333,24 +354,67 @@ class Controller:
             ref=spec.source.ref,
             ref_type=_ref_type(spec.source.ref),
             sha=sha,
-            trigger=trigger,
+            trigger="push" if hint is not None else "poll",
             parent_traceparent=parent,
             started_at=received_at,
         )
         with self._tracing.commit(info) as root:
+            root.set_attributes(
+                {"aioreconcile.git.fetch_seconds": round(fetch_seconds, 6)}
+                | ({"aioreconcile.push.hinted_revision": hint} if hint is not None else {})
+                | ({"aioreconcile.ref.rewound": True} if rewound else {})
+            )
             outcome = await self._reconcile_commit(state, sha, root, started=started)
         if outcome is not None and outcome.reason in _RETRIED:
             raise RetryLater(outcome.message)
 
+    async def _fetch_head(self, state: SyncState, *, hint: str | None) -> str:
+        """Fetch the ref itself and return its head; never the hinted SHA. A push whose SHA was
+        not the head is counted (a replay, a forged or an overtaken delivery) and logged."""
+        name = state.spec.name
+        sha = await self._sources[name].fetch()
+        if hint is not None:
+            verdict = "head" if hint.lower() == sha else "not-head"
+            self._metrics.hints.labels(sync=name, hint=verdict).inc()
+            if verdict == "not-head":
+                logger.info(
+                    "the pushed SHA is not the ref's head: applying the head",
+                    extra={"sync": name, "hinted": hint, "revision": sha},
+                )
+        return sha
+
+    async def _rewound(self, state: SyncState, sha: str) -> bool:
+        """Whether the head ``sha`` does not build on the last applied commit: the ref moved
+        back or was rewritten (force push, rollback). It is followed all the same; counted and
+        logged once per (applied, head) pair, however often its apply is retried."""
+        previous = state.last_applied_revision
+        if previous is None or previous == sha:
+            return False
+        if state.rewind_counted == (previous, sha):
+            return True
+        if await self._sources[state.spec.name].is_ancestor(previous, sha) is not False:
+            return False  # a fast-forward, or nothing to compare with
+        state.rewind_counted = (previous, sha)
+        self._metrics.rewinds.labels(sync=state.spec.name).inc()
+        logger.warning(
+            "the ref moved backwards or was rewritten: following it",
+            extra={
+                "sync": state.spec.name,
+                "ref": state.spec.source.ref,
+                "previous": previous,
+                "revision": sha,
+            },
+        )
+        return True
+
     async def _reconcile_commit(
         self, state: SyncState, sha: str, root: SpanScope, *, started: float
     ) -> SyncOutcome | None:
-        """Fetch, verify and lay out one commit, then sync it; the root span is open."""
+        """Verify and lay out the fetched head, then sync it; the root span is open."""
         name, spec = state.spec.name, state.spec
         source = self._sources[name]
         with self._tracing.stage("git fetch", {"vcs.ref.head.revision": sha}) as span:
             try:
-                sha = await source.fetch(sha)
                 await source.verify(sha)
                 tree = await source.checkout(sha)
                 author, subject = await source.commit_info(sha)
@@ -583,6 +647,14 @@ class Controller:
                     "revision": state.revision,
                 },
             )
+
+
+def _up_to_date(state: SyncState, sha: str) -> bool:
+    """Whether there is nothing to do for ``sha``: the sync last applied it successfully, or
+    applied it and its health check is under way (it ends on its own deadline)."""
+    if sha == state.last_applied_revision and state.reason == Reason.SUCCEEDED:
+        return True
+    return state.health is not None and state.health.revision == sha
 
 
 def _compact(obj: JsonObject) -> bytes:

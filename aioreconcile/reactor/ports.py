@@ -65,11 +65,24 @@ class InventoryStore(Protocol):
 
 
 class GitSource(Protocol):
-    """One sync's Git source: resolve its ref, fetch and verify a commit, lay out its tree."""
+    """One sync's Git source: resolve its ref, fetch the ref's head, verify a commit, lay out
+    its tree.
 
-    async def resolve(self) -> str: ...
+    ``fetch`` takes no SHA on purpose: a sync applies the head of its ref as the Git server
+    holds it when fetched, never a commit a webhook named (Flux and Argo CD treat a webhook as
+    "look now" the same way). A delivery's SHA stays a hint for logs and traces."""
 
-    async def fetch(self, sha: str | None = None) -> str: ...
+    async def resolve(self) -> str:
+        """The ref's head on the server now (``ls-remote``, nothing fetched): a cheap poll."""
+        ...
+
+    async def fetch(self) -> str:
+        """Fetch the ref itself; returns the commit it pointed at when the server answered."""
+        ...
+
+    async def is_ancestor(self, ancestor: str, commit: str) -> bool | None:
+        """Whether ``commit`` builds on ``ancestor`` (both fetched); None: cannot tell."""
+        ...
 
     async def verify(self, sha: str) -> None: ...
 

@@ -28,7 +28,10 @@ def test_check_config_command_names_file_and_field(tmp_path: Path) -> None:
     assert rejected.returncode == 1
     assert f"{bad}: syncs[0].source.url: required" in rejected.stderr
     assert accepted.returncode == 0, accepted.stderr
-    assert "receiver github: github at POST /hooks/github" in accepted.stdout
+    assert (
+        "receiver github: github at POST /hooks/github, triggers syncs infra"
+        " and syncs labelled team=shop"
+    ) in accepted.stdout
 
 
 def test_check_config_prints_source_urls_without_their_token(tmp_path: Path) -> None:

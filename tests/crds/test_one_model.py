@@ -28,7 +28,7 @@ Wrap = Callable[[object], object]
 # whose keys are documented in docs/crds.md; a file key under one of these maps to that object.
 SYNC_RENAMED: dict[str, tuple[str, ...]] = {
     "name": ("metadata.name",),
-    # A Sync's labels (the `hint` change adds them to the file) are its metadata.labels.
+    # A Sync's labels (what a Receiver's selector matches) are its metadata.labels.
     "labels": ("metadata.labels",),
     "serviceAccount": ("spec.serviceAccountName",),  # the Kubernetes spelling, as in Pods and Flux
     "source.auth": ("spec.source.secretRef",),  # username/password or identity/known_hosts keys
@@ -56,10 +56,7 @@ SYNC_CRD_ONLY = {
     "spec.source.verify.configMapRef",
 }
 RECEIVER_CRD_ONLY = {
-    # Which Syncs a Receiver may trigger: the `hint` change adds them to the file format.
-    "spec.syncs",
-    "spec.selector",
-    # The file format's selector (from `hint`) is matchLabels only; the CRD takes a whole
+    # The file format's selector is matchLabels only; the CRD takes a whole
     # metav1.LabelSelector. The CRD mode must carry matchExpressions into the model before it
     # may accept them (no parsed-but-ignored field).
     "spec.selector.matchExpressions",

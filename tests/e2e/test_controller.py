@@ -72,6 +72,13 @@ class Running:
             document: dict[str, Any] = await response.json()
             return document
 
+    async def metrics(self) -> str:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{self.port}/metrics") as response,
+        ):
+            return await response.text()
+
     async def restored(self) -> bool:
         """The ConfigMap ``settings`` holds Git's value again."""
         cm = await self.core.read_namespaced_config_map("settings", self.namespace)
@@ -143,7 +150,14 @@ async def controller(
                 "selfHeal": self_heal,
             }
         ],
-        "receivers": [{"name": "github", "provider": "github", "secretEnv": "TEST_WEBHOOK_SECRET"}],
+        "receivers": [
+            {
+                "name": "github",
+                "provider": "github",
+                "secretEnv": "TEST_WEBHOOK_SECRET",
+                "syncs": ["app"],
+            }
+        ],
     }
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(config))

@@ -16,6 +16,7 @@ import yaml
 from aioreconcile.testing import Jaeger
 from aioreconcile.testing.pytest_plugin import Kube
 from tests.e2e.test_controller import SECRET, applied, config_map, controller
+from tests.e2e.test_push_hints import counter
 from tests.git.conftest import Upstream
 
 pytestmark = [pytest.mark.integration, pytest.mark.jaeger]
@@ -90,6 +91,24 @@ async def test_a_pushed_commit_is_one_trace_and_a_heal_links_back_to_it(
         assert {"git fetch", "render", "apply", "apply namespaced"} <= set(spans)
         assert len(object_spans) == 5
         assert {_tags(s)["aioreconcile.action"] for s in object_spans} == {"configured"}
+        assert _tags(root)["aioreconcile.push.hinted_revision"] == second
+
+        # A replay of an old delivery only looks at the ref; its head is applied already, so no
+        # trace is made that `aioreconcile trace` could take for either commit's deployment.
+        await running.push_webhook(first)
+
+        async def looked() -> bool:
+            metrics = await running.metrics()
+            return (
+                counter(metrics, "aioreconcile_push_hints_total", sync="app", hint="not-head") > 0
+            )
+
+        await running.wait_for(looked)
+        await anyio.sleep(0.5)  # five export periods
+        for sha in (first, second):
+            found = await _traces(jaeger, service, tags={"vcs.ref.head.revision": sha})
+            roots = [s for t in found for s in t["spans"] if s["operationName"] == "reconcile app"]
+            assert len(roots) == 1, sha
 
         # The object names the commit trace; a heal is a new trace linked to it.
         stored = await running.core.read_namespaced_config_map("cm-0", namespace)

@@ -26,6 +26,7 @@ syncs:
       values: {replicas: 3}
       valuesFiles: [values-prod.yaml]
     targetNamespace: shop
+    labels: {team: shop, tier: web}
     prune: false
     selfHeal: false
   - name: infra
@@ -36,6 +37,9 @@ receivers:
   - name: github
     provider: github
     secretEnv: GITHUB_WEBHOOK_SECRET
+    syncs: [infra]
+    selector:
+      matchLabels: {team: shop}
 """
 
 
@@ -60,6 +64,10 @@ def test_full_configuration_is_read_into_specs() -> None:
     (receiver,) = config.receivers
     assert receiver.provider is Provider.GITHUB
     assert receiver.max_body_bytes == 5 * 1024 * 1024
+    assert receiver.syncs == ("infra",)
+    assert receiver.selector == {"team": "shop"}
+    assert shop.labels == {"team": "shop", "tier": "web"}
+    assert infra.labels == {}
 
 
 @pytest.mark.parametrize(
@@ -122,6 +130,38 @@ def test_full_configuration_is_read_into_specs() -> None:
             "receivers:\n  - name: gh\n    provider: githab\n    secretEnv: S\n",
             "config.yaml: receivers[0].provider: 'githab' is not one of the allowed values",
             id="unknown-provider",
+        ),
+        pytest.param(
+            "receivers:\n  - name: gh\n    provider: github\n    secretEnv: S\n",
+            "config.yaml: receivers[0]: names no syncs: set syncs: [names] or selector.matchLabels",
+            id="receiver-without-scope",
+        ),
+        pytest.param(
+            "receivers:\n  - {name: gh, provider: github, secretEnv: S, syncs: [nope]}\n",
+            "config.yaml: receivers[0].syncs[0]: no sync is named 'nope'",
+            id="receiver-names-an-unknown-sync",
+        ),
+        pytest.param(
+            "receivers:\n  - {name: gh, provider: github, secretEnv: S,"
+            " selector: {matchLabels: {}}}\n",
+            "config.yaml: receivers[0].selector.matchLabels: must name at least one label",
+            id="receiver-empty-selector",
+        ),
+        pytest.param(
+            "receivers:\n  - {name: gh, provider: github, secretEnv: S,"
+            " selector: {matchExpressions: []}}\n",
+            "config.yaml: receivers[0].selector.matchExpressions: unknown field",
+            id="receiver-selector-expressions",
+        ),
+        pytest.param(
+            "syncs:\n  - {name: a, source: {url: u}, labels: {team: [x]}}\n",
+            "config.yaml: syncs[0].labels.team: must be str",
+            id="label-not-a-string",
+        ),
+        pytest.param(
+            "syncs:\n  - {name: a, source: {url: u}, labels: {'bad key!': x}}\n",
+            "config.yaml: syncs[0].labels: 'bad key!' is not a valid label key",
+            id="label-bad-key",
         ),
         pytest.param("syncs: [\n", "config.yaml: line 2: not valid YAML", id="broken-yaml"),
         pytest.param(

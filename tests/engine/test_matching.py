@@ -4,13 +4,39 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aioreconcile.engine.config import GitSourceSpec, SyncSpec
-from aioreconcile.engine.matching import matching_syncs, normalise_repository_url, tracks
+from aioreconcile.engine.config import GitSourceSpec, Provider, ReceiverSpec, SyncSpec
+from aioreconcile.engine.matching import (
+    in_scope,
+    matching_syncs,
+    normalise_repository_url,
+    tracks,
+    triggers_for,
+)
 from aioreconcile.engine.triggers import Push, PushEvent
 
 OLD = "6113728f27ae82c7b1a177c8d03f9e96e0adf246"
 NEW = "59b20b8d5c6ff8d09518454d4dd8b7a30f095ab5"
 ZERO = "0" * 40
+# Every sync these tests define, by name: scoping is tested on its own below.
+SCOPE_ALL = ReceiverSpec(
+    "all",
+    Provider.GITHUB,
+    secret_env="S",
+    syncs=(
+        "app",
+        "https",
+        "scp",
+        "ssh",
+        "staging",
+        "other",
+        "fork",
+        "tag",
+        "pinned",
+        "live",
+        "paused",
+        "other-ref",
+    ),
+)
 
 
 @pytest.mark.parametrize(
@@ -120,7 +146,7 @@ def test_a_push_triggers_every_sync_of_that_repository_and_ref_with_the_pushed_s
         sync("fork", "https://github.com/someone/app"),
     ]
 
-    found, reason = matching_syncs(push(), syncs)
+    found, reason = matching_syncs(push(), syncs, receiver=SCOPE_ALL)
 
     assert found == [Push("https", NEW), Push("scp", NEW), Push("ssh", NEW)]
     assert all(p.event == push() for p in found)
@@ -128,14 +154,16 @@ def test_a_push_triggers_every_sync_of_that_repository_and_ref_with_the_pushed_s
 
 
 def test_a_push_to_an_untracked_branch_names_repository_and_ref() -> None:
-    found, reason = matching_syncs(push("refs/heads/feature/x"), [sync("app")])
+    found, reason = matching_syncs(push("refs/heads/feature/x"), [sync("app")], receiver=SCOPE_ALL)
 
     assert found == []
     assert reason == "no sync tracks github.com/acme/app ref refs/heads/feature/x"
 
 
 def test_a_push_to_an_unknown_repository_triggers_nothing() -> None:
-    found, reason = matching_syncs(push(), [sync("app", "https://github.com/acme/other")])
+    found, reason = matching_syncs(
+        push(), [sync("app", "https://github.com/acme/other")], receiver=SCOPE_ALL
+    )
 
     assert found == []
     assert reason.startswith("no sync tracks github.com/acme/app")
@@ -144,7 +172,9 @@ def test_a_push_to_an_unknown_repository_triggers_nothing() -> None:
 @pytest.mark.parametrize(("ref", "what"), [("refs/heads/main", "branch"), ("refs/tags/v1", "tag")])
 def test_a_deletion_never_triggers(ref: str, what: str) -> None:
     found, reason = matching_syncs(
-        push(ref, after=ZERO, deleted=True), [sync("app"), sync("tag", ref="v1")]
+        push(ref, after=ZERO, deleted=True),
+        [sync("app"), sync("tag", ref="v1")],
+        receiver=SCOPE_ALL,
     )
 
     assert found == []
@@ -152,13 +182,15 @@ def test_a_deletion_never_triggers(ref: str, what: str) -> None:
 
 
 def test_a_sync_pinned_to_a_sha_is_never_triggered() -> None:
-    found, _ = matching_syncs(push(), [sync("pinned", ref=NEW)])
+    found, _ = matching_syncs(push(), [sync("pinned", ref=NEW)], receiver=SCOPE_ALL)
 
     assert found == []
 
 
 def test_a_suspended_sync_is_not_triggered_and_the_reason_says_so() -> None:
-    found, reason = matching_syncs(push(), [sync("app", suspend=True), sync("other-ref", ref="x")])
+    found, reason = matching_syncs(
+        push(), [sync("app", suspend=True), sync("other-ref", ref="x")], receiver=SCOPE_ALL
+    )
 
     assert found == []
     assert "suspended" in reason
@@ -166,7 +198,140 @@ def test_a_suspended_sync_is_not_triggered_and_the_reason_says_so() -> None:
 
 
 def test_a_suspended_sync_does_not_hide_an_active_one() -> None:
-    found, reason = matching_syncs(push(), [sync("paused", suspend=True), sync("live")])
+    found, reason = matching_syncs(
+        push(), [sync("paused", suspend=True), sync("live")], receiver=SCOPE_ALL
+    )
 
     assert [p.sync for p in found] == ["live"]
     assert reason == ""
+
+
+# --- a receiver triggers only the syncs it names ----------------------------------------------
+
+
+def labelled(name: str, **labels: str) -> SyncSpec:
+    return SyncSpec(name, GitSourceSpec(url="https://github.com/acme/app"), labels=labels)
+
+
+@pytest.mark.parametrize(
+    ("receiver", "expected"),
+    [
+        (ReceiverSpec("r", Provider.GITHUB, syncs=("a",)), ["a"]),
+        (ReceiverSpec("r", Provider.GITHUB, syncs=("a", "c")), ["a", "c"]),
+        (ReceiverSpec("r", Provider.GITHUB, selector={"team": "shop"}), ["a", "b"]),
+        (ReceiverSpec("r", Provider.GITHUB, selector={"team": "shop", "tier": "web"}), ["b"]),
+        (ReceiverSpec("r", Provider.GITHUB, syncs=("c",), selector={"tier": "web"}), ["b", "c"]),
+        (ReceiverSpec("r", Provider.GITHUB, selector={"team": "other"}), []),
+        (ReceiverSpec("r", Provider.GITHUB), []),  # neither: nothing (the config refuses it)
+    ],
+)
+def test_a_receiver_triggers_only_the_syncs_it_names_or_selects(
+    receiver: ReceiverSpec, expected: list[str]
+) -> None:
+    syncs = [
+        labelled("a", team="shop"),
+        labelled("b", team="shop", tier="web"),
+        labelled("c", team="infra"),
+    ]
+
+    found, _ = matching_syncs(push(), syncs, receiver=receiver)
+
+    assert [p.sync for p in found] == expected
+    assert [s.name for s in syncs if in_scope(receiver, s)] == expected
+
+
+def test_a_push_only_out_of_scope_syncs_track_says_so_without_naming_them() -> None:
+    receiver = ReceiverSpec("r", Provider.GITHUB, syncs=("a",))
+
+    found, reason = matching_syncs(push(), [labelled("secret-sync")], receiver=receiver)
+
+    assert found == []
+    assert (
+        reason == "no sync receiver 'r' may trigger tracks github.com/acme/app ref refs/heads/main"
+    )
+    assert "secret-sync" not in reason
+
+
+# --- a zero `after` is a deletion whatever the flag says ----------------------------------------
+
+
+@pytest.mark.parametrize("zero", [ZERO, "0" * 64])
+def test_a_zero_after_is_a_deletion_even_when_deleted_is_false(zero: str) -> None:
+    found, reason = matching_syncs(
+        push(after=zero, deleted=False), [sync("app")], receiver=SCOPE_ALL
+    )
+
+    assert found == []
+    assert reason == "branch deleted: nothing to apply"
+
+
+# --- repository paths: case-insensitive where the provider is -------------------------------
+
+
+@pytest.mark.parametrize(
+    ("provider", "matches"),
+    [
+        (Provider.GITHUB, True),
+        (Provider.GITLAB, True),
+        (Provider.GITEA, True),
+        (Provider.FORGEJO, True),
+        (Provider.BITBUCKET_SERVER, True),
+        (Provider.GENERIC_HMAC, False),
+    ],
+)
+def test_repository_paths_compare_case_insensitively_for_hosted_providers(
+    provider: Provider, matches: bool
+) -> None:
+    event = PushEvent(
+        provider=str(provider),
+        delivery_id="d-1",
+        repository_urls=("https://git.example.com/Acme/Deploy-Config.git",),
+        ref="refs/heads/main",
+        before=OLD,
+        after=NEW,
+    )
+    receiver = ReceiverSpec("r", provider, syncs=("app",))
+
+    found, _ = matching_syncs(
+        event, [sync("app", "git@git.example.com:acme/deploy-config.git")], receiver=receiver
+    )
+
+    assert [p.sync for p in found] == (["app"] if matches else [])
+
+
+def test_generic_hmac_matches_its_exact_case() -> None:
+    event = PushEvent(
+        provider=str(Provider.GENERIC_HMAC),
+        delivery_id="d-1",
+        repository_urls=("https://git.example.com/Acme/App.git",),
+        ref="refs/heads/main",
+        before=OLD,
+        after=NEW,
+    )
+    receiver = ReceiverSpec("r", Provider.GENERIC_HMAC, syncs=("app",))
+
+    found, _ = matching_syncs(
+        event, [sync("app", "https://GIT.example.com/Acme/App")], receiver=receiver
+    )
+
+    assert [p.sync for p in found] == ["app"]
+
+
+# --- several pushed refs, one trigger per sync ----------------------------------------------
+
+
+def test_a_ref_listed_twice_triggers_its_sync_once() -> None:
+    again = push(after=OLD)
+
+    found, reasons = triggers_for([push(), again], [sync("app")], receiver=SCOPE_ALL)
+
+    assert [p.sync for p in found] == ["app"]
+    assert reasons == []
+
+
+def test_a_branch_and_a_tag_of_one_name_trigger_a_short_ref_sync_once() -> None:
+    found, _ = triggers_for(
+        [push("refs/heads/v1"), push("refs/tags/v1")], [sync("app", ref="v1")], receiver=SCOPE_ALL
+    )
+
+    assert [p.sync for p in found] == ["app"]

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aioreconcile.engine.config import GitSourceSpec, Provider, SyncSpec
+from aioreconcile.engine.config import GitSourceSpec, Provider, ReceiverSpec, SyncSpec
 from aioreconcile.engine.matching import matching_syncs, normalise_repository_url
 from aioreconcile.engine.webhooks import (
     DeliveryKind,
@@ -61,6 +61,10 @@ def _the_repository(urls: tuple[str, ...]) -> str:
     return plain.pop()
 
 
+# Scoped to every sync ``syncs_for`` defines (scoping itself: tests/engine/test_matching.py).
+RECEIVER = ReceiverSpec("hooks", Provider.GITHUB, syncs=("app", "release", "pinned", "elsewhere"))
+
+
 def syncs_for(repository: str) -> list[SyncSpec]:
     """The same repository written two ways: https for ``app``, scp-like for ``release``."""
     host, _, path = repository.partition("/")
@@ -103,6 +107,20 @@ def test_fixture_parses_to_its_expected_delivery(path: Path) -> None:
     assert all(push.delivery_id == delivery.delivery_id for push in delivery.pushes)
 
 
+@pytest.mark.parametrize("provider", [Provider.GITHUB, Provider.GITEA, Provider.GENERIC_HMAC])
+@pytest.mark.parametrize("zero", ["0" * 40, "0" * 64])
+def test_a_zero_after_parses_as_a_deletion_whatever_the_deleted_flag_says(
+    provider: Provider, zero: str
+) -> None:
+    _, headers, body, _ = load(FIXTURES / f"{provider}-push.json")
+    payload = json.loads(body)
+    payload.update(after=zero, deleted=False)
+
+    delivery = parse(provider, headers, json.dumps(payload).encode())
+
+    assert [push.deleted for push in delivery.pushes] == [True]
+
+
 @pytest.mark.parametrize(
     "path",
     [p for p in CASES if "triggers" in json.loads(p.read_text())["expected"]],
@@ -116,7 +134,7 @@ def test_fixture_push_triggers_the_syncs_tracking_its_repository_and_ref(path: P
     triggered: list[tuple[str, str]] = []
     reasons: list[str] = []
     for push in delivery.pushes:
-        found, reason = matching_syncs(push, syncs)
+        found, reason = matching_syncs(push, syncs, receiver=RECEIVER)
         triggered += [(p.sync, p.sha) for p in found]
         reasons += [reason] if reason else []
 

@@ -68,6 +68,52 @@ async def test_pushed_commit_resolves_and_reads_exactly_that_tree(
     assert not (tree / ".git").exists()
 
 
+async def test_fetch_takes_the_refs_head_by_fetching_the_ref_itself(
+    upstream: MakeUpstream, git_daemon: str, cache: GitCache, spawned: list[tuple[str, ...]]
+) -> None:
+    """What is fetched is what the ref held at that moment: no window between an ls-remote and
+    a fetch by id, and no id from elsewhere is ever asked for."""
+    repo = upstream("app")
+    first = repo.commit({"a.txt": "1\n"})
+    src = source(cache, git_daemon + "app.git")
+    assert await src.fetch() == first
+    second = repo.commit({"a.txt": "2\n"})
+    spawned.clear()
+
+    assert await src.fetch() == second
+
+    network = [argv for argv in spawned if "fetch" in argv or "ls-remote" in argv]
+    assert len(network) == 1  # one round trip: the ref's full name is known by now
+    assert "+refs/heads/main:refs/aioreconcile/refs/heads/main" in network[0]
+    assert "--depth=1" not in network[0]  # incremental: the path to the previous head is kept
+    assert read(await src.checkout(second)) == {"a.txt": "2\n"}
+
+
+async def test_is_ancestor_tells_a_fast_forward_from_a_rewind_and_a_rewrite(
+    upstream: MakeUpstream, git_daemon: str, cache: GitCache
+) -> None:
+    repo = upstream("app")
+    first = repo.commit({"a.txt": "1\n"})
+    src = source(cache, git_daemon + "app.git")
+    assert await src.fetch() == first  # shallow: depth 1
+    repo.commit({"a.txt": "2\n"})
+    third = repo.commit({"a.txt": "3\n"})
+    assert await src.fetch() == third
+    assert await src.is_ancestor(first, third) is True
+
+    repo.git("reset", "--quiet", "--hard", first)
+    repo.git("push", "--quiet", "--force", "origin", "HEAD:main")
+    assert await src.fetch() == first
+    assert await src.is_ancestor(third, first) is False  # moved back
+
+    repo.git("commit", "--quiet", "--amend", "-m", "rewritten")
+    repo.git("push", "--quiet", "--force", "origin", "HEAD:main")
+    rewritten = repo.git("rev-parse", "HEAD")
+    assert await src.fetch() == rewritten
+    assert await src.is_ancestor(first, rewritten) is False  # replaced, not built upon
+    assert await src.is_ancestor("f" * 40, rewritten) is None  # never fetched: cannot tell
+
+
 async def test_webhook_sha_fetches_that_commit_even_when_the_branch_moved_on(
     upstream: MakeUpstream, git_daemon: str, cache: GitCache, spawned: list[tuple[str, ...]]
 ) -> None:

@@ -1,10 +1,14 @@
-"""Fakes for reactor tests: time that moves only when the test says so."""
+"""Fakes for reactor tests: time that moves only when the test says so; a Git source."""
 
 import heapq
 import itertools
+from collections.abc import Iterable
+from pathlib import Path
 
 import anyio
 import anyio.lowlevel
+
+from aioreconcile.engine.errors import VerificationError
 
 
 class FakeClock:
@@ -52,3 +56,35 @@ class FakeClock:
     async def settle(self) -> None:
         """Let every task run until it blocks, without moving time."""
         await anyio.wait_all_tasks_blocked()
+
+
+class FakeGitSource:
+    """A ``GitSource`` whose ref head and history the test sets (the real adapter is tested
+    against git servers in tests/git). ``refuse`` makes every commit fail verification, so a
+    reconcile stops after the fetch without needing a cluster."""
+
+    def __init__(self, head: str, *, history: Iterable[tuple[str, str]] = ()) -> None:
+        self.head = head
+        self.history = set(history)  # (ancestor, descendant) pairs
+        self.fetches = 0
+        self.refuse = True
+
+    async def resolve(self) -> str:
+        return self.head
+
+    async def fetch(self) -> str:
+        self.fetches += 1
+        return self.head
+
+    async def is_ancestor(self, ancestor: str, commit: str) -> bool | None:
+        return ancestor == commit or (ancestor, commit) in self.history
+
+    async def verify(self, sha: str) -> None:
+        if self.refuse:
+            raise VerificationError(f"commit {sha} is not signed")
+
+    async def checkout(self, sha: str) -> Path:
+        raise AssertionError("a refused commit is never laid out")
+
+    async def commit_info(self, sha: str) -> tuple[str, str]:
+        return ("Ada Author <ada@example.com>", "change")

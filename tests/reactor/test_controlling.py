@@ -12,8 +12,11 @@ from aioreconcile.engine.config import GitSourceSpec, SyncSpec
 from aioreconcile.engine.events import EventType, WatchEvent
 from aioreconcile.engine.metrics import Registry
 from aioreconcile.engine.model import ObjectRef
+from aioreconcile.engine.outcomes import Reason
 from aioreconcile.engine.planning import stamp
+from aioreconcile.engine.triggers import Push
 from aioreconcile.reactor.controlling import Controller, _compact
+from tests.reactor.fakes import FakeGitSource
 
 
 class NoWatcher:
@@ -143,3 +146,70 @@ def test_the_status_view_escapes_control_characters_in_the_ref() -> None:
     spec = SyncSpec("app", GitSourceSpec(url="https://h/r.git", ref="ma\u202ein\u2028x"))
 
     assert SyncState(spec).view()["ref"] == "ma\\u202ein\\u2028x"
+
+
+# --- a push is a hint ---------------------------------------------------------------------------
+
+OLD, APPLIED, HEAD = "1" * 40, "2" * 40, "3" * 40
+
+
+def hinted(source: FakeGitSource, *, applied: str) -> tuple[Controller, Registry]:
+    registry = Registry()
+    made = Controller(
+        [SyncSpec(name="app", source=GitSourceSpec(url="git://example/x"))],
+        cluster=cast(Any, None),  # never reached: the fake refuses every commit
+        render=cast(Any, None),
+        sources={"app": source},
+        inventories={},
+        watcher=NoWatcher(),
+        registry=registry,
+    )
+    state = made.states["app"]
+    state.last_applied_revision, state.reason = applied, Reason.SUCCEEDED
+    return made, registry
+
+
+def sample(registry: Registry, name: str, **labels: str) -> float:
+    wanted = "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
+    for line in registry.exposition().splitlines():
+        if line.startswith(f"{name}{wanted} "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+async def test_a_replayed_push_whose_head_is_applied_changes_nothing() -> None:
+    source = FakeGitSource(APPLIED, history=[(OLD, APPLIED)])
+    made, registry = hinted(source, applied=APPLIED)
+
+    made.push(Push("app", OLD))
+    await made._reconcile("app")
+
+    state = made.states["app"]
+    assert source.fetches == 1  # looked at the ref
+    assert (state.last_applied_revision, state.reconciles) == (APPLIED, 0)
+    assert state.last_attempted_revision is None
+    assert sample(registry, "aioreconcile_push_hints_total", sync="app", hint="not-head") == 1
+
+
+async def test_the_head_is_attempted_whatever_the_push_named() -> None:
+    source = FakeGitSource(HEAD, history=[(APPLIED, HEAD)])
+    made, registry = hinted(source, applied=APPLIED)
+
+    made.push(Push("app", OLD))
+    await made._reconcile("app")
+
+    assert made.states["app"].last_attempted_revision == HEAD
+    assert sample(registry, "aioreconcile_ref_rewinds_total", sync="app") == 0
+
+
+async def test_a_rewind_is_counted_once_however_often_it_is_retried() -> None:
+    source = FakeGitSource(OLD, history=[(OLD, APPLIED)])  # the branch went back to OLD
+    made, registry = hinted(source, applied=APPLIED)
+
+    made.push(Push("app", OLD))
+    await made._reconcile("app")
+    made.poll("app")
+    await made._reconcile("app")
+
+    assert made.states["app"].last_attempted_revision == OLD
+    assert sample(registry, "aioreconcile_ref_rewinds_total", sync="app") == 1

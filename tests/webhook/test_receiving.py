@@ -25,8 +25,12 @@ from aioreconcile.engine.triggers import Push
 from aioreconcile.engine.webhooks import DeliveryLog, sign, signature_header, verify
 from tests.engine.test_webhooks import CASES, SECRET, load, signed, syncs_for
 
-RECEIVERS = [ReceiverSpec(str(p), p, secret_env="UNUSED") for p in Provider] + [
-    ReceiverSpec("tiny", Provider.GITHUB, secret_env="UNUSED", max_body_bytes=1024)
+# Every sync the tests below define (a receiver triggers only the syncs it names).
+SCOPE = ("app", "release", "pinned", "elsewhere", "https")
+RECEIVERS = [ReceiverSpec(str(p), p, secret_env="UNUSED", syncs=SCOPE) for p in Provider] + [
+    ReceiverSpec("tiny", Provider.GITHUB, secret_env="UNUSED", max_body_bytes=1024, syncs=SCOPE),
+    ReceiverSpec("only-a", Provider.GITHUB, secret_env="UNUSED", syncs=("a",)),
+    ReceiverSpec("team-b", Provider.GITHUB, secret_env="UNUSED", selector={"team": "b"}),
 ]
 SECRETS = {spec.name: SECRET for spec in RECEIVERS}
 SHA = "59b20b8d5c6ff8d09518454d4dd8b7a30f095ab5"
@@ -251,6 +255,86 @@ async def test_https_push_matches_a_sync_written_scp_like(hooks: Harness) -> Non
     assert response.status == 202
     assert (await response.json())["triggered"] == ["app", "https"]
     assert hooks.enqueued == [Push("app", SHA), Push("https", SHA)]
+
+
+@pytest.mark.parametrize(("receiver", "expected"), [("only-a", ["a"]), ("team-b", ["b"])])
+async def test_a_receiver_triggers_only_the_syncs_it_names(
+    hooks: Harness, receiver: str, expected: list[str]
+) -> None:
+    hooks.syncs = [
+        SyncSpec("a", APP.source, labels={"team": "a"}),
+        SyncSpec("b", APP.source, labels={"team": "b"}),
+    ]
+    body = github_push()
+
+    response = await hooks.client.post(
+        f"/hooks/{receiver}", data=body, headers=github_headers(body)
+    )
+
+    assert response.status == 202
+    assert (await response.json())["triggered"] == expected
+    assert [p.sync for p in hooks.enqueued] == expected
+
+
+async def test_a_zero_after_is_a_deletion_even_when_the_payload_says_deleted_false(
+    hooks: Harness,
+) -> None:
+    payload = json.loads(github_push())
+    payload.update(after="0" * 40, deleted=False)
+    body = json.dumps(payload).encode()
+
+    response = await hooks.client.post("/hooks/github", data=body, headers=github_headers(body))
+
+    assert response.status == 202
+    assert (await response.json())["reason"] == "branch deleted: nothing to apply"
+    assert hooks.enqueued == []
+
+
+async def test_a_ref_listed_twice_in_one_delivery_triggers_once(hooks: Harness) -> None:
+    path = next(p for p in CASES if p.stem == "bitbucket-server-push")
+    _, headers, body, expected = load(path)
+    hooks.syncs = syncs_for(expected["pushes"][0]["repository"])
+    payload = json.loads(body)
+    payload["changes"] = [payload["changes"][0], payload["changes"][0]]
+    body = json.dumps(payload).encode()
+
+    response = await hooks.client.post(
+        "/hooks/bitbucket-server",
+        data=body,
+        headers=signed(Provider.BITBUCKET_SERVER, headers, body),
+    )
+
+    assert (await response.json())["triggered"] == ["app"]
+    assert [p.sync for p in hooks.enqueued] == ["app"]
+
+
+@pytest.mark.parametrize("provider", [p for p in Provider if p is not Provider.GENERIC_HMAC])
+async def test_a_hosted_providers_repository_path_matches_whatever_its_case(
+    hooks: Harness, provider: Provider
+) -> None:
+    path = next(p for p in CASES if p.stem == f"{provider}-push")
+    _, headers, body, expected = load(path)
+    host, _, repository = expected["pushes"][0]["repository"].partition("/")
+    hooks.syncs = [SyncSpec("app", GitSourceSpec(url=f"https://{host}/{repository.upper()}"))]
+
+    response = await hooks.client.post(
+        f"/hooks/{provider}", data=body, headers=signed(provider, headers, body)
+    )
+
+    assert (await response.json())["triggered"] == ["app"]
+
+
+async def test_generic_hmac_repository_paths_keep_their_case(hooks: Harness) -> None:
+    path = next(p for p in CASES if p.stem == "generic-hmac-push")
+    _, headers, body, expected = load(path)
+    host, _, repository = expected["pushes"][0]["repository"].partition("/")
+    hooks.syncs = [SyncSpec("app", GitSourceSpec(url=f"https://{host}/{repository.upper()}"))]
+
+    response = await hooks.client.post(
+        "/hooks/generic-hmac", data=body, headers=signed(Provider.GENERIC_HMAC, headers, body)
+    )
+
+    assert (await response.json())["triggered"] == []
 
 
 async def test_a_suspended_sync_is_not_triggered(hooks: Harness) -> None:

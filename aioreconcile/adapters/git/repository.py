@@ -3,7 +3,8 @@ per revision holding that commit's tree for rendering.
 
 Layout under the cache root::
 
-    repos/<key>.git        bare repository; remote "origin" is the URL without credentials
+    repos/<key>.git        bare repository; remote "origin" is the URL without credentials;
+                           refs/aioreconcile/<full ref> holds the last fetched head of each ref
     trees/<key>/<sha>/     the files of one commit (the newest ``keep_trees`` are kept)
     home/                  HOME of every git process (empty: no user configuration)
     gnupg/<hash>/          GNUPGHOME holding an imported keyring, for GPG verification
@@ -47,6 +48,7 @@ DEFAULT_MAX_CONCURRENT: Final = 4
 DEFAULT_KEEP_TREES: Final = 3
 DEEPEN_BY: Final = 100
 _FETCHED_REF: Final = "refs/aioreconcile/fetched"
+_HEADS: Final = "refs/aioreconcile/"  # + the full ref name: the last fetched head of that ref
 _REPOSITORY: Final = Path("<the cached repository>")  # default of GitSource._local
 _SHA: Final = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 
@@ -149,6 +151,7 @@ class GitSource:
             Path(verify.allowed_signers_file).absolute() if verify.allowed_signers_file else None
         )
         self._keyring = Path(verify.keyring_file).absolute() if verify.keyring_file else None
+        self._ref_name: str | None = None  # spec.ref's full name, once the server told it
 
     @property
     def url(self) -> str:
@@ -179,26 +182,49 @@ class GitSource:
         for name in candidates:
             found = advertised.get(f"{name}^{{}}") or advertised.get(name)
             if found:
+                self._ref_name = name
                 return RemoteRef(name, found)
+        self._ref_name = None
         raise FetchError(f"{self.url} has no branch or tag named {ref!r}")
 
     async def fetch(self, sha: str | None = None) -> str:
-        """Make the commit ``sha`` (or what ``spec.ref`` points at now) present in the cache;
-        returns its SHA.
+        """Make a commit present in the cache and return its SHA: without ``sha``, the head of
+        ``spec.ref`` as the server holds it at this moment (what a sync applies); with ``sha``,
+        that known commit (a pinned ref, a tree to lay out again, tests).
 
-        A SHA named by a webhook is fetched directly, shallow (``--depth=1``): protocol v2
-        servers and those allowing reachable SHA-1 in wants serve any reachable commit. When the
-        server refuses, the ref is fetched instead and deepened until the commit appears.
+        The head is taken by fetching the ref itself, never by asking for an id named
+        elsewhere: a webhook's SHA, a commit under ``refs/pull/*`` or a dangling object are all
+        served by id (protocol v2 serves any object it holds), so fetching by id would apply
+        whatever a sender names. See ``_fetch_head``.
         """
         async with self.cache.lock(self.key):
             await self._ensure_repository()
             if sha is None:
-                if is_sha(self.spec.ref):
-                    sha = self.spec.ref.lower()
-                else:
-                    remote = await self.remote_ref()
-                    return await self._fetch_commit(remote.sha, ref=remote.name)
+                if not is_sha(self.spec.ref):
+                    return await self._fetch_head()
+                sha = self.spec.ref
             return await self._fetch_commit(sha.lower(), ref=None)
+
+    async def is_ancestor(self, ancestor: str, commit: str) -> bool | None:
+        """Whether ``commit`` is ``ancestor`` or builds on it (``git merge-base --is-ancestor``);
+        None when the cache does not hold ``ancestor``, so nothing can be said.
+
+        Both must have come through ``fetch()``: its incremental fetches keep the history
+        between successive heads of a ref, so a fast-forward is always seen as one. A false
+        answer means the ref moved back or was rewritten (or, rarely, that a shallow boundary of
+        another ref's fetch cut the path: then it is a rewind only for the count and the log).
+        """
+        if not (is_sha(ancestor) and is_sha(commit)):
+            raise ValueError("is_ancestor compares full commit ids")
+        async with self.cache.lock(self.key):
+            await self._ensure_repository()
+            try:
+                await self._local(["merge-base", "--is-ancestor", ancestor.lower(), commit.lower()])
+            except GitCommandError as e:
+                if e.returncode == 1:
+                    return False
+                return None  # 128: a commit the cache does not hold
+        return True
 
     async def checkout(self, sha: str) -> Path:
         """The directory holding the files of commit ``sha`` (fetched first if missing).
@@ -290,6 +316,40 @@ class GitSource:
         return CommitInfo(author, subject)
 
     # --- internals ----------------------------------------------------------------------------
+
+    async def _fetch_head(self) -> str:
+        """Fetch ``spec.ref`` itself into ``refs/aioreconcile/<full name>`` and return the
+        commit it points at (an annotated tag peeled), with the repository lock held.
+
+        The result is the ref's head at the moment the server answered, whatever moved before
+        or after: there is no window between resolving and fetching. The first fetch of a ref
+        is shallow (``--depth=1``); later ones are incremental (no depth: the server sends the
+        commits since the previous head, which stays a "have"), so the path from one applied
+        head to the next is in the cache and ``is_ancestor`` can tell a rewind. A rewind or a
+        rewrite costs, once, the new head's history that the cache lacks.
+        """
+        name = self._ref_name or (await self.remote_ref()).name
+        local = f"{_HEADS}{name}"
+        incremental = await self._has_ref(local)
+        depth = [] if incremental else ["--depth=1"]
+        try:
+            await self._network(
+                ["fetch", *depth, "--no-tags", "--", "origin", f"+{name}:{local}"], doing=name
+            )
+        except FetchError:
+            self._ref_name = None  # deleted, or a branch became a tag: ask the server again
+            raise
+        output = await self._local(
+            ["rev-parse", "--verify", "--end-of-options", f"{local}^{{commit}}"]
+        )
+        return output.decode().strip()
+
+    async def _has_ref(self, ref: str) -> bool:
+        try:
+            await self._local(["rev-parse", "--verify", "--quiet", ref])
+        except GitCommandError:
+            return False
+        return True
 
     async def _fetch_commit(self, sha: str, *, ref: str | None) -> str:
         """Fetch ``sha`` with the repository lock held; ``ref`` is where it is reachable from,

@@ -34,7 +34,7 @@ from aioreconcile.adapters.serving.listening import (
 )
 from aioreconcile.engine.config import ReceiverSpec, SyncSpec
 from aioreconcile.engine.errors import AioreconcileError
-from aioreconcile.engine.matching import matching_syncs, normalise_repository_url
+from aioreconcile.engine.matching import normalise_repository_url, triggers_for
 from aioreconcile.engine.redaction import printable
 from aioreconcile.engine.triggers import Push, PushEvent
 from aioreconcile.engine.webhooks import (
@@ -200,7 +200,7 @@ async def _handle(request: web.Request) -> web.Response:
         return _answer(200, Outcome.DUPLICATE, "delivery already received")
 
     try:
-        triggers, reason = _trigger(hooks, delivery.pushes, headers.get("traceparent"), log)
+        triggers, reason = _trigger(hooks, spec, delivery.pushes, headers.get("traceparent"), log)
     except Exception:
         # The sender will retry; the retry must not be taken for a duplicate.
         hooks.deliveries.forget(spec.name, delivery.delivery_id)
@@ -213,34 +213,30 @@ async def _handle(request: web.Request) -> web.Response:
 
 def _trigger(
     hooks: _Hooks,
+    receiver: ReceiverSpec,
     pushes: Sequence[PushEvent],
     traceparent: str | None,
     log: Mapping[str, str],
 ) -> tuple[list[str], str]:
-    """Match every pushed ref against the syncs as they are now, enqueue the triggers; the names
-    of the triggered syncs and why the rest triggered nothing."""
-    syncs = list(hooks.syncs())
-    triggers: list[Push] = []
-    reasons: list[str] = []
-    for event in pushes:
-        if traceparent:
-            event = _with_traceparent(event, traceparent)
-        found, reason = matching_syncs(event, syncs)
-        triggers.extend(found)
-        if reason:
-            reasons.append(reason)
+    """Match every pushed ref against the syncs as they are now that this receiver may
+    trigger, enqueue each triggered sync once; the names of the triggered syncs and why the
+    rest triggered nothing."""
+    events = [_with_traceparent(e, traceparent) if traceparent else e for e in pushes]
+    triggers, reasons = triggers_for(events, hooks.syncs(), receiver=receiver)
+    triggered = [t.sync for t in triggers]
+    for event in events:
         ref = printable(event.ref)
         logger.info(
             "webhook push %s %s@%s triggers %s",
             printable(normalise_repository_url(event.repository_urls[0])),
             ref,
             printable(event.after),
-            [p.sync for p in found] or printable(reason),
+            triggered or printable("; ".join(reasons)),
             extra={**log, "ref": ref, "sha": printable(event.after)},
         )
     for trigger in triggers:
         hooks.enqueue(trigger)
-    return [t.sync for t in triggers], "; ".join(reasons)
+    return triggered, "; ".join(reasons)
 
 
 def _with_traceparent(event: PushEvent, traceparent: str) -> PushEvent:
