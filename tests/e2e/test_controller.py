@@ -75,7 +75,7 @@ class Running:
     async def metrics(self) -> str:
         async with (
             aiohttp.ClientSession() as session,
-            session.get(f"http://127.0.0.1:{self.port}/metrics") as response,
+            session.get(f"http://127.0.0.1:{self.ops_port}/metrics") as response,
         ):
             return await response.text()
 

@@ -64,7 +64,14 @@ async def controller(
                         },
                     }
                 ],
-                "receivers": [{"name": "github", "provider": "github", "secretEnv": SECRET_ENV}],
+                "receivers": [
+                    {
+                        "name": "github",
+                        "provider": "github",
+                        "secretEnv": SECRET_ENV,
+                        "syncs": ["secret-source"],
+                    }
+                ],
             }
         )
     )

@@ -44,7 +44,7 @@ class Listener:
 
 @pytest.fixture
 async def listener() -> AsyncIterator[Listener]:
-    receivers = [ReceiverSpec("github", Provider.GITHUB, secret_env="UNUSED")]
+    receivers = [ReceiverSpec("github", Provider.GITHUB, secret_env="UNUSED", syncs=("app",))]
     state = Listener(port=0)
     app = build_app(
         receivers,
