@@ -146,3 +146,27 @@ async def test_a_branch_forced_back_is_followed_and_counted_as_a_rewind(
         assert await stored_value(running) == "1"
         metrics = await running.metrics()
         assert counter(metrics, "aioreconcile_ref_rewinds_total", sync="app") == 1
+
+
+async def test_a_poll_follows_a_rewind_without_any_webhook_and_counts_it(
+    kube: Kube,
+    namespace: str,
+    upstream: Callable[[str], Upstream],
+    git_daemon: str,
+    tmp_path: Path,
+    secret_env: None,
+) -> None:
+    repo = upstream("poll-rewind")
+    old = repo.commit(manifests(config_map("settings", namespace, v="1")))
+    new = repo.commit(manifests(config_map("settings", namespace, v="2")))
+    async with controller(kube, namespace, repo, git_daemon, tmp_path, interval="1s") as running:
+        await running.wait_for(lambda: applied(running, new))
+
+        repo.git("reset", "--quiet", "--hard", old)
+        repo.git("push", "--quiet", "--force", "origin", "HEAD:main")
+
+        await running.wait_for(lambda: applied(running, old))
+        assert await stored_value(running) == "1"
+        metrics = await running.metrics()
+        assert counter(metrics, "aioreconcile_ref_rewinds_total", sync="app") == 1
+        assert counter(metrics, "aioreconcile_push_hints_total", sync="app", hint="head") == 0
