@@ -177,18 +177,21 @@ def sample(registry: Registry, name: str, **labels: str) -> float:
     return 0.0
 
 
-async def test_a_replayed_push_whose_head_is_applied_changes_nothing() -> None:
+@pytest.mark.parametrize(("replayed", "verdict"), [(OLD, "not-head"), (APPLIED, "head")])
+async def test_a_replayed_push_whose_head_is_applied_changes_nothing(
+    replayed: str, verdict: str
+) -> None:
     source = FakeGitSource(APPLIED, history=[(OLD, APPLIED)])
     made, registry = hinted(source, applied=APPLIED)
 
-    made.push(Push("app", OLD))
+    made.push(Push("app", replayed))
     await made._reconcile("app")
 
     state = made.states["app"]
     assert source.fetches == 1  # looked at the ref
     assert (state.last_applied_revision, state.reconciles) == (APPLIED, 0)
     assert state.last_attempted_revision is None
-    assert sample(registry, "aioreconcile_push_hints_total", sync="app", hint="not-head") == 1
+    assert sample(registry, "aioreconcile_push_hints_total", sync="app", hint=verdict) == 1
 
 
 async def test_the_head_is_attempted_whatever_the_push_named() -> None:
