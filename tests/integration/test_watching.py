@@ -1,6 +1,7 @@
 """Watches against the real apiserver: order, label filtering, kinds coming and going, bookmarks,
 an apiserver restart, and the synthetic events of a relist after 410 Gone."""
 
+import contextvars
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -178,6 +179,38 @@ async def test_watch_kinds_starts_and_stops_watches_while_running(api: Api, name
         tg.cancel_scope.cancel()
 
     assert recorder.seen() == [("ADDED", "Secret", "during"), ("ADDED", "ConfigMap", "marker")]
+
+
+WORK: contextvars.ContextVar[str | None] = contextvars.ContextVar("work", default=None)
+
+
+async def test_a_watch_runs_in_its_managers_context_not_in_the_callers(
+    api: Api, namespace: str
+) -> None:
+    """A watch outlives the work that asked for it (a commit's reconcile, whose trace context
+    is a contextvar): its events must not be handled in that work's context (issue 15: "drift
+    detected" logged with the first poll's trace id)."""
+    seen: list[str | None] = []
+    recorder = Recorder(namespace)
+
+    def on_event(event: WatchEvent) -> None:
+        seen.append(WORK.get())
+        recorder(event)
+
+    manager = WatchManager(api.transport, Discovery(api.transport), on_event=on_event)
+    async with anyio.create_task_group() as tg:
+        await tg.start(manager.run)
+        token = WORK.set("the reconcile of commit 1")
+        try:
+            manager.watch_kinds([api.config_maps])  # asked for inside that work
+        finally:
+            WORK.reset(token)
+        await manager.wait_synced()
+        await api.create(api.config_maps, namespace, "later")
+        await recorder.wait_count(1)
+        tg.cancel_scope.cancel()
+
+    assert seen and set(seen) == {None}
 
 
 async def churn(api: Api, namespace: str, prefix: str, *, count: int) -> None:

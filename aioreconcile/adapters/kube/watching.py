@@ -11,6 +11,7 @@ changed, and the event carries the body. Memory stays flat however large the obj
 Objects are never logged: they may be Secrets.
 """
 
+import contextvars
 import logging
 import random
 import time
@@ -444,6 +445,11 @@ class WatchManager:
     watches start for new kinds and are cancelled for kinds no longer named. A kind named in a
     different version restarts its watch in that version. Events of every kind go to the one
     ``on_event``, which must not raise: an exception there is a bug and stops every watch.
+
+    Watches run in the context (contextvars) of ``run``, whoever asked for them: a task copies
+    the context of the code that starts it, and ``watch_kinds`` is called from inside a
+    reconcile, whose trace context would otherwise be kept by the watch for its whole life and
+    stamped on every log line of every later event.
     """
 
     def __init__(
@@ -466,6 +472,7 @@ class WatchManager:
         self._watches: dict[tuple[str, str], KindWatch] = {}
         self._scopes: dict[tuple[str, str], anyio.CancelScope] = {}
         self._task_group: anyio.abc.TaskGroup | None = None
+        self._context: contextvars.Context | None = None  # run's, for every watch task
         self._changed = anyio.Event()
 
     @property
@@ -484,12 +491,14 @@ class WatchManager:
         try:
             async with anyio.create_task_group() as task_group:
                 self._task_group = task_group
+                self._context = contextvars.copy_context()
                 for key in self._watches:
                     self._start(key)
                 task_status.started()
                 await anyio.sleep_forever()
         finally:
             self._task_group = None
+            self._context = None
             self._scopes.clear()
 
     def watch_kinds(self, kinds: Iterable[Resource]) -> None:
@@ -542,11 +551,14 @@ class WatchManager:
             await _first_of(pending[0].synced, self._changed)
 
     def _start(self, key: tuple[str, str]) -> None:
-        assert self._task_group is not None
+        assert self._task_group is not None and self._context is not None
         watch = self._watches[key]
         scope = anyio.CancelScope()
         self._scopes[key] = scope
-        self._task_group.start_soon(self._run_watch, watch, scope, name=f"watch {key}")
+        # The new task copies the context current at start_soon: make that run's, not ours.
+        self._context.copy().run(
+            self._task_group.start_soon, self._run_watch, watch, scope, name=f"watch {key}"
+        )
 
     async def _run_watch(self, watch: KindWatch, scope: anyio.CancelScope) -> None:
         with scope:
