@@ -481,13 +481,19 @@ def _run_trace(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    newest, *older = traces
+    # Heals carry the revision they heal back to: they are named, the commit trace is shown
+    # (a heal only when no commit trace is left in the lookback).
+    commits = [t for t in traces if jaeger_query.is_commit_trace(t)]
+    newest, *older = commits or traces
+    heals = [t["traceID"] for t in traces if t is not newest and t not in commits]
+    others = [t["traceID"] for t in older if t["traceID"] not in heals]
     if args.output == "json":
         document = jaeger_query.as_json(newest, query_url=url)
-        document["older_traces"] = [t["traceID"] for t in older]
+        document["older_traces"] = others
+        document["heal_traces"] = heals
         sys.stdout.write(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
-        print(jaeger_query.format_tree(newest, query_url=url, others=[t["traceID"] for t in older]))
+        print(jaeger_query.format_tree(newest, query_url=url, others=others, heals=heals))
     return 0
 
 

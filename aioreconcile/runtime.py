@@ -306,6 +306,7 @@ async def _run_controller(
             syncs=lambda: config.syncs,
             enqueue=controller.push,
             body_timeout_s=settings.limits.body_timeout_s,
+            tracing=tracing.tracing,
         )
         ops = build_ops_app(
             status=lambda: {"syncs": controller.status()},

@@ -478,11 +478,15 @@ class Controller:
         elif not outcome.ok:
             root.record_error(outcome.message)
         self._watch_all()  # kinds whose CRD this apply created are known only now
-        with anyio.move_on_after(_WATCH_SYNC_TIMEOUT_S):
+        with (
+            self._tracing.stage("watch sync"),
+            anyio.move_on_after(_WATCH_SYNC_TIMEOUT_S),
+        ):
             await self._watcher.wait_synced()
-        self._record(state, outcome, seconds=time.monotonic() - started)
-        if self._after_reconcile is not None:
-            self._after_reconcile()
+        with self._tracing.stage("status update"):
+            self._record(state, outcome, seconds=time.monotonic() - started)
+            if self._after_reconcile is not None:
+                self._after_reconcile()
         return outcome
 
     def _record(self, state: SyncState, outcome: SyncOutcome, *, seconds: float) -> None:
@@ -618,7 +622,9 @@ class Controller:
         fields = differing_fields(desired, live) if live is not None else ["(deleted)"]
         with self._tracing.heal(
             sync=sync,
-            entry_ref=str(ref),
+            ref=ref,
+            revision=state.revision,
+            repository_url=state.spec.source.url,
             link_traceparent=_traceparent_of(live) or _traceparent_of(desired),
             writers=foreign_writers(live) if live is not None else (),
             fields=fields,
@@ -630,6 +636,17 @@ class Controller:
             self._tracing.objects([entry], operation="apply")
             if entry.action is Action.FAILED:
                 span.record_error(entry.error or "heal failed")
+            elif entry.action is not Action.UNCHANGED:
+                # Inside the heal's span: the line carries the heal trace's id.
+                logger.info(
+                    "drift healed",
+                    extra={
+                        "sync": sync,
+                        "object": str(ref),
+                        "action": entry.action.value,
+                        "revision": state.revision,
+                    },
+                )
         if entry.resource_version_after is not None:
             state.written[ref] = entry.resource_version_after
         if entry.action is Action.FAILED:
@@ -638,15 +655,6 @@ class Controller:
         if entry.action is not Action.UNCHANGED:
             state.heals += 1
             self._metrics.heals.labels(sync=sync, result=entry.action.value).inc()
-            logger.info(
-                "drift healed",
-                extra={
-                    "sync": sync,
-                    "object": str(ref),
-                    "action": entry.action.value,
-                    "revision": state.revision,
-                },
-            )
 
 
 def _up_to_date(state: SyncState, sha: str) -> bool:

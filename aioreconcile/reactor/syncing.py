@@ -89,7 +89,8 @@ async def sync_once(
     if inventory is not None:
         current = Inventory.of(m.ref for m in manifests)
         try:
-            previous = await inventory.load()
+            with tracing.stage("inventory read"):
+                previous = await inventory.load()
             kept: Inventory = current
             if request.prune and previous is not None:
                 allowed, why = allow_prune(
@@ -113,7 +114,8 @@ async def sync_once(
             elif not request.prune:
                 prune_note = "prune not requested"
             if not request.options.dry_run:
-                await inventory.save(kept, revision=revision)
+                with tracing.stage("inventory write", {"aioreconcile.objects": len(kept.entries)}):
+                    await inventory.save(kept, revision=revision)
             inventory_size = len(kept.entries)
         except AioreconcileError as e:
             return SyncOutcome(

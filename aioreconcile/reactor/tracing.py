@@ -2,11 +2,13 @@
 
 The reactor never imports OpenTelemetry (import-linter forbids it). It opens spans through this
 port and hands finished results (ChangeSets) to it; the adapter in ``adapters/telemetry`` turns
-them into OTel spans. One trace per commit reconcile: ``commit`` opens the root (continuing the
-webhook's ``traceparent`` when the sender gave one), ``stage`` its children (fetch, render,
-apply, prune, health), ``objects`` one span per ChangeSet entry with the times the applier
-recorded. A drift heal is a trace of its own whose root links to the commit trace named in the
-object's ``aioreconcile.dev/traceparent`` annotation.
+them into OTel spans. One trace per commit reconcile: ``commit`` opens the root (a child of the
+webhook request's span for a push, which itself continues the sender's ``traceparent``),
+``stage`` its children (fetch, render, apply, prune, inventory, status), ``objects`` one span
+per ChangeSet entry with the times the applier recorded. A drift heal is a trace of its own
+whose root links to the commit trace named in the object's ``aioreconcile.dev/traceparent``
+annotation. Span names stay low-cardinality (``apply ConfigMap``, never an object's name): the
+identity of an object is in attributes, as OpenTelemetry's span-name guidance asks.
 """
 
 from collections.abc import Iterator, Mapping, Sequence
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from aioreconcile.engine.changeset import ChangeSetEntry
+from aioreconcile.engine.model import ObjectRef
 
 AttributeValue = str | bool | int | float | Sequence[str]
 
@@ -66,12 +69,17 @@ class Tracing(Protocol):
         self,
         *,
         sync: str,
-        entry_ref: str,
+        ref: ObjectRef,
+        revision: str,
+        repository_url: str,
         link_traceparent: str | None,
         writers: Sequence[str],
         fields: Sequence[str],
     ) -> AbstractContextManager[SpanScope]:
-        """The root span of a drift heal, linked to the trace that last set the object."""
+        """The root span of a drift heal, linked to the trace that last set the object.
+
+        ``revision`` is the commit the object is healed back to and ``repository_url`` its
+        source (redacted by the adapter), so a search for a SHA finds its heals too."""
         ...
 
 
@@ -111,7 +119,9 @@ class NoTracing:
         self,
         *,
         sync: str,
-        entry_ref: str,
+        ref: ObjectRef,
+        revision: str,
+        repository_url: str,
         link_traceparent: str | None,
         writers: Sequence[str],
         fields: Sequence[str],

@@ -210,7 +210,8 @@ async def test_a_watch_runs_in_its_managers_context_not_in_the_callers(
         await recorder.wait_count(1)
         tg.cancel_scope.cancel()
 
-    assert seen and set(seen) == {None}
+    assert seen
+    assert set(seen) == {None}
 
 
 async def churn(api: Api, namespace: str, prefix: str, *, count: int) -> None:

@@ -9,6 +9,7 @@ from aioreconcile.adapters.telemetry.jaeger_query import (
     JaegerTrace,
     as_json,
     format_tree,
+    is_commit_trace,
     lookback_seconds,
     search_url,
     span_rows,
@@ -43,14 +44,34 @@ def span(
     }
 
 
-def commit_trace() -> JaegerTrace:
+def identity(kind: str, namespace: str, name: str, api_version: str = "v1") -> dict[str, Any]:
+    """The attributes an object span carries (adapters.telemetry.tracing.object_attributes)."""
+    return {
+        "aioreconcile.object.kind": kind,
+        "aioreconcile.object.name": name,
+        "aioreconcile.object.api_version": api_version,
+        "k8s.namespace.name": namespace,
+    }
+
+
+def commit_trace(*, named_by_object: bool = False) -> JaegerTrace:
+    """A commit trace as Jaeger returns it. ``named_by_object``: as exported before issue 15
+    (one operation per object, ``apply Deployment/shop/web``); else low-cardinality names
+    (``apply Deployment``) with the object in the attributes. Both must read the same."""
+    deployment, config_map = "apply Deployment/shop/web", "apply ConfigMap/shop/settings"
+    deployment_tags: dict[str, Any] = {}
+    config_map_tags: dict[str, Any] = {}
+    if not named_by_object:
+        deployment, config_map = "apply Deployment", "apply ConfigMap"
+        deployment_tags = identity("Deployment", "shop", "web", "apps/v1")
+        config_map_tags = identity("ConfigMap", "shop", "settings")
     # Deliberately out of order, as Jaeger returns them.
     return {
         "traceID": TRACE_ID,
         "spans": [
             span(
                 "c3",
-                "apply Deployment/shop/web",
+                deployment,
                 parent="a1",
                 start=300,
                 duration_us=2500,
@@ -58,6 +79,7 @@ def commit_trace() -> JaegerTrace:
                     "aioreconcile.action": "failed",
                     "otel.status_code": "ERROR",
                     "otel.status_description": "spec.replicas: Invalid value: -1",
+                    **deployment_tags,
                 },
             ),
             span("a1", "apply", parent="r0", start=200, duration_us=9000),
@@ -65,18 +87,24 @@ def commit_trace() -> JaegerTrace:
             span("f1", "fetch", parent="r0", start=10, duration_us=150),
             span(
                 "c1",
-                "apply ConfigMap/shop/settings",
+                config_map,
                 parent="a1",
                 start=250,
-                tags={"aioreconcile.action": "created"},
+                tags={"aioreconcile.action": "created", **config_map_tags},
             ),
             span("orphan", "lost parent", parent="gone", start=99999),
         ],
     }
 
 
-def test_rows_follow_the_tree_depth_first_by_start_time() -> None:
-    rows = span_rows(commit_trace())
+BEFORE_AND_AFTER = pytest.mark.parametrize(
+    "named_by_object", [True, False], ids=["named-by-object", "low-cardinality"]
+)
+
+
+@BEFORE_AND_AFTER
+def test_rows_follow_the_tree_depth_first_by_start_time(named_by_object: bool) -> None:
+    rows = span_rows(commit_trace(named_by_object=named_by_object))
     assert [(r.depth, r.name) for r in rows] == [
         (0, "reconcile shop"),
         (1, "fetch"),
@@ -93,8 +121,9 @@ def test_rows_follow_the_tree_depth_first_by_start_time() -> None:
     assert rows[0].duration_ms == 15.25
 
 
-def test_tree_shows_id_url_actions_durations_and_errors() -> None:
-    text = format_tree(commit_trace(), query_url=QUERY)
+@BEFORE_AND_AFTER
+def test_tree_shows_id_url_actions_durations_and_errors(named_by_object: bool) -> None:
+    text = format_tree(commit_trace(named_by_object=named_by_object), query_url=QUERY)
     assert text.splitlines() == [
         f"trace {TRACE_ID}",
         f"http://127.0.0.1:16686/trace/{TRACE_ID}",
@@ -137,11 +166,52 @@ def test_json_view() -> None:
         "span_id": "c1",
         "parent_id": "a1",
         "name": "apply ConfigMap/shop/settings",
+        "operation": "apply ConfigMap",
         "action": "created",
         "duration_ms": 1.0,
         "error": None,
         "linked_traces": (),
     }
+
+
+@pytest.mark.parametrize(
+    ("operation", "tags", "shown"),
+    [
+        ("apply Namespace", identity("Namespace", "shop", "shop"), "apply Namespace/shop"),
+        (
+            "prune ClusterRole",
+            {"aioreconcile.object.kind": "ClusterRole", "aioreconcile.object.name": "reader"},
+            "prune ClusterRole/reader",
+        ),
+        (
+            "heal Deployment",
+            {
+                **identity("Deployment", "shop", "web", "apps/v1"),
+                "aioreconcile.object.ref": "Deployment.apps/shop/web",
+            },
+            "heal Deployment.apps/shop/web",
+        ),
+        ("git fetch", {"vcs.ref.head.revision": "abc"}, "git fetch"),
+        ("heal Deployment.apps/shop/web", {}, "heal Deployment.apps/shop/web"),
+    ],
+)
+def test_an_object_span_is_shown_with_its_object(
+    operation: str, tags: dict[str, Any], shown: str
+) -> None:
+    (row,) = span_rows({"traceID": TRACE_ID, "spans": [span("s0", operation, tags=tags)]})
+    assert (row.name, row.operation) == (shown, operation)
+
+
+def test_a_heal_is_no_commit_trace() -> None:
+    heal: JaegerTrace = {
+        "traceID": TRACE_ID,
+        "spans": [span("h0", "heal ConfigMap", tags={"vcs.ref.head.revision": "abc"})],
+    }
+    commit: JaegerTrace = {
+        "traceID": TRACE_ID,
+        "spans": [span("r0", "reconcile shop", tags={"aioreconcile.trigger": "push"})],
+    }
+    assert (is_commit_trace(commit), is_commit_trace(heal)) == (True, False)
 
 
 def test_search_url_encodes_the_tag_query_and_the_time_window() -> None:

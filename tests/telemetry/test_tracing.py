@@ -24,6 +24,7 @@ from aioreconcile.reactor.tracing import CommitInfo, NoTracing, Tracing
 
 SHA = "3f2a9c0d5e7b41a8a1c2d3e4f5061728394a5b6c"
 INCOMING = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+WEB = ObjectRef("apps", "Deployment", "shop", "web", "v1")
 
 
 @pytest.fixture
@@ -110,20 +111,23 @@ def test_commit_root_carries_vcs_attributes_and_stages_nest_under_it(
     spans = by_name(exporter)
     commit, fetch = spans["reconcile shop"], spans["fetch"]
     assert commit.parent is None
-    assert commit.kind is SpanKind.SERVER
+    assert commit.kind is SpanKind.CONSUMER  # the webhook request is the SERVER span
     assert parent_id(fetch) == span_id(commit)
     assert commit.attributes is not None
     assert dict(commit.attributes) == {
+        "aioreconcile.commit.short_sha": SHA[:7],
+        "aioreconcile.trigger": "push",
         "vcs.repository.url.full": "https://git.example.com/acme/deploy.git",
         "vcs.ref.head.name": "main",
         "vcs.ref.head.revision": SHA,
         "vcs.ref.type": "branch",
         "vcs.ref.head.type": "branch",
         "aioreconcile.sync": "shop",
-        "aioreconcile.trigger": "push",
         "aioreconcile.commit.author": "Ada Lovelace <ada@example.com>",
         "aioreconcile.commit.subject": "Scale web to 3",
     }
+    # Jaeger shows tags in the order sent: which commit and why come first.
+    assert list(commit.attributes)[:2] == ["aioreconcile.commit.short_sha", "aioreconcile.trigger"]
     assert fetch.attributes is not None
     assert fetch.attributes["aioreconcile.x"] == 1
 
@@ -165,9 +169,9 @@ def test_object_spans_are_children_timed_from_the_changeset(
         tracing.objects(entries, operation="apply")
     spans = by_name(exporter)
     commit, apply = spans["reconcile shop"], spans["apply"]
-    configmap = spans["apply ConfigMap/shop/settings"]
-    deployment = spans["apply Deployment/shop/web"]
-    namespace = spans["apply Namespace/shop"]
+    configmap = spans["apply ConfigMap"]
+    deployment = spans["apply Deployment"]
+    namespace = spans["apply Namespace"]
     for span in (configmap, deployment, namespace):
         assert parent_id(span) == span_id(apply)
         assert trace_id(span) == trace_id(commit)
@@ -180,6 +184,7 @@ def test_object_spans_are_children_timed_from_the_changeset(
     assert dict(deployment.attributes or {}) == {
         "aioreconcile.object.kind": "Deployment",
         "aioreconcile.object.name": "web",
+        "aioreconcile.object.group": "apps",
         "aioreconcile.object.api_version": "apps/v1",
         "aioreconcile.action": "configured",
         "aioreconcile.resource_version.before": "5",
@@ -201,7 +206,7 @@ def test_object_without_start_time_ends_now(
     before = time.time_ns()
     with tracing.commit(commit_info()):
         tracing.objects([entry("ConfigMap", "a", Action.DELETED)], operation="prune")
-    span = by_name(exporter)["prune ConfigMap/shop/a"]
+    span = by_name(exporter)["prune ConfigMap"]
     assert span.end_time is not None
     assert span.start_time is not None
     assert before <= span.start_time <= span.end_time <= time.time_ns()
@@ -216,7 +221,7 @@ def test_failed_object_is_an_error_with_the_servers_message(
             [entry("Deployment", "web", Action.FAILED, group="apps", error=message)],
             operation="apply",
         )
-    span = by_name(exporter)["apply Deployment/shop/web"]
+    span = by_name(exporter)["apply Deployment"]
     assert span.status.status_code is StatusCode.ERROR
     assert span.status.description == message
     (event,) = span.events
@@ -310,17 +315,19 @@ def test_heal_is_a_new_root_linked_to_the_commit_trace(
         tracing.commit(commit_info(sync="other")),
         tracing.heal(
             sync="shop",
-            entry_ref="Deployment.apps/shop/web",
+            ref=WEB,
+            revision=SHA,
+            repository_url="https://deploy-bot:s3cr3t-t0ken@git.example.com/acme/deploy.git",
             link_traceparent=applied_by,
             writers=["kubectl-edit"],
             fields=["spec.replicas"],
         ),
     ):
         tracing.objects(
-            [entry("Deployment", "web", Action.CONFIGURED, group="apps")], operation="heal"
+            [entry("Deployment", "web", Action.CONFIGURED, group="apps")], operation="apply"
         )
     spans = by_name(exporter)
-    commit, heal = spans["reconcile shop"], spans["heal Deployment.apps/shop/web"]
+    commit, heal = spans["reconcile shop"], spans["heal Deployment"]
     assert heal.parent is None
     assert trace_id(heal) != trace_id(commit)
     (link,) = heal.links
@@ -330,7 +337,87 @@ def test_heal_is_a_new_root_linked_to_the_commit_trace(
     assert heal.attributes["aioreconcile.drift.writers"] == ("kubectl-edit",)
     assert heal.attributes["aioreconcile.drift.fields"] == ("spec.replicas",)
     assert heal.attributes["aioreconcile.sync"] == "shop"
-    assert parent_id(spans["heal Deployment/shop/web"]) == span_id(heal)
+    assert parent_id(spans["apply Deployment"]) == span_id(heal)
+
+
+def test_heal_root_says_which_revision_it_heals_back_to_and_the_commit_trace_id(
+    tracing: OtelTracing, exporter: InMemorySpanExporter
+) -> None:
+    """A search by SHA finds the heals too; Jaeger's UI shows a link only as "span in another
+    trace", so the commit trace's id is an attribute as well."""
+    with tracing.heal(
+        sync="shop",
+        ref=WEB,
+        revision=SHA,
+        repository_url="https://deploy-bot:s3cr3t-t0ken@git.example.com/acme/deploy.git",
+        link_traceparent=INCOMING,
+        writers=[],
+        fields=["spec.replicas"],
+    ):
+        pass
+    (heal,) = exporter.get_finished_spans()
+    attributes = dict(heal.attributes or {})
+    assert heal.name == "heal Deployment"
+    assert list(attributes)[:2] == ["aioreconcile.commit.short_sha", "vcs.ref.head.revision"]
+    assert attributes["vcs.ref.head.revision"] == SHA
+    assert attributes["aioreconcile.commit.short_sha"] == SHA[:7]
+    assert attributes["vcs.repository.url.full"] == "https://git.example.com/acme/deploy.git"
+    assert attributes["aioreconcile.commit.trace_id"] == "0af7651916cd43dd8448eb211c80319c"
+    assert attributes["aioreconcile.object.ref"] == "Deployment.apps/shop/web"
+    assert attributes["aioreconcile.object.group"] == "apps"
+    assert attributes["k8s.namespace.name"] == "shop"
+    assert attributes["k8s.deployment.name"] == "web"
+    assert "s3cr3t-t0ken" not in heal.to_json()
+
+
+def test_span_names_are_bounded_by_the_kinds_not_the_objects(
+    tracing: OtelTracing, exporter: InMemorySpanExporter
+) -> None:
+    """Jaeger indexes operations by span name: 200 objects of 3 kinds, applied and pruned and
+    one healed, make a handful of operations, not one per object (issue 15)."""
+    kinds = [("", "ConfigMap"), ("apps", "Deployment"), ("", "Service")]
+    entries = [
+        entry(kind, f"object-{i}", Action.CREATED, group=group, namespace=f"ns-{i % 7}")
+        for i in range(200)
+        for group, kind in [kinds[i % 3]]
+    ]
+    with tracing.commit(commit_info()), tracing.stage("apply"):
+        tracing.objects(entries, operation="apply")
+        tracing.objects(entries[:50], operation="prune")
+    for ref in (e.ref for e in entries[:20]):
+        with tracing.heal(
+            sync="shop",
+            ref=ref,
+            revision=SHA,
+            repository_url="https://git.example.com/acme/deploy.git",
+            link_traceparent=None,
+            writers=[],
+            fields=[],
+        ):
+            tracing.objects([entries[0]], operation="apply")
+    spans = exporter.get_finished_spans()
+    assert len(spans) == 2 + 200 + 50 + 20 * 2
+    assert {s.name for s in spans} == {
+        "reconcile shop",
+        "apply",
+        "apply ConfigMap",
+        "apply Deployment",
+        "apply Service",
+        "prune ConfigMap",
+        "prune Deployment",
+        "prune Service",
+        "heal ConfigMap",
+        "heal Deployment",
+        "heal Service",
+    }
+    names = {
+        (s.attributes or {})["aioreconcile.object.name"]
+        for s in spans
+        if s.name.startswith("apply ")
+        and s.attributes
+        and "aioreconcile.object.name" in s.attributes
+    }
+    assert len(names) == 200  # each object is still told apart, by its attributes
 
 
 def test_heal_without_a_valid_annotation_has_no_link(
@@ -339,7 +426,9 @@ def test_heal_without_a_valid_annotation_has_no_link(
     for annotation in (None, "garbage"):
         with tracing.heal(
             sync="shop",
-            entry_ref="ConfigMap/shop/a",
+            ref=WEB,
+            revision=SHA,
+            repository_url="https://git.example.com/acme/deploy.git",
             link_traceparent=annotation,
             writers=[],
             fields=[],
@@ -414,7 +503,13 @@ def test_no_tracing_paths_do_nothing() -> None:
             stage.record_error("x")
             assert root.traceparent is None
         with disabled.heal(
-            sync="s", entry_ref="r", link_traceparent=INCOMING, writers=[], fields=[]
+            sync="s",
+            ref=WEB,
+            revision=SHA,
+            repository_url="",
+            link_traceparent=INCOMING,
+            writers=[],
+            fields=[],
         ) as heal:
             assert heal.traceparent is None
 

@@ -551,13 +551,15 @@ class WatchManager:
             await _first_of(pending[0].synced, self._changed)
 
     def _start(self, key: tuple[str, str]) -> None:
-        assert self._task_group is not None and self._context is not None
+        task_group, context = self._task_group, self._context
+        assert task_group is not None
+        assert context is not None
         watch = self._watches[key]
         scope = anyio.CancelScope()
         self._scopes[key] = scope
         # The new task copies the context current at start_soon: make that run's, not ours.
-        self._context.copy().run(
-            self._task_group.start_soon, self._run_watch, watch, scope, name=f"watch {key}"
+        context.copy().run(
+            lambda: task_group.start_soon(self._run_watch, watch, scope, name=f"watch {key}")
         )
 
     async def _run_watch(self, watch: KindWatch, scope: anyio.CancelScope) -> None:

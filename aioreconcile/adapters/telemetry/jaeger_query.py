@@ -1,8 +1,11 @@
 """``aioreconcile trace SHA``: find a commit's trace through Jaeger's HTTP query API and print it.
 
-The search is a tag query on ``vcs.ref.head.revision`` (set on every commit root span). Fetching
-is plain urllib (the CLI is synchronous and makes one or two requests); everything after the
-fetch is pure and tested without Jaeger: building the tree, formatting it, the JSON view.
+The search is a tag query on ``vcs.ref.head.revision`` (set on every commit root span, and on
+the root of every heal back to that commit). Span names are low-cardinality (``apply
+ConfigMap``); the tree shows each object again from the span's attributes, so what a user reads
+is ``apply ConfigMap/shop/settings`` as before. Fetching is plain urllib (the CLI is synchronous
+and makes one or two requests); everything after the fetch is pure and tested without Jaeger:
+building the tree, formatting it, the JSON view.
 """
 
 import time
@@ -19,6 +22,7 @@ from aioreconcile.engine.errors import AioreconcileError
 
 DEFAULT_JAEGER_URL: Final = "http://127.0.0.1:16686"
 REVISION_TAG: Final = "vcs.ref.head.revision"
+TRIGGER_TAG: Final = "aioreconcile.trigger"  # only on the root of a commit reconcile
 _FULL_SHA_LENGTHS: Final = (40, 64)
 
 
@@ -60,7 +64,8 @@ class SpanRow:
     depth: int
     span_id: str
     parent_id: str | None
-    name: str
+    name: str  # what a reader looks for: the operation, with the object it is about
+    operation: str  # the span's name as exported (``apply ConfigMap``)
     action: str | None
     duration_ms: float
     error: str | None  # the status description ("" when ERROR without one); None when fine
@@ -155,6 +160,11 @@ def find_commit_traces(
     return sorted(tagged, key=_trace_start, reverse=True)
 
 
+def is_commit_trace(trace: JaegerTrace) -> bool:
+    """A commit reconcile's trace (its root says the trigger), not a heal back to that commit."""
+    return any(tag["key"] == TRIGGER_TAG for span in trace["spans"] for tag in span["tags"])
+
+
 def _revisions(trace: JaegerTrace) -> set[str]:
     return {
         str(tag["value"]).lower()
@@ -173,6 +183,25 @@ def _tag(span: JaegerSpan, key: str) -> Any:
         if tag["key"] == key:
             return tag["value"]
     return None
+
+
+def display_name(span: JaegerSpan) -> str:
+    """The operation with the object it is about, from the span's attributes: ``apply
+    ConfigMap`` + ``shop``/``settings`` reads ``apply ConfigMap/shop/settings``, a heal root
+    ``heal Deployment.apps/shop/web`` (its ``aioreconcile.object.ref``)."""
+    operation = span["operationName"]
+    verb = operation.split(" ", 1)[0]
+    ref = _tag(span, "aioreconcile.object.ref")
+    if ref is not None:
+        return f"{verb} {ref}"
+    kind, name = _tag(span, "aioreconcile.object.kind"), _tag(span, "aioreconcile.object.name")
+    if kind is None or name is None:
+        return operation
+    namespace = _tag(span, "k8s.namespace.name")
+    # A Namespace's own name is its k8s.namespace.name; it is no namespace it lives in.
+    if kind == "Namespace" and _tag(span, "aioreconcile.object.api_version") == "v1":
+        namespace = None
+    return f"{verb} {kind}/{namespace}/{name}" if namespace else f"{verb} {kind}/{name}"
 
 
 def _error_of(span: JaegerSpan) -> str | None:
@@ -212,7 +241,8 @@ def span_rows(trace: JaegerTrace) -> list[SpanRow]:
                 depth=depth,
                 span_id=span["spanID"],
                 parent_id=parents[span["spanID"]],
-                name=span["operationName"],
+                name=display_name(span),
+                operation=span["operationName"],
                 action=None if action is None else str(action),
                 duration_ms=span["duration"] / 1000,
                 error=_error_of(span),
@@ -227,12 +257,20 @@ def span_rows(trace: JaegerTrace) -> list[SpanRow]:
     return rows
 
 
-def format_tree(trace: JaegerTrace, *, query_url: str, others: Sequence[str] = ()) -> str:
+def format_tree(
+    trace: JaegerTrace,
+    *,
+    query_url: str,
+    others: Sequence[str] = (),
+    heals: Sequence[str] = (),
+) -> str:
     """What ``aioreconcile trace`` prints: the id, the UI URL, then one line per span."""
     rows = span_rows(trace)
     lines = [f"trace {trace['traceID']}", trace_url(query_url, trace["traceID"])]
     if others:
         lines.append(f"(also for this SHA, older: {', '.join(others)})")
+    if heals:
+        lines.append(f"(heals back to this SHA: {', '.join(heals)})")
     lines.append("")
     names = ["  " * r.depth + r.name for r in rows]
     name_width = max([len("SPAN"), *(len(n) for n in names)])

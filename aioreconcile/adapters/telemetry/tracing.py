@@ -4,6 +4,12 @@
 import the reactor (import-linter keeps them independent), so the commit it receives is typed by
 the ``Commit`` protocol below, which ``reactor.tracing.CommitInfo`` satisfies.
 
+Span names are low-cardinality (``reconcile shop``, ``apply ConfigMap``, ``heal Deployment``,
+``POST /hooks/{name}``): a backend indexes operations by name, so a name per object would grow
+Jaeger's operation list by one entry per object ever applied. Which object a span is about is in
+its attributes (OpenTelemetry's span-name guidance; ``aioreconcile trace`` prints the object
+from them).
+
 Nothing secret is exported: only the attributes named here, repository URLs as
 ``engine.redaction.redact_url`` shows them, and error texts through ``redact_text`` (no
 ``scheme://user:password@``, no URL query). Object bodies never reach a span.
@@ -97,26 +103,39 @@ def parse_traceparent(value: str | None) -> trace.SpanContext | None:
     return span_context if span_context.is_valid else None
 
 
+SHORT_SHA_LENGTH: Final = 7
+"""As GitHub and GitLab show a commit, so the value a user copies from there is searchable."""
+
+
 def object_span_name(ref: ObjectRef, operation: str) -> str:
-    where = f"{ref.namespace}/{ref.name}" if ref.namespace else ref.name
-    return f"{operation} {ref.kind}/{where}"
+    """``apply ConfigMap``: bounded by the kinds in use, never by the objects."""
+    return f"{operation} {ref.kind}"
 
 
-def object_attributes(entry: ChangeSetEntry) -> dict[str, OtelAttributeValue]:
-    """The attributes of one object span: semantic-convention names where they exist, ours
-    always (so a query never depends on the kind having a convention)."""
-    ref = entry.ref
+def _revision_attributes(sha: str) -> dict[str, OtelAttributeValue]:
+    return {"aioreconcile.commit.short_sha": sha[:SHORT_SHA_LENGTH], "vcs.ref.head.revision": sha}
+
+
+def _identity_attributes(ref: ObjectRef) -> dict[str, OtelAttributeValue]:
     attributes: dict[str, OtelAttributeValue] = {
         "aioreconcile.object.kind": ref.kind,
         "aioreconcile.object.name": ref.name,
+        "aioreconcile.object.group": ref.group,
         "aioreconcile.object.api_version": ref.api_version,
-        "aioreconcile.action": entry.action.value,
     }
     if ref.namespace:
         attributes["k8s.namespace.name"] = ref.namespace
     semconv = _K8S_NAME_ATTRIBUTE.get((ref.group, ref.kind))
     if semconv is not None:
         attributes[semconv] = ref.name
+    return attributes
+
+
+def object_attributes(entry: ChangeSetEntry) -> dict[str, OtelAttributeValue]:
+    """The attributes of one object span: semantic-convention names where they exist, ours
+    always (so a query never depends on the kind having a convention)."""
+    attributes = _identity_attributes(entry.ref)
+    attributes["aioreconcile.action"] = entry.action.value
     if entry.resource_version_before is not None:
         attributes["aioreconcile.resource_version.before"] = entry.resource_version_before
     if entry.resource_version_after is not None:
@@ -212,14 +231,17 @@ class OtelTracing:
             if parent is not None
             else otel_context.Context()
         )
+        # The short SHA and the trigger first: Jaeger lists a span's tags in the order sent, so
+        # they are what a reader sees first on the root of ``reconcile shop``.
         attributes: dict[str, OtelAttributeValue] = {
+            "aioreconcile.commit.short_sha": info.sha[:SHORT_SHA_LENGTH],
+            "aioreconcile.trigger": info.trigger,
+            "vcs.ref.head.revision": info.sha,
             "vcs.repository.url.full": redact_url(info.repository_url),
             "vcs.ref.head.name": info.ref,
-            "vcs.ref.head.revision": info.sha,
             "vcs.ref.type": info.ref_type,
             "vcs.ref.head.type": info.ref_type,
             "aioreconcile.sync": info.sync,
-            "aioreconcile.trigger": info.trigger,
         }
         if info.author:
             attributes["aioreconcile.commit.author"] = redact_text(info.author)
@@ -228,7 +250,9 @@ class OtelTracing:
         span = self._tracer.start_span(
             f"reconcile {info.sync}",
             context=context,
-            kind=trace.SpanKind.SERVER if info.trigger == "push" else trace.SpanKind.INTERNAL,
+            # A push is consumed from the work queue after its webhook request (the SERVER span,
+            # ``request``) was answered: OpenTelemetry's messaging conventions call that CONSUMER.
+            kind=trace.SpanKind.CONSUMER if info.trigger == "push" else trace.SpanKind.INTERNAL,
             attributes=attributes,
             start_time=_ns(info.started_at),
         )
@@ -264,26 +288,67 @@ class OtelTracing:
         self,
         *,
         sync: str,
-        entry_ref: str,
+        ref: ObjectRef,
+        revision: str,
+        repository_url: str,
         link_traceparent: str | None,
         writers: Sequence[str],
         fields: Sequence[str],
     ) -> AbstractContextManager[OtelSpan]:
+        """``heal <Kind>``: a root of its own, carrying the revision it heals back to (so a
+        search by SHA finds it) and the linked commit trace's id as an attribute (Jaeger's UI
+        shows a link only as "span in another trace" with a span id)."""
         linked = parse_traceparent(link_traceparent)
         links = (
             [trace.Link(linked, {"aioreconcile.link": "last applied by"})]
             if linked is not None
             else []
         )
+        attributes = _revision_attributes(revision)
+        attributes["vcs.repository.url.full"] = redact_url(repository_url)
+        attributes["aioreconcile.sync"] = sync
+        attributes["aioreconcile.object.ref"] = str(ref)
+        attributes |= _identity_attributes(ref)
+        if linked is not None:
+            attributes["aioreconcile.commit.trace_id"] = format(linked.trace_id, "032x")
+        attributes["aioreconcile.drift.writers"] = [redact_text(w) for w in writers]
+        attributes["aioreconcile.drift.fields"] = [redact_text(f) for f in fields]
         span = self._tracer.start_span(
-            f"heal {entry_ref}",
+            f"heal {ref.kind}",
             context=otel_context.Context(),
             links=links,
-            attributes={
-                "aioreconcile.sync": sync,
-                "aioreconcile.object.ref": entry_ref,
-                "aioreconcile.drift.writers": [redact_text(w) for w in writers],
-                "aioreconcile.drift.fields": [redact_text(f) for f in fields],
-            },
+            attributes=attributes,
+        )
+        return _current(span)
+
+    def request(
+        self,
+        *,
+        method: str,
+        route: str,
+        path: str,
+        scheme: str,
+        user_agent: str | None,
+        traceparent: str | None,
+    ) -> AbstractContextManager[OtelSpan]:
+        """The SERVER span of one webhook request (``POST /hooks/{name}``), continuing the
+        sender's ``traceparent`` when valid. Only what HTTP's semantic conventions name, as the
+        caller gives them (the caller scrubs the path); never a header or the body."""
+        parent = parse_traceparent(traceparent)
+        context = (
+            trace.set_span_in_context(trace.NonRecordingSpan(parent))
+            if parent is not None
+            else otel_context.Context()
+        )
+        attributes: dict[str, OtelAttributeValue] = {
+            "http.request.method": method,
+            "http.route": route,
+            "url.path": path,
+            "url.scheme": scheme,
+        }
+        if user_agent:
+            attributes["user_agent.original"] = redact_text(user_agent)
+        span = self._tracer.start_span(
+            f"{method} {route}", context=context, kind=trace.SpanKind.SERVER, attributes=attributes
         )
         return _current(span)

@@ -9,6 +9,11 @@ Order of checks, each answered with its own status (see docs/webhooks.md): unkno
 404 -> body over the cap 413 (or not complete in time 408) -> signature 401 -> malformed
 payload 400 -> ping 200 -> repeated delivery 200 -> nothing to do 202 -> triggered 202.
 
+Every request is a SERVER span (``POST /hooks/{name}``) when tracing is on, with HTTP's
+semantic-convention attributes and nothing of the headers or body; the pushes it triggers carry
+that span's context, so each reconcile is its child (see docs/tracing.md for why the request is
+a span of its own).
+
 Every string that came from the request and is printed (refs, event names, delivery ids, the
 reasons quoting them) goes through ``engine.redaction.printable`` first; the body itself is
 never logged nor echoed.
@@ -17,10 +22,12 @@ never logged nor echoed.
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
+from typing import Protocol
 
 from aiohttp import web
 
@@ -49,6 +56,66 @@ from aioreconcile.engine.webhooks import (
 logger = logging.getLogger(__name__)
 
 _TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+ROUTE = "/hooks/{name}"
+_USER_AGENT_MAX = 256
+
+
+class RequestSpan(Protocol):
+    """An open span (``adapters.telemetry.tracing.OtelSpan`` satisfies it)."""
+
+    def set_attributes(self, attributes: Mapping[str, str | int | Sequence[str]]) -> None: ...
+
+    def record_error(self, message: str, *, error: BaseException | None = None) -> None: ...
+
+    @property
+    def traceparent(self) -> str | None: ...
+
+
+class RequestTracing(Protocol):
+    """Opens the SERVER span of a request (``adapters.telemetry.tracing.OtelTracing``)."""
+
+    def request(
+        self,
+        *,
+        method: str,
+        route: str,
+        path: str,
+        scheme: str,
+        user_agent: str | None,
+        traceparent: str | None,
+    ) -> AbstractContextManager[RequestSpan]: ...
+
+
+class _NoSpan:
+    def set_attributes(self, attributes: Mapping[str, str | int | Sequence[str]]) -> None:
+        return None
+
+    def record_error(self, message: str, *, error: BaseException | None = None) -> None:
+        return None
+
+    @property
+    def traceparent(self) -> str | None:
+        return None
+
+
+class NoRequestTracing:
+    """Tracing off: no span, and the sender's ``traceparent`` passes through to the pushes."""
+
+    @contextmanager
+    def _nothing(self) -> Iterator[RequestSpan]:
+        yield _NoSpan()
+
+    def request(
+        self,
+        *,
+        method: str,
+        route: str,
+        path: str,
+        scheme: str,
+        user_agent: str | None,
+        traceparent: str | None,
+    ) -> AbstractContextManager[RequestSpan]:
+        return self._nothing()
 
 
 class SecretError(AioreconcileError):
@@ -83,6 +150,7 @@ class _Hooks:
     enqueue: Callable[[Push], None]
     deliveries: DeliveryLog
     body_timeout_s: float
+    tracing: RequestTracing
 
 
 HOOKS = web.AppKey("hooks", _Hooks)
@@ -122,13 +190,15 @@ def build_app(
     enqueue: Callable[[Push], None],
     deliveries: DeliveryLog | None = None,
     body_timeout_s: float = ListenerLimits.body_timeout_s,
+    tracing: RequestTracing | None = None,
 ) -> web.Application:
     """The aiohttp application serving ``POST /hooks/{name}`` for ``receivers`` (and nothing
     else: a 404 for any other path, as JSON).
 
     ``secrets`` maps receiver names to their secrets (``load_secret``); ``syncs`` is called per
     delivery so config reloads and CRD edits are seen at once; ``enqueue`` must not block;
-    a body not complete within ``body_timeout_s`` is answered 408.
+    a body not complete within ``body_timeout_s`` is answered 408; ``tracing`` opens a SERVER
+    span per request (none when omitted).
     """
     table: dict[str, _Receiver] = {}
     for spec in receivers:
@@ -140,8 +210,8 @@ def build_app(
         table[spec.name] = _Receiver(spec, secret)
     app = web.Application(middlewares=[json_errors])
     log = deliveries if deliveries is not None else DeliveryLog()  # an empty log is falsy
-    app[HOOKS] = _Hooks(table, syncs, enqueue, log, body_timeout_s)
-    app.router.add_post("/hooks/{name}", _handle)
+    app[HOOKS] = _Hooks(table, syncs, enqueue, log, body_timeout_s, tracing or NoRequestTracing())
+    app.router.add_post(ROUTE, _traced)
     return app
 
 
@@ -151,12 +221,51 @@ def _answer(
     return json_answer(http_status, outcome, printable(reason), triggered)
 
 
-async def _handle(request: web.Request) -> web.Response:
+async def _traced(request: web.Request) -> web.Response:
+    """``_handle`` inside the request's SERVER span: method, route, path, scheme, user agent
+    and status code, as HTTP's semantic conventions name them. The path is exported only when
+    it names a configured receiver (a receiver's name is configuration, not a secret); any
+    other is shown as ``/hooks/REDACTED``, since a path can itself be the secret (a Receiver
+    resource's path is derived from its token, docs/crds.md). 5xx is an error, 4xx is not (the
+    conventions for SERVER spans)."""
+    hooks = request.app[HOOKS]
+    name = request.match_info["name"]
+    known = name in hooks.receivers
+    user_agent = request.headers.get("User-Agent")
+    with hooks.tracing.request(
+        method=request.method,
+        route=ROUTE,
+        path=f"/hooks/{name}" if known else "/hooks/REDACTED",
+        scheme=request.scheme,
+        user_agent=printable(user_agent[:_USER_AGENT_MAX]) if user_agent else None,
+        traceparent=request.headers.get("traceparent"),
+    ) as span:
+        try:
+            response: web.Response | web.HTTPException = await _handle(request, span)
+        except web.HTTPException as e:
+            response = e  # raised below, outside the span: a 4xx is no error of the span
+        except Exception:
+            span.set_attributes({"http.response.status_code": 500})
+            raise  # the span records the exception; json_errors answers 500
+        _responded(span, response.status)
+    if isinstance(response, web.HTTPException):
+        raise response
+    return response
+
+
+def _responded(span: RequestSpan, status: int) -> None:
+    span.set_attributes({"http.response.status_code": status})
+    if status >= 500:
+        span.record_error(f"HTTP {status}")
+
+
+async def _handle(request: web.Request, span: RequestSpan) -> web.Response:
     hooks = request.app[HOOKS]
     name = request.match_info["name"]
     receiver = hooks.receivers.get(name)
     if receiver is None:
         return _answer(404, Outcome.UNKNOWN_RECEIVER, "no such receiver")
+    span.set_attributes({"aioreconcile.receiver": name})
     spec = receiver.spec
     log = {"receiver": spec.name, "provider": str(spec.provider)}
     try:
@@ -200,12 +309,15 @@ async def _handle(request: web.Request) -> web.Response:
         return _answer(200, Outcome.DUPLICATE, "delivery already received")
 
     try:
-        triggers, reason = _trigger(hooks, spec, delivery.pushes, headers.get("traceparent"), log)
+        # The reconciles continue this request's span; without tracing, the sender's context.
+        context = span.traceparent or headers.get("traceparent")
+        triggers, reason = _trigger(hooks, spec, delivery.pushes, context, log)
     except Exception:
         # The sender will retry; the retry must not be taken for a duplicate.
         hooks.deliveries.forget(spec.name, delivery.delivery_id)
         logger.exception("webhook triggers could not be enqueued", extra=log)
         return _answer(503, Outcome.UNAVAILABLE, "could not enqueue; retry later")
+    span.set_attributes({"aioreconcile.webhook.triggered": triggers})
     if not triggers:
         return _answer(202, Outcome.IGNORED, reason)
     return _answer(202, Outcome.ACCEPTED, reason, triggers)
