@@ -2,7 +2,10 @@
 apiserver; a drift heal is its own trace, linked to the commit trace."""
 
 import json
+import logging
 import secrets
+import subprocess
+import sys
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
@@ -46,6 +49,24 @@ def _tags(span: dict[str, Any]) -> dict[str, Any]:
     return {tag["key"]: tag["value"] for tag in span["tags"]}
 
 
+def _parent(span: dict[str, Any]) -> str | None:
+    return next(
+        (r["spanID"] for r in span["references"] if r["refType"] == "CHILD_OF"),
+        None,
+    )
+
+
+def _heal_root(trace: dict[str, Any]) -> dict[str, Any] | None:
+    return next(
+        (
+            s
+            for s in trace["spans"]
+            if s["operationName"].startswith("heal ") and _parent(s) is None
+        ),
+        None,
+    )
+
+
 async def test_a_pushed_commit_is_one_trace_and_a_heal_links_back_to_it(
     kube: Kube,
     namespace: str,
@@ -84,13 +105,35 @@ async def test_a_pushed_commit_is_one_trace_and_a_heal_links_back_to_it(
         (trace,) = traces
         spans = {span["operationName"]: span for span in trace["spans"]}
         root = spans["reconcile app"]
-        object_spans = [s for name, s in spans.items() if name.startswith("apply ConfigMap/")]
+        object_spans = [s for s in trace["spans"] if s["operationName"] == "apply ConfigMap"]
         assert _tags(root)["vcs.ref.head.revision"] == second
+        assert _tags(root)["aioreconcile.commit.short_sha"] == second[:7]
         assert _tags(root)["aioreconcile.trigger"] == "push"
         assert _tags(root)["aioreconcile.commit.subject"] == "bump every value"
-        assert {"git fetch", "render", "apply", "apply namespaced"} <= set(spans)
+        assert _tags(root)["aioreconcile.objects.configured"] == 5
+        assert _tags(root)["aioreconcile.reason"] == "ReconciliationSucceeded"
+        children = {s["operationName"] for s in trace["spans"] if _parent(s) == root["spanID"]}
+        assert {
+            "git fetch",
+            "render",
+            "apply",
+            "inventory read",
+            "inventory write",
+            "watch sync",
+            "status update",
+        } <= children
+        assert "apply namespaced" in spans
         assert len(object_spans) == 5
         assert {_tags(s)["aioreconcile.action"] for s in object_spans} == {"configured"}
+        assert {_tags(s)["aioreconcile.object.name"] for s in object_spans} == set(names)
+        # The webhook request is the SERVER span; the reconcile is its CONSUMER child.
+        request = spans["POST /hooks/{name}"]
+        assert _parent(root) == request["spanID"]
+        assert _parent(request) is None
+        assert _tags(request)["http.response.status_code"] == 202
+        assert _tags(request)["url.path"] == "/hooks/github"
+        assert _tags(root)["span.kind"] == "consumer"
+        assert _tags(request)["span.kind"] == "server"
         assert _tags(root)["aioreconcile.push.hinted_revision"] == second
 
         # A replay of an old delivery only looks at the ref; its head is applied already, so no
@@ -119,24 +162,112 @@ async def test_a_pushed_commit_is_one_trace_and_a_heal_links_back_to_it(
         )
 
         async def heal_traces() -> list[dict[str, Any]]:
-            found = await _traces(jaeger, service, tags={"aioreconcile.sync": "app"})
-            return [
-                t
-                for t in found
-                if any(s["operationName"] == f"heal ConfigMap/{namespace}/cm-0" for s in t["spans"])
-            ]
+            # A heal carries the revision it heals back to: the SHA's search finds it too.
+            found = await _traces(jaeger, service, tags={"vcs.ref.head.revision": second})
+            return [t for t in found if _heal_root(t) is not None]
 
         (heal,) = await _eventually(heal_traces)
-        heal_root = next(
-            s for s in heal["spans"] if not any(r["refType"] == "CHILD_OF" for r in s["references"])
-        )
-        assert heal_root["operationName"] == f"heal ConfigMap/{namespace}/cm-0"
-        assert f"apply ConfigMap/{namespace}/cm-0" in {s["operationName"] for s in heal["spans"]}
+        heal_root = _heal_root(heal)
+        assert heal_root is not None
+        healed = _tags(heal_root)
+        assert heal_root["operationName"] == "heal ConfigMap"
+        assert healed["aioreconcile.object.ref"] == f"ConfigMap/{namespace}/cm-0"
+        assert healed["vcs.ref.head.revision"] == second
+        assert healed["vcs.repository.url.full"] == running.url
+        assert healed["aioreconcile.commit.trace_id"] == trace["traceID"]
+        assert "apply ConfigMap" in {s["operationName"] for s in heal["spans"]}
         assert heal["traceID"] != trace["traceID"]
         assert trace["traceID"] in {ref["traceID"] for ref in heal_root["references"]}
-        assert "intruder" in json.dumps(_tags(heal_root))
+        assert "intruder" in json.dumps(healed)
+
+        # `aioreconcile trace` shows the commit trace, each object by name, and names the heal.
+        shown = await anyio.to_thread.run_sync(
+            lambda: subprocess.run(
+                [
+                    *(sys.executable, "-m", "aioreconcile.cli", "trace", second),
+                    *("--jaeger", jaeger.query_url, "--service", service),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+        )
+        assert shown.returncode == 0, shown.stderr
+        assert f"trace {trace['traceID']}" in shown.stdout
+        for name in names:
+            assert f"apply ConfigMap/{namespace}/{name}  configured" in shown.stdout
+        assert f"(heals back to this SHA: {heal['traceID']})" in shown.stdout
 
     everything = await anyio.to_thread.run_sync(
         lambda: _query(jaeger, "/api/traces", service=service, limit="100")
     )
     assert SECRET not in json.dumps(everything)
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def only(self, message: str) -> list[logging.LogRecord]:
+        return [r for r in self.records if r.getMessage() == message]
+
+
+async def test_every_log_line_carries_the_trace_of_the_work_it_describes_or_none(
+    kube: Kube,
+    namespace: str,
+    upstream: Callable[[str], Upstream],
+    git_daemon: str,
+    tmp_path: Path,
+    jaeger: Jaeger,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 15: the watch task kept the first poll's trace context, so "drift detected" carried
+    that old commit's trace id, and "drift healed" carried none. Detection happens in the watch
+    task, before any heal exists: no trace. The heal's lines carry the heal's trace."""
+    service = f"aioreconcile-e2e-{secrets.token_hex(3)}"
+    monkeypatch.setenv("TEST_WEBHOOK_SECRET", SECRET)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", jaeger.otlp_http_endpoint)
+    monkeypatch.setenv("OTEL_SERVICE_NAME", service)
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
+    caplog.set_level(logging.INFO, logger="aioreconcile")
+    records = _Records()
+    logging.getLogger().addHandler(records)  # before the controller installs correlation
+    repo = upstream("correlated")
+    first = repo.commit({"deploy/objects.yaml": yaml.safe_dump(config_map("cm", namespace, v="1"))})
+    try:
+        async with controller(kube, namespace, repo, git_daemon, tmp_path) as running:
+            await running.wait_for(lambda: applied(running, first))
+            stored = await running.core.read_namespaced_config_map("cm", namespace)
+            commit_trace = stored.metadata.annotations["aioreconcile.dev/traceparent"].split("-")[1]
+            await running.core.patch_namespaced_config_map(
+                "cm", namespace, {"data": {"v": "edited"}}, field_manager="intruder"
+            )
+
+            async def healed() -> bool:
+                cm = await running.core.read_namespaced_config_map("cm", namespace)
+                return bool(cm.data == {"v": "1"}) and bool(records.only("drift healed"))
+
+            await running.wait_for(healed)
+
+            async def heal_traces() -> list[dict[str, Any]]:
+                found = await _traces(jaeger, service, tags={"aioreconcile.sync": "app"})
+                return [t for t in found if _heal_root(t) is not None]
+
+            (heal,) = await _eventually(heal_traces)
+    finally:
+        logging.getLogger().removeHandler(records)
+
+    (reconciled,) = records.only("reconciled")
+    assert getattr(reconciled, "trace_id", None) == commit_trace
+    detected = records.only("drift detected")
+    assert detected
+    assert {getattr(r, "trace_id", None) for r in detected} == {None}
+    (heal_line,) = records.only("drift healed")
+    assert getattr(heal_line, "trace_id", None) == heal["traceID"]
+    assert heal["traceID"] != commit_trace
