@@ -34,7 +34,7 @@ class CommitInfo:
     author: str = ""
     subject: str = ""
     trigger: str = "poll"  # "push" | "poll" | "spec"
-    parent_traceparent: str | None = None  # from the webhook request, continued if valid
+    parent_traceparent: str | None = None  # the webhook request's span (or its sender's)
     started_at: float | None = None  # time.time() the webhook arrived; None: now
 
 

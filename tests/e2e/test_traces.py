@@ -121,6 +121,7 @@ async def test_a_pushed_commit_is_one_trace_and_a_heal_links_back_to_it(
             "inventory write",
             "watch sync",
             "status update",
+            "after reconcile",
         } <= children
         assert "apply namespaced" in spans
         assert len(object_spans) == 5

@@ -231,8 +231,9 @@ class OtelTracing:
             if parent is not None
             else otel_context.Context()
         )
-        # The short SHA and the trigger first: Jaeger lists a span's tags in the order sent, so
-        # they are what a reader sees first on the root of ``reconcile shop``.
+        # The short SHA and the trigger first, for backends that show attributes in the order
+        # sent (OTLP keeps it). Jaeger sorts tags by key: there the ``aioreconcile.*`` ones,
+        # short SHA and trigger among them, come before the ``vcs.*`` ones.
         attributes: dict[str, OtelAttributeValue] = {
             "aioreconcile.commit.short_sha": info.sha[:SHORT_SHA_LENGTH],
             "aioreconcile.trigger": info.trigger,
