@@ -201,3 +201,91 @@ async def test_trace_command_says_when_nothing_matches(
 def test_trace_command_reports_an_unreachable_jaeger(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["trace", "abc", "--jaeger", "http://127.0.0.1:9"]) == 2
     assert "cannot query Jaeger" in capsys.readouterr().err
+
+
+async def test_a_thousand_objects_make_a_handful_of_operations_in_jaeger(jaeger: Jaeger) -> None:
+    """Issue 15 at the size it was seen: 1,000 objects of 3 kinds, applied, into the real Jaeger.
+    Its operation list (the search page's Operation menu) has one entry per kind, not one per
+    object, and `aioreconcile trace` still shows every object by name."""
+    service = f"aioreconcile-test-{secrets.token_hex(3)}"
+    sha = secrets.token_hex(20)
+    kinds = [("", "ConfigMap"), ("apps", "Deployment"), ("", "Service")]
+    began = time.time()
+    entries = [
+        ChangeSetEntry(
+            ObjectRef(kinds[i % 3][0], kinds[i % 3][1], "shop", f"object-{i}", "v1"),
+            Action.CREATED,
+            duration_s=0.001,
+            started_at=began + i / 1e4,
+        )
+        for i in range(1000)
+    ]
+
+    def emit() -> None:
+        handle = start_tracing(
+            TracingSettings(endpoint=jaeger.otlp_http_endpoint, service_name=service)
+        )
+        assert handle.tracing is not None
+        info = CommitInfo(
+            sync="shop",
+            repository_url="https://git.example.com/acme/deploy.git",
+            ref="main",
+            ref_type="branch",
+            sha=sha,
+            trigger="poll",
+        )
+        with handle.tracing.commit(info), handle.tracing.stage("apply"):
+            handle.tracing.objects(entries, operation="apply")
+        handle.shutdown()
+
+    await anyio.to_thread.run_sync(emit)
+    url = search_url(
+        jaeger.query_url,
+        service=service,
+        tags={"vcs.ref.head.revision": sha},
+        lookback="1h",
+        limit=5,
+    )
+
+    def stored() -> int:
+        try:
+            return sum(len(t["spans"]) for t in _get(url).get("data") or [])
+        except urllib.error.HTTPError:
+            return 0  # the service is unknown until its first span is stored
+
+    with anyio.fail_after(30):
+        while await anyio.to_thread.run_sync(stored) < 1002:
+            await anyio.sleep(0.2)
+    operations = await anyio.to_thread.run_sync(
+        _get, f"{jaeger.query_url}/api/services/{service}/operations"
+    )
+    assert sorted(operations["data"]) == [
+        "apply",
+        "apply ConfigMap",
+        "apply Deployment",
+        "apply Service",
+        "reconcile shop",
+    ]
+
+    cli = await anyio.to_thread.run_sync(
+        lambda: subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "aioreconcile.cli",
+                "trace",
+                sha,
+                "--jaeger",
+                jaeger.query_url,
+                "--service",
+                service,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    )
+    assert cli.returncode == 0, cli.stderr
+    shown = {line.split()[1] for line in cli.stdout.splitlines() if line.startswith("    apply ")}
+    assert shown == {f"{kinds[i % 3][1]}/shop/object-{i}" for i in range(1000)}
