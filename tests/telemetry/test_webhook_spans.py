@@ -2,6 +2,7 @@
 (never a header or the body), and the reconcile it triggers is its CONSUMER child: over real
 HTTP on loopback, spans in an in-memory exporter."""
 
+import logging
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
@@ -13,6 +14,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
+from aioreconcile.adapters.telemetry.correlating import TraceContextFilter
 from aioreconcile.adapters.telemetry.tracing import OtelTracing
 from aioreconcile.adapters.webhook.receiving import build_app
 from aioreconcile.engine.triggers import Push
@@ -153,3 +155,17 @@ async def test_without_tracing_the_senders_context_still_reaches_the_push(
     assert push.event is not None
     assert push.event.traceparent == TRACEPARENT
     assert provider[1].get_finished_spans() == ()
+
+
+async def test_the_webhook_log_line_carries_the_requests_trace(
+    traced: Traced, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.handler.addFilter(TraceContextFilter())
+    body = github_push()
+    with caplog.at_level(logging.INFO, logger="aioreconcile.adapters.webhook"):
+        await traced.client.post("/hooks/github", data=body, headers=github_headers(body))
+
+    (request,) = traced.spans()
+    assert request.context is not None
+    (line,) = [r for r in caplog.records if r.getMessage().startswith("webhook push")]
+    assert getattr(line, "trace_id", None) == f"{request.context.trace_id:032x}"
