@@ -1,8 +1,13 @@
 """Did a watched object drift from what its sync applied? Decided from data alone.
 
-Only what we declared counts: a field owned by someone else (an HPA's ``replicas``, a defaulted
-field, ``status``) never makes an object drifted, so we never fight another controller over a
-field we do not set. Our own writes are recognised by the resourceVersion our apply returned.
+Drift is judged on what the server stored for our fields, never on the manifest as written:
+``cpu: 1`` is stored as ``"1"``, ``0.5`` as ``500m``, a port gains ``protocol: TCP``, and
+comparing the manifest would take every status update for drift. The controller keeps, per
+object, ``planning.as_stored`` of our own apply's response (our managed fields only) and each
+event is compared with it by ``planning.differences``, the comparison planning uses too. A field
+owned by someone else (an HPA's ``replicas``, a defaulted field, ``status``, another manager's
+annotation) never makes an object drifted, so we never fight another controller over a field we
+do not set. Our own writes are also recognised by the resourceVersion our apply returned.
 """
 
 from collections import deque
@@ -13,7 +18,7 @@ from typing import Any, Final
 from aioreconcile.engine.events import EventType, WatchEvent
 from aioreconcile.engine.model import JsonObject, ObjectRef
 from aioreconcile.engine.naming import DISABLED, FIELD_MANAGER, RECONCILE_ANNOTATION
-from aioreconcile.engine.planning import VOLATILE_ANNOTATIONS, Decision, decide
+from aioreconcile.engine.planning import differences, opted_out
 
 
 class DriftKind(StrEnum):
@@ -54,50 +59,41 @@ def foreign_writers(live: JsonObject, *, field_manager: str = FIELD_MANAGER) -> 
     return tuple(dict.fromkeys(ordered))
 
 
-def differing_fields(desired: object, live: object, path: str = "") -> list[str]:
-    """Paths of values we declare that live holds differently (``data.key``, ``spec.replicas``).
-    Lists are compared whole; volatile stamps are skipped."""
-    if isinstance(desired, dict) and isinstance(live, dict):
-        found: list[str] = []
-        for key, value in desired.items():
-            child = f"{path}.{key}" if path else str(key)
-            if path == "metadata.annotations" and key in VOLATILE_ANNOTATIONS:
-                continue
-            if key not in live:
-                found.append(child)
-            else:
-                found += differing_fields(value, live[key], child)
-        return found
-    return [] if desired == live and type(desired) is type(live) else [path or "."]
+def differing_fields(stored: JsonObject, live: JsonObject | None) -> list[str]:
+    """Paths of our fields whose live value differs from what the server stored for us
+    (``data.key``, ``spec.template.spec.containers[name=web].image``); ``.`` when deleted."""
+    return differences(stored, live)
 
 
 def judge(
     event: WatchEvent,
     desired: JsonObject | None,
     *,
+    stored: JsonObject | None,
     our_resource_version: str | None,
     field_manager: str = FIELD_MANAGER,
 ) -> DriftVerdict:
-    """The verdict for one watch event against the object its sync last applied."""
+    """The verdict for one watch event against what its sync's last apply stored.
+
+    ``stored`` is ``planning.as_stored`` of our apply's response; without it (the apply failed
+    or was skipped) only a deletion counts. A DELETED event from our label-selected watch also
+    comes for an object that merely lost our label: the heal reads it back and restores it.
+    """
     if desired is None:
         return DriftVerdict(DriftKind.NONE, "no sync declares this object")
-    if _annotations(desired).get(RECONCILE_ANNOTATION) == DISABLED or (
-        _annotations(event.object).get(RECONCILE_ANNOTATION) == DISABLED
-    ):
+    if opted_out(desired, event.object):
         return DriftVerdict(DriftKind.OPTED_OUT, f"annotated {RECONCILE_ANNOTATION}: {DISABLED}")
     if event.type is EventType.DELETED:
-        return DriftVerdict(DriftKind.DELETED, "deleted by someone else")
+        return DriftVerdict(DriftKind.DELETED, "deleted, or no longer labelled as ours")
     if our_resource_version is not None and event.resource_version == our_resource_version:
         return DriftVerdict(DriftKind.NONE, "our own write")
-    decision = decide(desired, event.object, field_manager=field_manager)
-    if decision is Decision.UNCHANGED:
+    if stored is None:
+        return DriftVerdict(DriftKind.NONE, "not applied by us yet")
+    fields = tuple(differences(stored, event.object))
+    if not fields:
         return DriftVerdict(DriftKind.NONE, "only fields we do not declare changed")
-    fields = tuple(differing_fields(desired, event.object))
     writers = foreign_writers(event.object, field_manager=field_manager)
-    if decision is Decision.VERIFY and not fields:
-        # The values we declare are all there (a server-normalised form, say): nothing to heal.
-        return DriftVerdict(DriftKind.NONE, "declared values unchanged")
-    reason = f"changed {', '.join(fields) or 'fields we own'}"
+    reason = f"changed {', '.join(fields)}"
     if writers:
         reason += f" (by {writers[0]})"
     return DriftVerdict(DriftKind.CHANGED, reason, writers, fields)

@@ -1,7 +1,7 @@
 """Our error hierarchy. Adapters map library exceptions to these (``raise ... from e``) so the
 reactor and the CLI decide on retries and messages without knowing any client library."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 class AioreconcileError(Exception):
@@ -19,6 +19,9 @@ class ApiError(AioreconcileError):
     status: int
     reason: str
     message: str
+    causes: tuple[tuple[str, str], ...] = field(default=(), kw_only=True)
+    """(field, message) of each ``details.causes`` entry of the server's Status (422 Invalid
+    names every refused field there)."""
 
     def __str__(self) -> str:
         return f"{self.reason or 'Error'} ({self.status}): {self.message}"

@@ -14,7 +14,12 @@ REVISION_ANNOTATION: Final = f"{DOMAIN}/revision"
 TRACEPARENT_ANNOTATION: Final = f"{DOMAIN}/traceparent"
 PRUNE_ANNOTATION: Final = f"{DOMAIN}/prune"
 RECONCILE_ANNOTATION: Final = f"{DOMAIN}/reconcile"
+ADOPT_ANNOTATION: Final = f"{DOMAIN}/adopt"
+"""On a desired object: take it over even though it carries another sync's label."""
+FORCE_ANNOTATION: Final = f"{DOMAIN}/force"
+"""On a desired object: recreate it when the server refuses a change of an immutable field."""
 DISABLED: Final = "disabled"
+ENABLED: Final = "enabled"
 
 _LABEL_VALUE_MAX: Final = 63
 

@@ -6,7 +6,7 @@ from enum import StrEnum
 
 from aioreconcile.engine.changeset import ChangeSet
 from aioreconcile.engine.health import Health
-from aioreconcile.engine.model import ObjectRef
+from aioreconcile.engine.model import JsonObject, ObjectRef
 
 
 class Reason(StrEnum):
@@ -35,6 +35,9 @@ class SyncOutcome:
     prune_note: str | None = None
     not_ready: tuple[tuple[ObjectRef, Health], ...] = ()
     inventory_size: int | None = None
+    # Each applied object as the server returned it (or as listed, when unchanged): the drift
+    # watch compares later events with what the server stored for our fields.
+    live: dict[ObjectRef, JsonObject] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def ok(self) -> bool:

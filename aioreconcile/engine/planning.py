@@ -18,11 +18,18 @@ from collections.abc import Callable, Iterable, Mapping
 from enum import Enum, IntEnum, StrEnum
 from typing import Any, Final, TypeVar
 
+from aioreconcile.engine.changeset import Action
+from aioreconcile.engine.errors import ApiError
 from aioreconcile.engine.model import JsonObject, Manifest, ManifestError, ObjectRef
 from aioreconcile.engine.naming import (
+    ADOPT_ANNOTATION,
+    DISABLED,
+    ENABLED,
     FIELD_MANAGER,
+    FORCE_ANNOTATION,
     MANAGED_BY_LABEL,
     MANAGED_BY_VALUE,
+    RECONCILE_ANNOTATION,
     REVISION_ANNOTATION,
     SYNC_LABEL,
     TRACEPARENT_ANNOTATION,
@@ -112,6 +119,82 @@ def stamp(body: JsonObject, *, sync: str, revision: str, traceparent: str | None
     return stamped
 
 
+def opted_out(desired: JsonObject, live: JsonObject | None) -> bool:
+    """``aioreconcile.dev/reconcile: disabled`` in Git or on the live object."""
+    return _annotations(desired).get(RECONCILE_ANNOTATION) == DISABLED or (
+        live is not None and _annotations(live).get(RECONCILE_ANNOTATION) == DISABLED
+    )
+
+
+def refusal(
+    desired: JsonObject, live: JsonObject | None, *, sync: str
+) -> tuple[Action, str] | None:
+    """Whether an existing object must be left alone before anything is decided about it.
+
+    - annotated ``aioreconcile.dev/reconcile: disabled`` (in Git or live): ``SKIPPED``, for new
+      commits as for drift; an object not there yet is still created (as Flux does);
+    - labelled as another sync's: ``FAILED``, naming both syncs, unless the object in Git is
+      annotated ``aioreconcile.dev/adopt: enabled``. Two syncs declaring one object would
+      otherwise take it from each other on every commit, silently (Argo CD reports this as a
+      shared resource); the rest of the sync goes on.
+    """
+    if live is None:
+        return None
+    if opted_out(desired, live):
+        return Action.SKIPPED, f"annotated {RECONCILE_ANNOTATION}: {DISABLED}"
+    metadata = live.get("metadata")
+    labels = metadata.get("labels") if isinstance(metadata, dict) else None
+    owner = labels.get(SYNC_LABEL) if isinstance(labels, dict) else None
+    if owner and owner != sync and _annotations(desired).get(ADOPT_ANNOTATION) != ENABLED:
+        return Action.FAILED, (
+            f"belongs to sync {owner!r} ({SYNC_LABEL}); sync {sync!r} declares it too: "
+            f"remove it from one of them, or annotate it {ADOPT_ANNOTATION}: {ENABLED} in "
+            f"sync {sync!r}'s source to take it over"
+        )
+    return None
+
+
+_IMMUTABLE_PHRASES: Final = (
+    "field is immutable",
+    "is immutable",
+    "may not change once set",
+    "updates to statefulset spec for fields other than",
+    "cannot be changed",
+)
+
+
+def immutable_fields(error: ApiError) -> tuple[tuple[str, str], ...]:
+    """(field, why) for each field the server refused to change in place (422 Invalid for an
+    immutable field: a Job's template, a Service's clusterIP, a selector), from its Status
+    ``details.causes``; empty when the error is anything else, so a merely invalid manifest
+    never triggers a recreate. ``why`` is the cause's last clause (``field is immutable``),
+    without the value the server quotes, which may be large or hold a Secret's data.
+    """
+    if error.status != 422:
+        return ()
+    immutable = {
+        field or "(unnamed)": message.rpartition(": ")[2]
+        for field, message in error.causes
+        if any(phrase in message for phrase in _IMMUTABLE_PHRASES)
+    }
+    return tuple(immutable.items())
+
+
+def immutable_error(ref: ObjectRef, immutable: Iterable[tuple[str, str]]) -> str:
+    """The failure of an object whose immutable fields changed: names it, them, and the way out."""
+    fields = ", ".join(f"{field} ({why})" for field, why in immutable)
+    return (
+        f"{ref}: immutable field {fields}: cannot be changed in place; annotate it "
+        f"{FORCE_ANNOTATION}: {ENABLED} in Git to have it deleted and recreated"
+    )
+
+
+def may_recreate(desired: JsonObject) -> bool:
+    """``aioreconcile.dev/force: enabled`` on the object in Git (Flux's
+    ``kustomize.toolkit.fluxcd.io/force``): recreate it when an immutable field changes."""
+    return _annotations(desired).get(FORCE_ANNOTATION) == ENABLED
+
+
 def _map_at(metadata: JsonObject, key: str) -> JsonObject:
     """``metadata[key]`` as a map we may fill; YAML's ``labels:`` with nothing after it is null."""
     value = metadata.get(key)
@@ -141,6 +224,10 @@ def decide(
        a dropped null); the dry-run tells;
     5. otherwise ``UNCHANGED``.
 
+    Step 4 only decides whether to ask the server; whether the object differs is then judged
+    by ``same_content`` on what the server would store, with ``differences``, the comparison
+    the drift watch uses too. Values are compared everywhere by ``_equal``.
+
     Values of the revision and traceparent stamps are ignored, so a commit that leaves an object
     as it was does not rewrite it. ``live`` must carry ``apiVersion`` and ``kind``: the items of a
     LIST of built-in kinds come without them, and the reader must fill them in from the list.
@@ -164,14 +251,26 @@ def decide(
     return Decision.UNCHANGED
 
 
-def same_content(dry_run: JsonObject, live: JsonObject) -> bool:
-    """After ``VERIFY``: is the dry-run result (live as the apply would leave it) equal to live?
+def same_content(
+    dry_run: JsonObject, live: JsonObject, *, field_manager: str = FIELD_MANAGER
+) -> bool:
+    """After ``VERIFY``: would our apply (its dry-run result) leave our fields as live has them?
 
-    Server bookkeeping (managedFields, resourceVersion, generation, creationTimestamp, uid),
-    status and the values of the volatile stamps are left out; everything else must be equal,
-    types included (``1`` is not ``1.0``), as a write would otherwise change it.
+    Both are read as stored (``as_stored``) over the fields our manager owns in either, so a
+    field the apply would take or release counts, and nothing else does: server bookkeeping,
+    status, other managers' fields (a mutating webhook's timestamp) and the volatile stamps'
+    values. Values are compared with their types (``1`` is not ``1.0``), by ``differences``,
+    the one comparison drift uses too.
     """
-    return _equal(_blank_stamps(strip_for_diff(dry_run)), _blank_stamps(strip_for_diff(live)))
+    fields = _merged(
+        our_fields(dry_run, field_manager=field_manager),
+        our_fields(live, field_manager=field_manager),
+    )
+    if fields is None:
+        return False  # nothing of ours on either side: only a write makes it ours
+    return not differences(as_stored(dry_run, fields), live) and not differences(
+        as_stored(live, fields), dry_run
+    )
 
 
 def carry_stamps(desired: JsonObject, live: JsonObject) -> JsonObject:
@@ -326,7 +425,7 @@ def _is_subset(desired: object, live: object) -> bool:
             and len(desired) == len(live)
             and all(_is_subset(d, item) for d, item in zip(desired, live, strict=True))
         )
-    return type(desired) is type(live) and desired == live
+    return _equal(desired, live)
 
 
 def _equal(a: object, b: object) -> bool:
@@ -487,3 +586,159 @@ def _find_keyed(key: JsonObject, items: list[Any]) -> tuple[_Ownership, object]:
             return _Ownership.DESIRED, as_stored
         maybe = maybe or agreement is _Ownership.UNKNOWN
     return (_Ownership.UNKNOWN, None) if maybe else (_Ownership.ORPHANED, None)
+
+
+# --- what the server stored of our fields -------------------------------------------------------
+
+
+def our_fields(obj: JsonObject, *, field_manager: str = FIELD_MANAGER) -> JsonObject | None:
+    """The fieldsV1 tree of every path ``field_manager`` applied in ``obj``; None if it owns none.
+
+    This is what the server recorded for our apply, after its own conversion and defaulting
+    (``protocol: TCP`` in a port's key), so it names fields as they are stored, not as written.
+    """
+    merged: JsonObject | None = None
+    for _, fields in _owned_fields(obj, field_manager=field_manager):
+        if isinstance(fields, dict):
+            merged = _merged(merged, fields)
+    return merged
+
+
+def as_stored(obj: JsonObject, fields: JsonObject) -> JsonObject:
+    """``obj`` projected onto ``fields``: the values the server stored at the paths we own.
+
+    The result keeps fieldsV1's path elements as keys (``f:spec``, ``k:{"name":"web"}``), so a
+    keyed list item is found again by its key however the list is ordered or grown by others
+    (an injected sidecar), and wraps each owned value in a one-element list, so a path node
+    (a map) and a value are never confused. A path the object lacks is absent. Stored per
+    object by the controller (compact, our fields only) and compared with ``differences``.
+    Learned from structured-merge-diff's ``fieldpath`` sets, which kubectl and Flux read too.
+    The volatile stamps keep their presence only (``{}``): their values never count, and
+    10,000 objects need not hold every revision and traceparent twice.
+    """
+    projected = _project(obj, fields)
+    metadata = projected.get("f:metadata")
+    annotations = metadata.get("f:annotations") if isinstance(metadata, dict) else None
+    if isinstance(annotations, dict):
+        for key in VOLATILE_ANNOTATIONS:
+            if f"f:{key}" in annotations:
+                annotations[f"f:{key}"] = {}
+    return projected
+
+
+def _project(value: object, fields: JsonObject) -> JsonObject:
+    projected: JsonObject = {}
+    for element, children in fields.items():
+        if element == ".":
+            continue
+        found, child = _lookup(element, value)
+        if not found:
+            continue
+        owned = [key for key in children if key != "."] if isinstance(children, dict) else []
+        if owned and isinstance(child, dict | list):
+            projected[element] = _project(child, children)
+        elif owned or (isinstance(children, dict) and "." not in children):
+            projected[element] = [child]  # a value we own whole (a scalar, an atomic map)
+        else:
+            projected[element] = {}  # we own its existence only (a list item, a map)
+    return projected
+
+
+def differences(stored: JsonObject, live: JsonObject | None) -> list[str]:
+    """Paths (``spec.template.spec.containers[name=web].image``) at which ``live`` no longer
+    holds what ``stored`` (an ``as_stored`` projection) says the server stored for us.
+
+    The one comparison of declared values: ``same_content`` (planning), ``drift.judge`` and the
+    heal all use it. Values compare with their types; the volatile stamps' values are not in
+    ``stored`` (a new revision alone is no change), their presence is. A deleted object differs
+    at ``.``.
+    """
+    if live is None:
+        return ["."]
+    found: list[str] = []
+    _differences(stored, live, "", found)
+    return found
+
+
+def _differences(stored: JsonObject, live: object, path: str, found: list[str]) -> None:
+    for element, expected in stored.items():
+        child_path = path + _readable(element, top=not path)
+        present, actual = _lookup(element, live)
+        if not present:
+            found.append(child_path)
+        elif isinstance(expected, dict):
+            _differences(expected, actual, child_path, found)
+        elif isinstance(expected, list) and expected and not _equal(expected[0], actual):
+            found.append(child_path)
+
+
+def _readable(element: str, *, top: bool) -> str:
+    """A fieldsV1 path element as a person reads it in a path."""
+    kind, _, content = element.partition(":")
+    if kind == "f":
+        return content if top else f".{content}"
+    if kind == "i":
+        return f"[{content}]"
+    try:
+        decoded = json.loads(content)
+    except ValueError:
+        return f"[{content}]"
+    if kind == "k" and isinstance(decoded, dict):
+        return "[" + ",".join(f"{k}={v}" for k, v in decoded.items()) + "]"
+    return f"[={decoded}]"
+
+
+def _lookup(element: object, value: object) -> tuple[bool, object]:
+    """The child of a stored ``value`` that one fieldsV1 path element names, if present.
+
+    Unlike ``_find`` (which reads a manifest, whose key fields may still await defaulting),
+    both sides here were stored by the server, so keys are matched exactly.
+    """
+    if not isinstance(element, str):
+        return False, None
+    kind, separator, content = element.partition(":")
+    if not separator:
+        return False, None
+    if kind == "f":
+        if isinstance(value, dict) and content in value:
+            return True, value[content]
+        return False, None
+    if not isinstance(value, list):
+        return False, None
+    if kind == "i":
+        try:
+            index = int(content)
+        except ValueError:
+            return False, None
+        return (True, value[index]) if 0 <= index < len(value) else (False, None)
+    try:
+        wanted = json.loads(content)
+    except ValueError:
+        return False, None
+    for item in value:
+        if kind == "v" and _equal(item, wanted):
+            return True, item
+        if (
+            kind == "k"
+            and isinstance(wanted, dict)
+            and isinstance(item, dict)
+            and all(key in item and _equal(item[key], v) for key, v in wanted.items())
+        ):
+            return True, item
+    return False, None
+
+
+def _merged(a: JsonObject | None, b: JsonObject | None) -> JsonObject | None:
+    """The union of two fieldsV1 trees."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    merged = dict(a)
+    for key, value in b.items():
+        mine = merged.get(key)
+        if isinstance(mine, dict) and isinstance(value, dict):
+            merged[key] = _merged(mine, value)
+        else:
+            merged[key] = value
+    return merged

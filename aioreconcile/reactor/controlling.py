@@ -11,14 +11,22 @@ health-check cancellation on a new revision). Keys coalesce, so ten edits of one
 it waits become one heal; a push arriving while its sync runs makes exactly one more run.
 
 The desired state of every sync is kept as compact JSON per object (memory stays flat at
-10,000 objects), with the resourceVersion of our own last write, so a watch event is judged
-purely (``engine.drift.judge``) in microseconds and our own writes are never taken for drift.
+10,000 objects), beside what the server stored for our fields (``planning.as_stored`` of our own
+apply's response) and the resourceVersion of our own last write, so a watch event is judged
+purely (``engine.drift.judge``) in microseconds, on stored values (``cpu: 1`` is stored as
+``"1"``), and our own writes are never taken for drift.
+
+Heals never race their sync. A reconcile that is about to write waits for the heals of its
+sync already running, and while it writes, heals and events of its objects are set aside and
+re-checked once it has recorded what it stored; so a heal never writes an older commit's
+content after a newer one (kopf serialises all handling of one object the same way).
 """
 
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -30,20 +38,14 @@ from aioreconcile.engine import health
 from aioreconcile.engine.applying import ApplyOptions
 from aioreconcile.engine.changeset import Action
 from aioreconcile.engine.config import SyncSpec
-from aioreconcile.engine.drift import (
-    DriftKind,
-    FightGuard,
-    differing_fields,
-    foreign_writers,
-    judge,
-)
+from aioreconcile.engine.drift import DriftKind, DriftVerdict, FightGuard, judge
 from aioreconcile.engine.errors import AioreconcileError, VerificationError
-from aioreconcile.engine.events import WatchEvent
+from aioreconcile.engine.events import EventType, WatchEvent
 from aioreconcile.engine.metrics import Counter, Gauge, Histogram, Registry
 from aioreconcile.engine.model import JsonObject, Manifest, ObjectRef
 from aioreconcile.engine.naming import SYNC_LABEL, TRACEPARENT_ANNOTATION
 from aioreconcile.engine.outcomes import Reason, SyncOutcome
-from aioreconcile.engine.planning import stamp
+from aioreconcile.engine.planning import as_stored, our_fields, refusal, stamp
 from aioreconcile.engine.redaction import printable, redact_text, redact_url
 from aioreconcile.engine.triggers import Push
 from aioreconcile.reactor.ports import Cluster, GitSource, InventoryStore, ManifestRenderer, Watcher
@@ -101,7 +103,9 @@ class SyncState:
     last_error: str | None = None
     inventory_size: int | None = None
     heals: int = 0
+    drifts_detected: int = 0
     drifts_reported: int = 0
+    fight_pauses: int = 0  # heals refused by the FightGuard
     reconciles: int = 0
     last_reconcile_at: float | None = None
     pending_hint: str | None = None  # the SHA the last push named: for logs and traces only
@@ -110,8 +114,15 @@ class SyncState:
     revision: str | None = None  # the revision the desired objects below belong to
     desired: dict[ObjectRef, bytes] = field(default_factory=dict)  # stamped, orjson-encoded
     rewind_counted: tuple[str, str] | None = None  # (from, to) of the last rewind counted
+    # Our fields as the server stored them after our last write (planning.as_stored), orjson.
+    stored: dict[ObjectRef, bytes] = field(default_factory=dict)
     written: dict[ObjectRef, str] = field(default_factory=dict)  # resourceVersion of our write
     health: HealthWait | None = None  # a health check under way (``wait: true``)
+    writing: bool = False  # a reconcile is writing: heals and events wait (Controller._writing)
+    heals_running: int = 0
+    heals_idle: anyio.Event | None = None  # set when heals_running drops to 0
+    # Objects that changed (ref -> resourceVersion, "" for a deletion) while a reconcile wrote.
+    deferred: dict[ObjectRef, str] = field(default_factory=dict)
 
     def view(self) -> dict[str, object]:
         return {
@@ -127,7 +138,9 @@ class SyncState:
             "inventorySize": self.inventory_size,
             "objects": len(self.desired),
             "driftHeals": self.heals,
+            "driftDetected": self.drifts_detected,
             "driftReported": self.drifts_reported,
+            "driftFightPauses": self.fight_pauses,
             "reconciles": self.reconciles,
         }
 
@@ -218,6 +231,7 @@ class Controller:
         self._tracing: Tracing = tracing or NoTracing()
         self._after_reconcile = after_reconcile
         self.states = {spec.name: SyncState(spec) for spec in syncs}
+        self._owners: dict[ObjectRef, str] = {}  # which sync declares each object
         self._fights = FightGuard()
         self._metrics = _Metrics(registry)
         self.queue: WorkQueue[WorkKey] = WorkQueue(
@@ -252,30 +266,53 @@ class Controller:
             logger.exception("could not judge a watch event", extra={"object": str(event.ref)})
 
     def _judge(self, event: WatchEvent) -> None:
-        labels = (event.object.get("metadata") or {}).get("labels") or {}
-        state = self.states.get(str(labels.get(SYNC_LABEL, "")))
+        state = self._owner_of(event)
         if state is None:
             return
-        encoded = state.desired.get(event.ref)
-        desired: JsonObject | None = orjson.loads(encoded) if encoded is not None else None
-        verdict = judge(event, desired, our_resource_version=state.written.get(event.ref))
-        if not verdict.drifted:
+        if state.writing:
+            # Judged once the reconcile has recorded what it stored (see ``_writing``).
+            deleted = event.type is EventType.DELETED
+            state.deferred[event.ref] = "" if deleted else event.resource_version
             return
+        verdict = judge(
+            event,
+            _decoded(state.desired.get(event.ref)),
+            stored=_decoded(state.stored.get(event.ref)),
+            our_resource_version=state.written.get(event.ref),
+        )
+        if self._reported(state, event.ref, verdict):
+            # A short debounce: a burst of edits to one object (a script, an operator's
+            # retries) coalesces into one heal instead of racing it edit by edit.
+            self.queue.put(("object", state.spec.name, event.ref), delay_s=self._drift_debounce_s)
+
+    def _owner_of(self, event: WatchEvent) -> SyncState | None:
+        """The sync that declares the object: the one its label names if that one declares it,
+        else the one our index knows, so an object stripped of our labels is still judged."""
+        labels = (event.object.get("metadata") or {}).get("labels") or {}
+        named = self.states.get(str(labels.get(SYNC_LABEL, "")))
+        if named is not None and event.ref in named.desired:
+            return named
+        owner = self._owners.get(event.ref)
+        return self.states.get(owner) if owner is not None else None
+
+    def _reported(self, state: SyncState, ref: ObjectRef, verdict: DriftVerdict) -> bool:
+        """Count and log a drift; whether to heal it (``selfHeal``)."""
+        if not verdict.drifted:
+            return False
+        state.drifts_detected += 1
         self._metrics.drifts.labels(sync=state.spec.name, kind=verdict.kind.value).inc()
         if not state.spec.self_heal:
             state.drifts_reported += 1
             logger.warning(
                 "drift not healed (selfHeal: false)",
-                extra={"sync": state.spec.name, "object": str(event.ref), "reason": verdict.reason},
+                extra={"sync": state.spec.name, "object": str(ref), "reason": verdict.reason},
             )
-            return
+            return False
         logger.info(
             "drift detected",
-            extra={"sync": state.spec.name, "object": str(event.ref), "reason": verdict.reason},
+            extra={"sync": state.spec.name, "object": str(ref), "reason": verdict.reason},
         )
-        # A short debounce: a burst of edits to one object (a script, an operator's retries)
-        # coalesces into one heal instead of racing it edit by edit.
-        self.queue.put(("object", state.spec.name, event.ref), delay_s=self._drift_debounce_s)
+        return True
 
     # --- running -------------------------------------------------------------------------------
 
@@ -452,19 +489,39 @@ class Controller:
 
         def remember_desired(manifests: Sequence[Manifest]) -> None:
             state.revision = sha
+            previous = state.desired
             state.desired = {
                 m.ref: _compact(stamp(m.body, sync=name, revision=sha, traceparent=traceparent))
                 for m in manifests
             }
+            self._index(name, previous, state.desired)
             # Watch before writing: a change made right after our apply must not fall between
             # the apply and a watch's first LIST.
             self._watch_all()
 
+        async with self._writing(state):
+            outcome = await self._sync_and_record(
+                state, request, remember_desired, root, started=started
+            )
+        if self._after_reconcile is not None:
+            with self._tracing.stage("after reconcile"):  # run: gc + malloc_trim, ~tens of ms
+                self._after_reconcile()
+        return outcome
+
+    async def _sync_and_record(
+        self,
+        state: SyncState,
+        request: SyncRequest,
+        remember_desired: Callable[[Sequence[Manifest]], None],
+        root: SpanScope,
+        *,
+        started: float,
+    ) -> SyncOutcome:
         outcome = await sync_once(
             request,
-            cluster=self._cluster_for(name),
+            cluster=self._cluster_for(state.spec.name),
             render=self._render,
-            inventory=self._inventories.get(name),
+            inventory=self._inventories.get(state.spec.name),
             before_apply=remember_desired,
             tracing=self._tracing,
         )
@@ -485,10 +542,37 @@ class Controller:
             await self._watcher.wait_synced()
         with self._tracing.stage("status update"):
             self._record(state, outcome, seconds=time.monotonic() - started)
-        if self._after_reconcile is not None:
-            with self._tracing.stage("after reconcile"):  # run: gc + malloc_trim, ~tens of ms
-                self._after_reconcile()
         return outcome
+
+    @asynccontextmanager
+    async def _writing(self, state: SyncState) -> AsyncIterator[None]:
+        """The reconcile's exclusive section: wait for the sync's running heals, hold new ones
+        and events of its objects aside while it writes, then re-check those it did not write
+        itself (an event whose resourceVersion is not the one our apply returned)."""
+        state.writing = True
+        try:
+            while state.heals_running:
+                state.heals_idle = anyio.Event()
+                await state.heals_idle.wait()
+            yield
+        finally:
+            state.writing = False
+            deferred, state.deferred = state.deferred, {}
+            for ref, version in deferred.items():
+                if ref in state.desired and (not version or version != state.written.get(ref)):
+                    self.queue.put(("object", state.spec.name, ref))
+
+    def _index(
+        self, name: str, previous: Mapping[ObjectRef, bytes], current: Mapping[ObjectRef, bytes]
+    ) -> None:
+        """Keep ``ref -> sync`` for the objects ``name`` declares (first declarer keeps it)."""
+        for ref in previous.keys() - current.keys():
+            if self._owners.get(ref) == name:
+                del self._owners[ref]
+        for ref in current:
+            owner = self._owners.get(ref)
+            if owner is None or owner not in self.states or ref not in self.states[owner].desired:
+                self._owners[ref] = name
 
     def _record(self, state: SyncState, outcome: SyncOutcome, *, seconds: float) -> None:
         name = state.spec.name
@@ -499,11 +583,19 @@ class Controller:
         state.reason, state.message = outcome.reason.value, outcome.message
         state.inventory_size = outcome.inventory_size
         for entry in outcome.applied.entries:
+            obj = outcome.live.get(entry.ref)
+            if obj is None:
+                state.stored.pop(entry.ref, None)  # failed or skipped: nothing of ours to judge
+            elif entry.ref not in state.stored or entry.resource_version_after != state.written.get(
+                entry.ref
+            ):
+                _remember_stored(state, entry.ref, obj)
             if entry.resource_version_after is not None:
                 state.written[entry.ref] = entry.resource_version_after
         for entry in outcome.pruned.entries:
             state.written.pop(entry.ref, None)
         state.written = {ref: rv for ref, rv in state.written.items() if ref in state.desired}
+        state.stored = {ref: form for ref, form in state.stored.items() if ref in state.desired}
         if progressing:
             self._start_health_check(state, outcome, seconds=seconds)
             return
@@ -603,11 +695,49 @@ class Controller:
         state = self.states.get(sync)
         if state is None or state.revision is None:
             return
-        encoded = state.desired.get(ref)
-        if encoded is None:
+        if state.writing:
+            state.deferred[ref] = ""  # re-checked when the reconcile has recorded its writes
+            return
+        state.heals_running += 1
+        try:
+            await self._heal_one(state, ref)
+        finally:
+            state.heals_running -= 1
+            if state.heals_running == 0 and state.heals_idle is not None:
+                state.heals_idle.set()
+
+    async def _heal_one(self, state: SyncState, ref: ObjectRef) -> None:
+        """Read the object, judge it again on what we stored, and re-apply it if it drifted.
+        Desired, stored and revision cannot change meanwhile: the reconcile waits for us."""
+        sync, revision = state.spec.name, state.revision
+        if ref not in state.desired or revision is None:
             return  # no longer declared (pruned meanwhile)
+        cluster = self._cluster_for(sync)
+        live = await cluster.get(ref)
+        desired = orjson.loads(state.desired[ref])
+        event = WatchEvent(
+            EventType.DELETED if live is None else EventType.MODIFIED, ref, live or {}
+        )
+        verdict = judge(
+            event, desired, stored=_decoded(state.stored.get(ref)), our_resource_version=None
+        )
+        if not verdict.drifted:
+            return  # already as stored (another heal, or the event was stale)
+        refused = refusal(desired, live, sync=sync)
+        if refused is not None:
+            # Another sync took it over (adopt): not ours to heal, and retrying will not help;
+            # our next reconcile reports it as failed, naming both syncs.
+            logger.warning(
+                "not healing", extra={"sync": sync, "object": str(ref), "reason": refused[1]}
+            )
+            return
+        if not state.spec.self_heal:
+            # Queued only for a change set aside while a reconcile wrote: report it now.
+            self._reported(state, ref, verdict)
+            return
         allowed, wait_s = self._fights.allow(ref, now=self._clock())
         if not allowed:
+            state.fight_pauses += 1
             self._metrics.fights.labels(sync=sync).inc()
             logger.warning(
                 "another writer keeps changing this object: not healing it for a while",
@@ -615,29 +745,25 @@ class Controller:
             )
             self.queue.put(("object", sync, ref), delay_s=wait_s)
             return
-        cluster = self._cluster_for(sync)
-        live = await cluster.get(ref)
-        desired = orjson.loads(encoded)
         manifest = Manifest(ref, desired, origin=f"drift heal of {ref}")
-        options = ApplyOptions(sync=sync, revision=state.revision)
-        fields = differing_fields(desired, live) if live is not None else ["(deleted)"]
+        options = ApplyOptions(sync=sync, revision=revision)
         with self._tracing.heal(
             sync=sync,
             ref=ref,
-            revision=state.revision,
+            revision=revision,
             repository_url=state.spec.source.url,
             link_traceparent=_traceparent_of(live) or _traceparent_of(desired),
-            writers=foreign_writers(live) if live is not None else (),
-            fields=fields,
+            writers=verdict.writers,
+            fields=list(verdict.fields) or ["(deleted)"],
         ) as span:
             # A declared value that differs is no server normalisation: write without a dry-run.
-            entry, _ = await cluster.apply_object(
-                manifest, options, live=live, known_changed=bool(fields)
+            entry, applied = await cluster.apply_object(
+                manifest, options, live=live, known_changed=True
             )
             self._tracing.objects([entry], operation="apply")
             if entry.action is Action.FAILED:
                 span.record_error(entry.error or "heal failed")
-            elif entry.action is not Action.UNCHANGED:
+            elif entry.action not in (Action.UNCHANGED, Action.SKIPPED):
                 # Inside the heal's span: the line carries the heal trace's id.
                 logger.info(
                     "drift healed",
@@ -648,12 +774,14 @@ class Controller:
                         "revision": state.revision,
                     },
                 )
+        if applied is not None:
+            _remember_stored(state, ref, applied)
         if entry.resource_version_after is not None:
             state.written[ref] = entry.resource_version_after
         if entry.action is Action.FAILED:
             self._metrics.heals.labels(sync=sync, result="failed").inc()
             raise RetryLater(f"heal of {ref} failed: {entry.error}")
-        if entry.action is not Action.UNCHANGED:
+        if entry.action not in (Action.UNCHANGED, Action.SKIPPED):
             state.heals += 1
             self._metrics.heals.labels(sync=sync, result=entry.action.value).inc()
 
@@ -664,6 +792,19 @@ def _up_to_date(state: SyncState, sha: str) -> bool:
     if sha == state.last_applied_revision and state.reason == Reason.SUCCEEDED:
         return True
     return state.health is not None and state.health.revision == sha
+
+
+def _remember_stored(state: SyncState, ref: ObjectRef, obj: JsonObject) -> None:
+    """Keep what the server stored for our fields of ``obj`` (nothing if we own none)."""
+    fields = our_fields(obj)
+    if fields is None:
+        state.stored.pop(ref, None)
+    else:
+        state.stored[ref] = _compact(as_stored(obj, fields))
+
+
+def _decoded(encoded: bytes | None) -> JsonObject | None:
+    return orjson.loads(encoded) if encoded is not None else None
 
 
 def _compact(obj: JsonObject) -> bytes:

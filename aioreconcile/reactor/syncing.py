@@ -125,6 +125,7 @@ async def sync_once(
                 applied=applied,
                 pruned=pruned,
                 prune_note=prune_note,
+                live=result.live,
             )
 
     not_ready: NotReady = ()
@@ -159,6 +160,7 @@ async def sync_once(
         prune_note=prune_note,
         not_ready=not_ready,
         inventory_size=inventory_size,
+        live=result.live,
     )
 
 

@@ -14,56 +14,78 @@ from aioreconcile.engine.drift import (
 )
 from aioreconcile.engine.events import EventType, WatchEvent
 from aioreconcile.engine.model import ObjectRef
-from aioreconcile.engine.planning import stamp
+from aioreconcile.engine.planning import as_stored, stamp
 
-DESIRED = stamp(
+# A Deployment written the way people write it, and the same object as the server stored it:
+# quantities normalised (1 -> "1", 0.5 -> "500m"), ports keyed with their defaulted protocol,
+# defaults filled in, status and other managers' fields beside ours.
+WRITTEN = stamp(
     {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {"name": "web", "namespace": "shop"},
-        "spec": {"template": {"spec": {"containers": [{"name": "web", "image": "nginx:1.27"}]}}},
+        "spec": {
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "web",
+                            "image": "nginx:1.27",
+                            "ports": [{"containerPort": 80}],
+                            "resources": {
+                                "limits": {"cpu": 1, "memory": "1Gi"},
+                                "requests": {"cpu": 0.5},
+                            },
+                        }
+                    ]
+                },
+            },
+        },
     },
     sync="shop",
     revision="a" * 40,
     traceparent=None,
 )
-OUR_FIELDS = {
-    "f:metadata": {
-        "f:labels": {"f:app.kubernetes.io/managed-by": {}, "f:aioreconcile.dev/sync": {}},
-        "f:annotations": {"f:aioreconcile.dev/revision": {}},
-    },
-    "f:spec": {
-        "f:template": {
-            "f:spec": {"f:containers": {'k:{"name":"web"}': {".": {}, "f:image": {}, "f:name": {}}}}
-        }
+OURS: dict[str, Any] = {
+    "manager": "aioreconcile",
+    "operation": "Apply",
+    "apiVersion": "apps/v1",
+    "time": "2026-11-28T00:00:00Z",
+    "fieldsType": "FieldsV1",
+    "fieldsV1": {
+        "f:metadata": {
+            "f:labels": {"f:app.kubernetes.io/managed-by": {}, "f:aioreconcile.dev/sync": {}},
+            "f:annotations": {"f:aioreconcile.dev/revision": {}},
+        },
+        "f:spec": {
+            "f:selector": {},
+            "f:template": {
+                "f:metadata": {"f:labels": {"f:app": {}}},
+                "f:spec": {
+                    "f:containers": {
+                        'k:{"name":"web"}': {
+                            ".": {},
+                            "f:image": {},
+                            "f:name": {},
+                            "f:ports": {
+                                'k:{"containerPort":80,"protocol":"TCP"}': {
+                                    ".": {},
+                                    "f:containerPort": {},
+                                }
+                            },
+                            "f:resources": {
+                                "f:limits": {"f:cpu": {}, "f:memory": {}},
+                                "f:requests": {"f:cpu": {}},
+                            },
+                        }
+                    }
+                },
+            },
+        },
     },
 }
-
-
-def live(**changes: Any) -> dict[str, Any]:
-    obj = copy.deepcopy(DESIRED)
-    obj["metadata"]["resourceVersion"] = changes.pop("rv", "100")
-    obj["metadata"]["managedFields"] = [
-        {
-            "manager": "aioreconcile",
-            "operation": "Apply",
-            "apiVersion": "apps/v1",
-            "time": "2026-11-28T00:00:00Z",
-            "fieldsType": "FieldsV1",
-            "fieldsV1": OUR_FIELDS,
-        },
-        *changes.pop("others", []),
-    ]
-    obj["spec"]["replicas"] = changes.pop("replicas", 1)
-    if "image" in changes:
-        obj["spec"]["template"]["spec"]["containers"][0]["image"] = changes.pop("image")
-    return obj
-
-
-def event(obj: dict[str, Any], kind: EventType = EventType.MODIFIED) -> WatchEvent:
-    return WatchEvent(kind, ObjectRef.of(obj), obj)
-
-
 KUBECTL = {
     "manager": "kubectl-edit",
     "operation": "Update",
@@ -82,67 +104,228 @@ HPA = {
 }
 
 
+def as_the_server_stored_it(**changes: Any) -> dict[str, Any]:
+    obj = copy.deepcopy(WRITTEN)
+    obj["metadata"]["resourceVersion"] = changes.pop("rv", "100")
+    obj["metadata"]["managedFields"] = [OURS, *changes.pop("others", [])]
+    spec = obj["spec"]
+    spec["replicas"] = changes.pop("replicas", 1)
+    spec["strategy"] = {"type": "RollingUpdate"}
+    container = spec["template"]["spec"]["containers"][0]
+    container["ports"] = [{"containerPort": 80, "protocol": "TCP"}]
+    container["resources"] = {"limits": {"cpu": "1", "memory": "1Gi"}, "requests": {"cpu": "500m"}}
+    container["imagePullPolicy"] = "IfNotPresent"
+    if "image" in changes:
+        container["image"] = changes.pop("image")
+    for edit in changes.pop("edits", []):
+        edit(obj)
+    assert not changes, changes
+    return obj
+
+
+STORED_OBJECT = as_the_server_stored_it()
+STORED = as_stored(STORED_OBJECT, OURS["fieldsV1"])
+DESIRED = WRITTEN
+
+
+def event(obj: dict[str, Any], kind: EventType = EventType.MODIFIED) -> WatchEvent:
+    return WatchEvent(kind, ObjectRef.of(obj), obj)
+
+
+def _status(obj: dict[str, Any]) -> None:
+    obj["status"] = {"observedGeneration": 2, "replicas": 1, "readyReplicas": 1}
+    obj["metadata"]["managedFields"].append(
+        {"manager": "kube-controller-manager", "operation": "Update", "subresource": "status"}
+    )
+
+
+def _foreign_annotation(obj: dict[str, Any]) -> None:
+    obj["metadata"]["annotations"]["deployment.kubernetes.io/revision"] = "3"
+
+
+def _sidecar(obj: dict[str, Any]) -> None:
+    containers = obj["spec"]["template"]["spec"]["containers"]
+    containers.insert(0, {"name": "istio-proxy", "image": "proxy:1"})
+
+
+def _new_revision_stamp(obj: dict[str, Any]) -> None:
+    obj["metadata"]["annotations"]["aioreconcile.dev/revision"] = "b" * 40
+
+
+def _cpu(value: object) -> Any:
+    def edit(obj: dict[str, Any]) -> None:
+        obj["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] = value
+
+    return edit
+
+
+def _drop_label(label: str) -> Any:
+    def edit(obj: dict[str, Any]) -> None:
+        del obj["metadata"]["labels"][label]
+
+    return edit
+
+
+def _drop_port(obj: dict[str, Any]) -> None:
+    obj["spec"]["template"]["spec"]["containers"][0]["ports"] = []
+
+
 @pytest.mark.parametrize(
-    ("obj", "kind", "our_rv", "expected"),
+    ("obj", "kind", "our_rv", "expected", "fields"),
     [
-        pytest.param(live(), EventType.MODIFIED, None, DriftKind.NONE, id="identical"),
-        pytest.param(live(rv="7"), EventType.MODIFIED, "7", DriftKind.NONE, id="our-own-write"),
+        pytest.param(STORED_OBJECT, EventType.MODIFIED, None, DriftKind.NONE, (), id="identical"),
         pytest.param(
-            live(image="evil:1", others=[KUBECTL]),
+            as_the_server_stored_it(rv="7"),
             EventType.MODIFIED,
-            None,
-            DriftKind.CHANGED,
-            id="declared-field-edited",
+            "7",
+            DriftKind.NONE,
+            (),
+            id="our-own-write",
         ),
         pytest.param(
-            live(replicas=7, others=[HPA]),
+            as_the_server_stored_it(edits=[_status]),
             EventType.MODIFIED,
             None,
             DriftKind.NONE,
+            (),
+            id="status-written-by-another-manager",
+        ),
+        pytest.param(
+            as_the_server_stored_it(edits=[_foreign_annotation]),
+            EventType.MODIFIED,
+            None,
+            DriftKind.NONE,
+            (),
+            id="annotation-we-do-not-declare",
+        ),
+        pytest.param(
+            as_the_server_stored_it(replicas=7, others=[HPA]),
+            EventType.MODIFIED,
+            None,
+            DriftKind.NONE,
+            (),
             id="scaled-by-someone-else",
         ),
-        pytest.param(live(), EventType.DELETED, "100", DriftKind.DELETED, id="deleted"),
+        pytest.param(
+            as_the_server_stored_it(edits=[_sidecar]),
+            EventType.MODIFIED,
+            None,
+            DriftKind.NONE,
+            (),
+            id="sidecar-injected-before-our-container",
+        ),
+        pytest.param(
+            as_the_server_stored_it(edits=[_new_revision_stamp]),
+            EventType.MODIFIED,
+            None,
+            DriftKind.NONE,
+            (),
+            id="revision-stamp-value",
+        ),
+        pytest.param(
+            as_the_server_stored_it(image="evil:1", others=[KUBECTL]),
+            EventType.MODIFIED,
+            None,
+            DriftKind.CHANGED,
+            ("spec.template.spec.containers[name=web].image",),
+            id="declared-field-edited",
+        ),
+        pytest.param(
+            as_the_server_stored_it(edits=[_cpu("2")]),
+            EventType.MODIFIED,
+            None,
+            DriftKind.CHANGED,
+            ("spec.template.spec.containers[name=web].resources.limits.cpu",),
+            id="declared-quantity-edited",
+        ),
+        pytest.param(
+            as_the_server_stored_it(edits=[_drop_port]),
+            EventType.MODIFIED,
+            None,
+            DriftKind.CHANGED,
+            ("spec.template.spec.containers[name=web].ports[containerPort=80,protocol=TCP]",),
+            id="declared-port-removed",
+        ),
+        pytest.param(
+            as_the_server_stored_it(edits=[_drop_label("aioreconcile.dev/sync")]),
+            EventType.MODIFIED,
+            None,
+            DriftKind.CHANGED,
+            ("metadata.labels.aioreconcile.dev/sync",),
+            id="sync-label-removed",
+        ),
+        pytest.param(
+            as_the_server_stored_it(edits=[_drop_label("app.kubernetes.io/managed-by")]),
+            EventType.DELETED,
+            None,
+            DriftKind.DELETED,
+            (),
+            id="managed-by-removed-watch-says-deleted",
+        ),
+        pytest.param(STORED_OBJECT, EventType.DELETED, "100", DriftKind.DELETED, (), id="deleted"),
     ],
 )
-def test_verdicts(
-    obj: dict[str, Any], kind: EventType, our_rv: str | None, expected: DriftKind
+def test_verdicts_are_judged_on_what_the_server_stored(
+    obj: dict[str, Any],
+    kind: EventType,
+    our_rv: str | None,
+    expected: DriftKind,
+    fields: tuple[str, ...],
 ) -> None:
-    assert judge(event(obj, kind), DESIRED, our_resource_version=our_rv).kind is expected
+    verdict = judge(event(obj, kind), DESIRED, stored=STORED, our_resource_version=our_rv)
+
+    assert verdict.kind is expected
+    assert verdict.fields == fields
 
 
 def test_changed_verdict_names_fields_and_writer() -> None:
     verdict = judge(
-        event(live(image="evil:1", others=[KUBECTL])), DESIRED, our_resource_version=None
+        event(as_the_server_stored_it(image="evil:1", others=[KUBECTL])),
+        DESIRED,
+        stored=STORED,
+        our_resource_version=None,
     )
 
-    assert verdict.fields == ("spec.template.spec.containers",)
     assert verdict.writers == ("kubectl-edit",)
     assert "kubectl-edit" in verdict.reason
+    assert "containers[name=web].image" in verdict.reason
 
 
 def test_reconcile_disabled_annotation_opts_out() -> None:
-    obj = live(image="evil:1")
-    obj["metadata"].setdefault("annotations", {})["aioreconcile.dev/reconcile"] = "disabled"
+    obj = as_the_server_stored_it(image="evil:1")
+    obj["metadata"]["annotations"]["aioreconcile.dev/reconcile"] = "disabled"
 
-    assert judge(event(obj), DESIRED, our_resource_version=None).kind is DriftKind.OPTED_OUT
+    verdict = judge(event(obj), DESIRED, stored=STORED, our_resource_version=None)
+
+    assert verdict.kind is DriftKind.OPTED_OUT
 
 
 def test_object_no_sync_declares_is_not_drift() -> None:
-    assert judge(event(live()), None, our_resource_version=None).kind is DriftKind.NONE
+    verdict = judge(event(STORED_OBJECT), None, stored=None, our_resource_version=None)
+
+    assert verdict.kind is DriftKind.NONE
+
+
+def test_without_a_stored_form_only_a_deletion_counts() -> None:
+    edited = as_the_server_stored_it(image="evil:1")
+
+    changed = judge(event(edited), DESIRED, stored=None, our_resource_version=None)
+    deleted = judge(
+        event(edited, EventType.DELETED), DESIRED, stored=None, our_resource_version=None
+    )
+
+    assert (changed.kind, deleted.kind) == (DriftKind.NONE, DriftKind.DELETED)
 
 
 def test_foreign_writers_most_recent_first() -> None:
-    assert foreign_writers(live(others=[KUBECTL, HPA])) == (
+    assert foreign_writers(as_the_server_stored_it(others=[KUBECTL, HPA])) == (
         "kube-controller-manager",
         "kubectl-edit",
     )
 
 
-def test_differing_fields_skips_volatile_stamps() -> None:
-    other = copy.deepcopy(DESIRED)
-    other["metadata"]["annotations"]["aioreconcile.dev/revision"] = "b" * 40
-
-    assert differing_fields(DESIRED, other) == []
+def test_differing_fields_of_a_deleted_object_is_the_whole_object() -> None:
+    assert differing_fields(STORED, None) == ["."]
 
 
 def test_fight_guard_pauses_after_limit_and_doubles_the_cooldown() -> None:

@@ -318,6 +318,19 @@ def test_stamp_without_a_trace_adds_no_traceparent_and_fills_empty_metadata() ->
 # --- same_content and strip_for_diff ------------------------------------------------------------
 
 
+_CONFIG_MAP_FIELDS: JsonObject = {
+    "f:metadata": {
+        "f:labels": {f"f:{MANAGED_BY_LABEL}": {}},
+        "f:annotations": {f"f:{REVISION_ANNOTATION}": {}, f"f:{TRACEPARENT_ANNOTATION}": {}},
+    },
+    "f:data": {"f:replicas": {}},
+}
+_WITH_FINALIZERS: JsonObject = {
+    **_CONFIG_MAP_FIELDS,
+    "f:metadata": {**_CONFIG_MAP_FIELDS["f:metadata"], "f:finalizers": {'v:"x"': {}}},
+}
+
+
 def _stored_config_map(**changes: Any) -> JsonObject:
     obj: JsonObject = {
         "apiVersion": "v1",
@@ -331,7 +344,9 @@ def _stored_config_map(**changes: Any) -> JsonObject:
             "creationTimestamp": "2024-05-02T09:14:07Z",
             "labels": {MANAGED_BY_LABEL: "aioreconcile"},
             "annotations": {REVISION_ANNOTATION: OLD_SHA, TRACEPARENT_ANNOTATION: OLD_TRACE},
-            "managedFields": [{"manager": "aioreconcile", "operation": "Apply"}],
+            "managedFields": [
+                {"manager": "aioreconcile", "operation": "Apply", "fieldsV1": _CONFIG_MAP_FIELDS}
+            ],
         },
         "data": {"replicas": "2"},
     }
@@ -384,10 +399,35 @@ _DELETE = object()
         pytest.param({"data": {"replicas": "3"}}, False, id="data-differs"),
         pytest.param({"data": {"replicas": 2}}, False, id="type-differs"),
         pytest.param({"metadata__labels": {}}, False, id="label-removed"),
-        pytest.param({"metadata__finalizers": ["x"]}, False, id="finalizer-added"),
+        pytest.param(
+            {
+                "metadata__finalizers": ["x"],
+                "metadata__managedFields": [
+                    {"manager": "aioreconcile", "operation": "Apply", "fieldsV1": _WITH_FINALIZERS}
+                ],
+            },
+            False,
+            id="finalizer-we-declare-added",
+        ),
+        pytest.param(
+            {"metadata__managedFields": []},
+            True,
+            id="dry-run-without-our-entry-read-over-lives",
+        ),
+        pytest.param(
+            {
+                "metadata__annotations": {
+                    REVISION_ANNOTATION: OLD_SHA,
+                    TRACEPARENT_ANNOTATION: OLD_TRACE,
+                    "webhook.example/mutated-at": "now",
+                }
+            },
+            True,
+            id="field-another-writer-owns-differs",
+        ),
     ],
 )
-def test_same_content_ignores_only_bookkeeping_status_and_stamp_values(
+def test_same_content_compares_only_our_fields_as_stored(
     changes: dict[str, Any], same: bool
 ) -> None:
     assert same_content(_stored_config_map(**changes), _stored_config_map()) is same

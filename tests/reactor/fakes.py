@@ -1,14 +1,21 @@
-"""Fakes for reactor tests: time that moves only when the test says so; a Git source."""
+"""Fakes for reactor tests: time that moves only when the test says so; a Git source, a cluster
+and a renderer that the test steps through (the real ones are tested against real servers)."""
 
+import copy
 import heapq
 import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import anyio
 import anyio.lowlevel
 
+from aioreconcile.engine.applying import ApplyOptions, ApplyResult
+from aioreconcile.engine.changeset import Action, ChangeSet, ChangeSetEntry
 from aioreconcile.engine.errors import VerificationError
+from aioreconcile.engine.model import JsonObject, Manifest, ObjectRef
+from aioreconcile.engine.planning import stamp
+from aioreconcile.engine.sources import RenderSpec
 
 
 class FakeClock:
@@ -84,7 +91,156 @@ class FakeGitSource:
             raise VerificationError(f"commit {sha} is not signed")
 
     async def checkout(self, sha: str) -> Path:
-        raise AssertionError("a refused commit is never laid out")
+        assert not self.refuse, "a refused commit is never laid out"
+        return Path("/commits") / sha  # a FakeRenderer finds the commit's manifests by name
 
     async def commit_info(self, sha: str) -> tuple[str, str]:
         return ("Ada Author <ada@example.com>", "change")
+
+
+# --- a cluster, a Git source and a renderer, for reconciles that must interleave exactly --------
+
+
+def owned_fields(body: JsonObject) -> JsonObject:
+    """fieldsV1 owning every map key of ``body`` (enough for the flat objects these tests use)."""
+    return {
+        f"f:{key}": owned_fields(value) if isinstance(value, dict) and value else {}
+        for key, value in body.items()
+        if key not in ("apiVersion", "kind")
+    }
+
+
+class FakeCluster:
+    """Objects in a dict, written as server-side apply would store them (our managedFields
+    entry, a new resourceVersion on every change). ``get`` waits for ``gate`` when the test
+    closes it, so a heal can be held between its read and its write; ``apply`` waits for
+    ``apply_gate`` after writing, so a reconcile can be held after its writes."""
+
+    def __init__(self) -> None:
+        self.objects: dict[ObjectRef, JsonObject] = {}
+        self.writes: list[tuple[ObjectRef, str]] = []  # (ref, revision stamped) in write order
+        self.gate: anyio.Event | None = None
+        self.reading = anyio.Event()  # set when a ``get`` starts waiting at the gate
+        self.apply_gate: anyio.Event | None = None
+        self.applied = anyio.Event()  # set when an ``apply`` starts waiting at its gate
+        self._rv = itertools.count(100)
+
+    def is_namespaced(self, ref: ObjectRef) -> bool | None:
+        return True
+
+    async def refresh_discovery(self) -> None:
+        await anyio.lowlevel.checkpoint()
+
+    def _store(
+        self, manifest: Manifest, options: ApplyOptions
+    ) -> tuple[ChangeSetEntry, JsonObject]:
+        body = stamp(
+            manifest.body,
+            sync=options.sync,
+            revision=options.revision,
+            traceparent=options.traceparent,
+        )
+        before = self.objects.get(manifest.ref)
+        rv_before = before["metadata"]["resourceVersion"] if before else None
+        stored = copy.deepcopy(body)
+        stored["metadata"]["resourceVersion"] = str(next(self._rv))
+        stored["metadata"]["managedFields"] = [
+            {
+                "manager": options.field_manager,
+                "operation": "Apply",
+                "apiVersion": body["apiVersion"],
+                "fieldsType": "FieldsV1",
+                "fieldsV1": owned_fields(body),
+            }
+        ]
+        self.objects[manifest.ref] = stored
+        self.writes.append((manifest.ref, options.revision))
+        action = Action.CREATED if before is None else Action.CONFIGURED
+        entry = ChangeSetEntry(
+            manifest.ref,
+            action,
+            resource_version_before=rv_before,
+            resource_version_after=stored["metadata"]["resourceVersion"],
+        )
+        return entry, copy.deepcopy(stored)
+
+    async def apply(self, manifests: Sequence[Manifest], options: ApplyOptions) -> ApplyResult:
+        await anyio.lowlevel.checkpoint()
+        entries, live = [], {}
+        for manifest in manifests:
+            entry, stored = self._store(manifest, options)
+            entries.append(entry)
+            live[manifest.ref] = stored
+        if self.apply_gate is not None:
+            self.applied.set()
+            await self.apply_gate.wait()
+        return ApplyResult(ChangeSet.of(entries), live)
+
+    async def apply_object(
+        self,
+        manifest: Manifest,
+        options: ApplyOptions,
+        *,
+        live: JsonObject | None,
+        known_changed: bool = False,
+    ) -> tuple[ChangeSetEntry, JsonObject | None]:
+        await anyio.lowlevel.checkpoint()
+        return self._store(manifest, options)
+
+    async def delete(self, refs: Sequence[ObjectRef], options: ApplyOptions) -> ChangeSet:
+        await anyio.lowlevel.checkpoint()
+        for ref in refs:
+            self.objects.pop(ref, None)
+        return ChangeSet.of(ChangeSetEntry(ref, Action.DELETED) for ref in refs)
+
+    async def get(self, ref: ObjectRef) -> JsonObject | None:
+        if self.gate is not None:
+            self.reading.set()
+            await self.gate.wait()
+        await anyio.lowlevel.checkpoint()
+        obj = self.objects.get(ref)
+        return copy.deepcopy(obj) if obj is not None else None
+
+    async def preview(
+        self, manifest: Manifest, options: ApplyOptions
+    ) -> tuple[JsonObject | None, JsonObject]:
+        raise NotImplementedError("not used by the controller")
+
+    def edit(self, ref: ObjectRef, change: Callable[[JsonObject], None]) -> JsonObject:
+        """Another writer changes the object: a new resourceVersion, the body as edited."""
+        obj = self.objects[ref]
+        change(obj)
+        obj["metadata"]["resourceVersion"] = str(next(self._rv))
+        return copy.deepcopy(obj)
+
+
+class FakeRenderer:
+    """Renders the manifests the test gave for a commit (found by the tree's directory name)."""
+
+    def __init__(self, commits: dict[str, list[Manifest]]) -> None:
+        self.commits = commits
+
+    async def __call__(
+        self,
+        directory: Path,
+        spec: RenderSpec,
+        *,
+        root: Path | None,
+        is_namespaced: Callable[[ObjectRef], bool | None],
+    ) -> list[Manifest]:
+        await anyio.lowlevel.checkpoint()
+        assert root is not None
+        return list(self.commits[root.name])
+
+
+class NoWatcher:
+    """The Watcher port without watches: the test delivers events itself."""
+
+    def __init__(self) -> None:
+        self.kinds: set[ObjectRef] = set()
+
+    def watch(self, kinds: Iterable[ObjectRef]) -> None:
+        self.kinds = set(kinds)
+
+    async def wait_synced(self) -> None:
+        await anyio.lowlevel.checkpoint()

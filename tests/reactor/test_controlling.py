@@ -3,7 +3,6 @@
 
 import copy
 import logging
-from collections.abc import Iterable
 from typing import Any, cast
 
 import pytest
@@ -13,22 +12,10 @@ from aioreconcile.engine.events import EventType, WatchEvent
 from aioreconcile.engine.metrics import Registry
 from aioreconcile.engine.model import ObjectRef
 from aioreconcile.engine.outcomes import Reason
-from aioreconcile.engine.planning import stamp
+from aioreconcile.engine.planning import as_stored, our_fields, stamp
 from aioreconcile.engine.triggers import Push
 from aioreconcile.reactor.controlling import Controller, _compact
-from tests.reactor.fakes import FakeGitSource
-
-
-class NoWatcher:
-    def __init__(self) -> None:
-        self.kinds: set[ObjectRef] = set()
-
-    def watch(self, kinds: Iterable[ObjectRef]) -> None:
-        self.kinds = set(kinds)
-
-    async def wait_synced(self) -> None:
-        return None
-
+from tests.reactor.fakes import FakeGitSource, NoWatcher
 
 DESIRED = stamp(
     {
@@ -72,7 +59,12 @@ def controller(*, self_heal: bool = True) -> Controller:
     state = made.states["app"]
     state.revision = "a" * 40
     state.desired = {REF: _compact(DESIRED)}
+    stored = live("git", "10")
+    fields = our_fields(stored)
+    assert fields is not None
+    state.stored = {REF: _compact(as_stored(stored, fields))}
     state.written = {REF: "10"}
+    made._index("app", {}, state.desired)
     return made
 
 
@@ -93,13 +85,36 @@ async def test_foreign_edit_of_a_declared_field_queues_one_heal() -> None:
     assert made.queue.depth == 1  # coalesced
 
 
-async def test_our_own_write_and_unlabelled_objects_queue_nothing() -> None:
+async def test_our_own_write_and_a_change_of_undeclared_fields_queue_nothing() -> None:
     made = controller()
-    stranger = live("edited", "11")
-    del stranger["metadata"]["labels"]["aioreconcile.dev/sync"]
+    annotated = live("git", "11")
+    annotated["metadata"]["annotations"]["someone.else/note"] = "hello"
+    annotated["status"] = {"phase": "whatever"}
 
     made.on_watch_event(WatchEvent(EventType.MODIFIED, REF, live("git", "10")))
-    made.on_watch_event(WatchEvent(EventType.MODIFIED, REF, stranger))
+    made.on_watch_event(WatchEvent(EventType.MODIFIED, REF, annotated))
+
+    assert made.queue.depth == 0
+
+
+@pytest.mark.parametrize("label", ["aioreconcile.dev/sync", "app.kubernetes.io/managed-by"])
+async def test_an_object_stripped_of_our_label_is_still_ours_and_healed(label: str) -> None:
+    made = controller()
+    stripped = live("git", "11")
+    del stripped["metadata"]["labels"][label]
+
+    made.on_watch_event(WatchEvent(EventType.MODIFIED, REF, stripped))
+
+    assert made.queue.depth == 1
+
+
+async def test_an_object_of_no_sync_is_not_judged() -> None:
+    made = controller()
+    stranger = live("edited", "11")
+    stranger["metadata"]["name"] = "someone-elses"
+    del stranger["metadata"]["labels"]["aioreconcile.dev/sync"]
+
+    made.on_watch_event(WatchEvent(EventType.MODIFIED, ObjectRef.of(stranger), stranger))
 
     assert made.queue.depth == 0
 

@@ -5,8 +5,14 @@ listed once per kind and namespace, then each object is decided purely
 (``engine.planning.decide``): unchanged objects are not written at all, so their resourceVersion
 stays; objects the server may normalise are checked with a server-side dry-run first. Objects in
 a stage go concurrently under a limit; one failure never stops the others.
+
+Before that, ``planning.refusal`` may leave an existing object alone (``reconcile: disabled``:
+skipped) or fail it (another sync's object). A change the server refuses because a field is
+immutable fails naming the fields, or, with ``aioreconcile.dev/force: enabled``, recreates the
+object (``_recreate``), as Flux's ``kustomize.toolkit.fluxcd.io/force`` does.
 """
 
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
@@ -19,7 +25,7 @@ from aioreconcile.adapters.kube.transport import APPLY_PATCH, KubeTransport
 from aioreconcile.engine import health, planning
 from aioreconcile.engine.applying import ApplyOptions, ApplyResult
 from aioreconcile.engine.changeset import Action, ChangeSet, ChangeSetEntry
-from aioreconcile.engine.errors import AioreconcileError, NotFoundError
+from aioreconcile.engine.errors import AioreconcileError, ApiError, NotFoundError, TransientError
 from aioreconcile.engine.inventory import prunable
 from aioreconcile.engine.model import JsonObject, Manifest, ObjectRef
 from aioreconcile.engine.naming import SYNC_LABEL
@@ -86,13 +92,13 @@ class Applier:
     # --- reading ---------------------------------------------------------------------------------
 
     async def list_owned(
-        self, resource: Resource, *, sync: str, namespace: str = ""
+        self, resource: Resource, *, sync: str | None, namespace: str = ""
     ) -> dict[ObjectRef, JsonObject]:
-        """Live objects of ``resource`` labelled as belonging to ``sync`` (one LIST)."""
+        """Live objects of ``resource`` labelled as belonging to ``sync``, or to any sync when
+        ``sync`` is None (one LIST)."""
+        selector = SYNC_LABEL if sync is None else f"{SYNC_LABEL}={sync}"
         listed = await self._transport.request(
-            "GET",
-            resource.collection_path(namespace),
-            params={"labelSelector": f"{SYNC_LABEL}={sync}"},
+            "GET", resource.collection_path(namespace), params={"labelSelector": selector}
         )
         objects: dict[ObjectRef, JsonObject] = {}
         for item in listed.body.get("items") or []:
@@ -174,9 +180,11 @@ class Applier:
             wanted.setdefault(key, []).append(index)
 
         async def list_one(key: tuple[Resource, str]) -> dict[ObjectRef, JsonObject] | None:
+            # Every sync's objects, not only ours: one labelled as another sync's must not be
+            # taken for absent and silently taken over (``planning.refusal``).
             resource, namespace = key
             try:
-                return await self.list_owned(resource, sync=options.sync, namespace=namespace)
+                return await self.list_owned(resource, sync=None, namespace=namespace)
             except AioreconcileError:
                 return None
 
@@ -188,7 +196,7 @@ class Applier:
                 failures[index] = _failed(members[index].ref, e, started)
                 return None
             labels = ((obj or {}).get("metadata") or {}).get("labels") or {}
-            return obj if labels.get(SYNC_LABEL) == options.sync else None  # as the LIST's filter
+            return obj if SYNC_LABEL in labels else None  # as the LIST's filter
 
         keys = list(wanted)
         current: dict[ObjectRef, JsonObject] = {}
@@ -223,6 +231,10 @@ class Applier:
             traceparent=options.traceparent,
         )
         before = _resource_version(live)
+        refused = planning.refusal(desired, live, sync=options.sync)
+        if refused is not None:
+            action, why = refused
+            return _entry(ref, action, started, error=why, before=before, after=before), None
         try:
             decision = (
                 planning.Decision.APPLY
@@ -240,6 +252,17 @@ class Applier:
             status, applied = await self._server_apply(
                 resource, ref, desired, options, dry_run=options.dry_run
             )
+        except ApiError as e:
+            immutable = planning.immutable_fields(e)
+            if not immutable:
+                return _failed(ref, e, started), None
+            if options.dry_run or not planning.may_recreate(desired):
+                error = planning.immutable_error(ref, immutable)
+                return _entry(ref, Action.FAILED, started, error=error, before=before), None
+            try:
+                status, applied = await self._recreate(resource, ref, desired, options)
+            except AioreconcileError as recreate_error:
+                return _failed(ref, recreate_error, started), None
         except AioreconcileError as e:
             return _failed(ref, e, started), None
         after = _resource_version(applied)
@@ -273,6 +296,38 @@ class Applier:
             content_type=APPLY_PATCH,
         )
         return response.status, response.body
+
+    async def _recreate(
+        self, resource: Resource, ref: ObjectRef, desired: JsonObject, options: ApplyOptions
+    ) -> tuple[int, JsonObject]:
+        """Delete the object we read (a uid precondition: never a newer one of the same name),
+        wait until it is gone, then apply ``desired`` as a new object."""
+        current = await self.get(ref)
+        if current is not None:
+            uid = str((current.get("metadata") or {}).get("uid") or "")
+            body = {
+                "apiVersion": "v1",
+                "kind": "DeleteOptions",
+                "propagationPolicy": "Background",
+                "preconditions": {"uid": uid},
+            }
+            with contextlib.suppress(NotFoundError):
+                await self._transport.request(
+                    "DELETE", resource.object_path(ref.name, ref.namespace), body=body
+                )
+            gone = False
+            with anyio.move_on_after(options.settle_timeout_s):
+                while not gone:
+                    still = await self.get(ref)
+                    gone = still is None or _uid(still) != uid
+                    if not gone:
+                        await anyio.sleep(_SETTLE_POLL_S)
+            if not gone:
+                raise TransientError(
+                    f"{ref}: deleted to be recreated, still there after "
+                    f"{options.settle_timeout_s:g} s (finalizers?)"
+                )
+        return await self._server_apply(resource, ref, desired, options, dry_run=False)
 
     async def _settle(self, objects: Sequence[JsonObject], options: ApplyOptions) -> None:
         """Wait until CRDs are Established and Namespaces Active, then refresh discovery so the
@@ -312,7 +367,7 @@ class Applier:
     ) -> tuple[JsonObject | None, JsonObject]:
         """The live object (None if absent) and the object as it would be stored after our
         apply (server-side dry-run), with the live stamps kept so that a new revision alone
-        shows no difference."""
+        shows no difference; live itself for an object an apply would skip."""
         resource = await self._discovery.resolve(manifest.ref)
         ref = _ref_with_version(manifest.ref, resource)
         desired = planning.stamp(
@@ -322,6 +377,9 @@ class Applier:
             traceparent=options.traceparent,
         )
         live = await self.get(ref)
+        refused = planning.refusal(desired, live, sync=options.sync)
+        if live is not None and refused is not None and refused[0] is Action.SKIPPED:
+            return live, live  # an apply leaves it alone (reconcile: disabled)
         if live is not None:
             desired = planning.carry_stamps(desired, live)
         _, preview = await self._server_apply(resource, ref, desired, options, dry_run=True)
@@ -372,3 +430,7 @@ def _resource_version(obj: JsonObject | None) -> str | None:
     metadata: dict[str, Any] = obj.get("metadata") or {}
     version = metadata.get("resourceVersion")
     return str(version) if version is not None else None
+
+
+def _uid(obj: JsonObject) -> str:
+    return str((obj.get("metadata") or {}).get("uid") or "")

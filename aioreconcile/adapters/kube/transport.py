@@ -49,8 +49,15 @@ def _api_error(status: int, raw: bytes) -> ApiError:
         payload = {}
     reason = str(payload.get("reason") or "")
     message = str(payload.get("message") or raw[:500].decode(errors="replace"))
+    details = payload.get("details")
+    causes = details.get("causes") if isinstance(details, dict) else None
+    fields = tuple(
+        (str(cause.get("field") or ""), str(cause.get("message") or ""))
+        for cause in causes or ()
+        if isinstance(cause, dict)
+    )
     kind = {404: NotFoundError, 409: ConflictError}.get(status, ApiError)
-    return kind(status=status, reason=reason, message=message)
+    return kind(status=status, reason=reason, message=message, causes=fields)
 
 
 class KubeTransport:

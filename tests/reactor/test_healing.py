@@ -1,0 +1,160 @@
+"""Heals and syncs of one sync never interleave: a heal never writes an older commit's content.
+
+The fake cluster's ``get`` is held at a gate the test controls, so the interleaving (heal read,
+push, sync, heal write) is played out exactly, every time.
+"""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+
+from aioreconcile.engine.config import GitSourceSpec, SyncSpec
+from aioreconcile.engine.events import EventType, WatchEvent
+from aioreconcile.engine.metrics import Registry
+from aioreconcile.engine.model import JsonObject, Manifest, ObjectRef
+from aioreconcile.engine.triggers import Push
+from aioreconcile.reactor.controlling import Controller
+from tests.reactor.fakes import FakeCluster, FakeGitSource, FakeRenderer, NoWatcher
+
+A, B = "a" * 40, "b" * 40
+
+
+def config_map(value: str) -> Manifest:
+    body = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "settings", "namespace": "shop"},
+        "data": {"v": value},
+    }
+    return Manifest(ObjectRef.of(body), body, origin="settings.yaml")
+
+
+REF = config_map("").ref
+
+
+def git_source() -> FakeGitSource:
+    source = FakeGitSource(A, history=[(A, B)])
+    source.refuse = False
+    return source
+
+
+@asynccontextmanager
+async def running(cluster: FakeCluster, source: FakeGitSource) -> AsyncIterator[Controller]:
+    spec = SyncSpec(name="app", source=GitSourceSpec(url="git://example/x"), prune=False)
+    made = Controller(
+        [spec],
+        cluster=cluster,
+        render=FakeRenderer({A: [config_map("from-a")], B: [config_map("from-b")]}),
+        sources={"app": source},
+        inventories={},
+        watcher=NoWatcher(),
+        registry=Registry(),
+        drift_debounce_s=0.0,
+    )
+    async with anyio.create_task_group() as tasks:
+        await tasks.start(made.run)
+        try:
+            yield made
+        finally:
+            tasks.cancel_scope.cancel()
+
+
+async def applied(made: Controller, sha: str) -> None:
+    with anyio.fail_after(5):
+        while made.states["app"].last_applied_revision != sha:
+            await anyio.sleep(0.005)
+
+
+def data(obj: JsonObject | None) -> object:
+    return obj["data"] if obj is not None else None
+
+
+async def test_a_heal_held_across_a_push_never_writes_the_old_commit_over_the_new_one() -> None:
+    cluster, source = FakeCluster(), git_source()
+    async with running(cluster, source) as made:
+        await applied(made, A)
+        # Someone edits the object; the heal reads it and is held there.
+        cluster.gate = anyio.Event()
+        edited = cluster.edit(REF, lambda obj: obj["data"].update(v="edited"))
+        made.on_watch_event(WatchEvent(EventType.MODIFIED, REF, edited))
+        with anyio.fail_after(5):
+            await cluster.reading.wait()
+
+        # Meanwhile B is pushed, and its sync gets every chance to run.
+        source.head = B
+        made.push(Push("app", B))
+        await anyio.sleep(0.05)
+        await anyio.wait_all_tasks_blocked()
+
+        cluster.gate.set()  # the heal goes on
+        await applied(made, B)
+        await anyio.sleep(0.05)
+        await anyio.wait_all_tasks_blocked()
+
+        final = cluster.objects[REF]
+        assert data(final) == {"v": "from-b"}
+        assert final["metadata"]["annotations"]["aioreconcile.dev/revision"] == B
+        # Whatever the heal wrote was A's content stamped A, before B's sync wrote B.
+        assert cluster.writes[-1] == (REF, B)
+
+
+async def test_an_edit_made_while_a_sync_writes_is_judged_after_it_and_healed() -> None:
+    cluster, source = FakeCluster(), git_source()
+    async with running(cluster, source) as made:
+        await applied(made, A)
+        cluster.apply_gate = anyio.Event()
+        source.head = B
+        made.push(Push("app", B))
+        with anyio.fail_after(5):
+            await cluster.applied.wait()  # B is written; the sync has not recorded it yet
+
+        edited = cluster.edit(REF, lambda obj: obj["data"].update(v="edited"))
+        made.on_watch_event(WatchEvent(EventType.MODIFIED, REF, edited))
+        await anyio.sleep(0.05)
+        assert data(cluster.objects[REF]) == {"v": "edited"}  # set aside, not healed yet
+
+        cluster.apply_gate.set()
+        await applied(made, B)
+        with anyio.fail_after(5):
+            while data(cluster.objects[REF]) != {"v": "from-b"}:
+                await anyio.sleep(0.005)
+
+        assert made.states["app"].heals == 1
+        assert cluster.writes[-1] == (REF, B)
+
+
+async def test_a_heal_that_finds_the_object_as_stored_writes_nothing() -> None:
+    cluster, source = FakeCluster(), git_source()
+    async with running(cluster, source) as made:
+        await applied(made, A)
+        writes = len(cluster.writes)
+        # An event about a change since undone (a stale event): the heal reads it as stored.
+        stale = cluster.edit(REF, lambda obj: obj["data"].update(v="edited"))
+        cluster.edit(REF, lambda obj: obj["data"].update(v="from-a"))
+
+        made.on_watch_event(WatchEvent(EventType.MODIFIED, REF, stale))
+        await anyio.sleep(0.05)
+        await anyio.wait_all_tasks_blocked()
+
+        assert len(cluster.writes) == writes
+        assert made.states["app"].heals == 0
+        assert made.states["app"].fight_pauses == 0
+
+
+async def test_an_object_another_sync_took_over_is_not_healed_nor_retried() -> None:
+    cluster, source = FakeCluster(), git_source()
+    async with running(cluster, source) as made:
+        await applied(made, A)
+        writes = len(cluster.writes)
+
+        def adopted(obj: JsonObject) -> None:
+            obj["metadata"]["labels"]["aioreconcile.dev/sync"] = "billing"
+            obj["data"]["v"] = "billing's"
+
+        made.on_watch_event(WatchEvent(EventType.MODIFIED, REF, cluster.edit(REF, adopted)))
+        await anyio.sleep(0.05)
+        await anyio.wait_all_tasks_blocked()
+
+        assert len(cluster.writes) == writes
+        assert made.queue.depth == 0  # no retry
