@@ -2,19 +2,25 @@
 an apiserver restart, and the synthetic events of a relist after 410 Gone."""
 
 import contextvars
+import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import anyio
 import pytest
+import yaml
 
 from aioreconcile.adapters.kube.discovery import Discovery, Resource
-from aioreconcile.adapters.kube.transport import MERGE_PATCH, KubeTransport
+from aioreconcile.adapters.kube.transport import KEEPALIVE_IDLE_S, MERGE_PATCH, KubeTransport
 from aioreconcile.adapters.kube.watching import KindWatch, WatchManager, iter_lines
 from aioreconcile.engine.events import EventType, WatchEvent
 from aioreconcile.engine.model import JsonObject, ObjectRef
 from aioreconcile.engine.naming import MANAGED_BY_LABEL, MANAGED_BY_VALUE
 from aioreconcile.engine.relisting import tombstone
+from aioreconcile.testing.faults import BlackholeProxy, start_proxy
 from aioreconcile.testing.pytest_plugin import Kube
 
 pytestmark = pytest.mark.integration
@@ -366,3 +372,89 @@ async def test_lines_are_reassembled_across_chunks_however_long() -> None:
     lines = [line async for line in iter_lines(Chunks(*chunks))]
 
     assert lines == [b'{"a":1}', big, b'{"b":2}']
+
+
+# --- a connection that goes silent ---------------------------------------------------------------
+
+
+def kubeconfig_via(kubeconfig: Path, port: int, directory: Path) -> Path:
+    """A copy of ``kubeconfig`` whose server is ``127.0.0.1:port`` (TLS still verifies: the
+    apiserver's certificate names 127.0.0.1, whatever the port)."""
+    document = yaml.safe_load(kubeconfig.read_text())
+    for cluster in document["clusters"]:
+        server = urlsplit(cluster["cluster"]["server"])
+        cluster["cluster"]["server"] = f"{server.scheme}://127.0.0.1:{port}"
+    path = directory / "kubeconfig-via-proxy"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+@asynccontextmanager
+async def through_proxy(
+    kube: Kube, directory: Path
+) -> AsyncIterator[tuple[BlackholeProxy, KubeTransport]]:
+    server = urlsplit(kube.control_plane.server)
+    assert server.hostname is not None
+    assert server.port is not None
+    async with start_proxy(server.hostname, server.port) as proxy:
+        kubeconfig = kubeconfig_via(kube.kubeconfig, proxy.port, directory)
+        async with await KubeTransport.connect(kubeconfig) as transport:
+            yield proxy, transport
+
+
+async def test_a_watch_whose_connection_goes_silent_is_restarted_within_its_read_timeout(
+    kube: Kube, api: Api, namespace: str, tmp_path: Path
+) -> None:
+    read_timeout_s = 2.0
+    await api.create(api.config_maps, namespace, "ours")
+    recorder = Recorder(namespace)
+    async with through_proxy(kube, tmp_path) as (proxy, transport):
+        watch = KindWatch(
+            transport, api.config_maps, on_event=recorder, read_timeout_s=read_timeout_s
+        )
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch.run)
+            await watch.synced.wait()
+            await api.create(api.config_maps, namespace, "marker")
+            await recorder.wait_count(1)  # the watch stream flows through the proxy
+
+            assert proxy.blackhole() >= 1  # half-open: both ends stay connected, nothing passes
+            silenced_at = time.monotonic()
+            # Written directly, not through the proxy: only a working watch can report it.
+            modified = await api.modify(api.config_maps, namespace, "ours", "MQ==")
+            with anyio.fail_after(read_timeout_s + 10):
+                await recorder.wait_count(2)
+            seen_after = time.monotonic() - silenced_at
+            tg.cancel_scope.cancel()
+
+    assert recorder.seen() == [("ADDED", "ConfigMap", "marker"), ("MODIFIED", "ConfigMap", "ours")]
+    assert recorder.events[1].resource_version == modified
+    assert watch.stats.stalls >= 1
+    # Detected after the read timeout, resumed at once from the last resourceVersion.
+    assert read_timeout_s <= seen_after < read_timeout_s + 5, seen_after
+    assert watch.stats.relists == 0
+
+
+def keepalive_timers(port: int) -> list[tuple[int, int]]:
+    """``(timer, seconds until it fires)`` of every established loopback socket connected to
+    ``port``, from /proc/net/tcp: timer 2 is the keepalive timer, 0 none."""
+    found = []
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        remote, state, timer = fields[2], fields[3], fields[5]
+        if state == "01" and int(remote.split(":")[1], 16) == port:
+            kind, when = timer.split(":")
+            found.append((int(kind, 16), int(when, 16) // 100))  # clock ticks at USER_HZ=100
+    return found
+
+
+async def test_apiserver_connections_probe_a_dead_peer_with_tcp_keepalive(
+    kube: Kube, api: Api, tmp_path: Path
+) -> None:
+    async with through_proxy(kube, tmp_path) as (proxy, transport):
+        await transport.request("GET", api.config_maps.collection_path("default"))
+
+        timers = keepalive_timers(proxy.port)
+
+    assert timers, "no connection to the proxy found"
+    assert all(kind == 2 and when <= KEEPALIVE_IDLE_S for kind, when in timers), timers

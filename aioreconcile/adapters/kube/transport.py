@@ -11,9 +11,16 @@ with a short backoff; everything else is mapped to ``aioreconcile.engine.errors`
 server authorises it as that user, so a sync with a service account can do only what that
 account may. The controller's own credentials still authenticate the connection, and the
 controller needs the ``impersonate`` verb on those users and groups.
+
+Every connection has TCP keepalive on (probes after 30 s idle, every 10 s, dead after 3 misses),
+as client-go's dialer has (``KeepAlive: 30 * time.Second``): a peer that vanished without a FIN
+(a node gone, a NAT entry dropped) then breaks the socket within about a minute instead of the
+kernel's two hours. Keepalive cannot see a middlebox that still answers probes but forwards
+nothing; a watch bounds that with its read timeout (``stream(read_timeout_s=...)``).
 """
 
 import copy
+import socket
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -32,6 +39,31 @@ JSON: Final = "application/json"
 APPLY_PATCH: Final = "application/apply-patch+yaml"
 MERGE_PATCH: Final = "application/merge-patch+json"
 _RETRY_DELAYS: Final = (0.05, 0.2, 0.5, 1.0, 2.0)
+KEEPALIVE_IDLE_S: Final = 30
+KEEPALIVE_INTERVAL_S: Final = 10
+KEEPALIVE_PROBES: Final = 3
+
+
+class ReadTimedOut(TransientError):
+    """Nothing arrived on an open stream for longer than its read timeout: the connection is
+    presumed half-open (the peer or a middlebox went silent). Retrying on a new one is right."""
+
+
+def keepalive_socket(
+    addr_info: tuple[int, int, int, str, tuple[object, ...]],
+) -> socket.socket:
+    """A TCP socket with keepalive probing (aiohttp's ``socket_factory``)."""
+    family, kind, proto, _, _ = addr_info
+    sock = socket.socket(family=family, type=kind, proto=proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (
+        ("TCP_KEEPIDLE", KEEPALIVE_IDLE_S),
+        ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_S),
+        ("TCP_KEEPCNT", KEEPALIVE_PROBES),
+    ):
+        if hasattr(socket, option):  # Linux; macOS names the idle time TCP_KEEPALIVE
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+    return sock
 
 
 @dataclass(frozen=True)
@@ -69,7 +101,9 @@ class KubeTransport:
         self._owner = True
         self._impersonation: tuple[tuple[str, str], ...] = ()
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=max_connections, ssl=access.ssl_context()),
+            connector=aiohttp.TCPConnector(
+                limit=max_connections, ssl=access.ssl_context(), socket_factory=keepalive_socket
+            ),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
         )
 
@@ -162,19 +196,31 @@ class KubeTransport:
 
     @asynccontextmanager
     async def stream(
-        self, path: str, *, params: Mapping[str, str] | None = None
+        self,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        read_timeout_s: float | None = None,
     ) -> AsyncIterator[aiohttp.StreamReader]:
-        """An open GET stream (watches): the caller reads newline-delimited JSON events."""
+        """An open GET stream (watches): the caller reads newline-delimited JSON events.
+
+        ``read_timeout_s`` bounds each wait for bytes, the response headers included; past it
+        the stream ends with ``ReadTimedOut``. None waits as long as the connection lives.
+        """
         headers = await self._headers(None, JSON)
         try:
             async with self._session.get(
                 self.host + path,
                 params=params,
                 headers=headers,
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=None),
+                timeout=aiohttp.ClientTimeout(
+                    total=None, sock_connect=10, sock_read=read_timeout_s
+                ),
             ) as response:
                 if response.status >= 400:
                     raise _api_error(response.status, await response.read())
                 yield response.content
+        except aiohttp.SocketTimeoutError as e:
+            raise ReadTimedOut(f"watch {path}: nothing received for {read_timeout_s:g} s") from e
         except (TimeoutError, aiohttp.ClientConnectionError) as e:
             raise TransientError(f"watch {path}: {type(e).__name__}: {e}") from e

@@ -6,6 +6,13 @@
    events for what it missed) after 410 Gone.
 3. ``WatchManager``: one ``KindWatch`` per managed kind, started and stopped as that set changes.
 
+A watch is alive only while bytes arrive. With ``allowWatchBookmarks`` the apiserver's watch
+cache sends every watcher a BOOKMARK about once a minute even when nothing changes
+(``bookmarkFrequency`` in k8s.io/apiserver ``pkg/storage/cacher``), so a watch silent for
+``WATCH_READ_TIMEOUT_S`` (90 s) is taken as half-open and restarted from its last
+resourceVersion. Each request also asks the server to end it after a random 5-10 minutes
+(``timeoutSeconds``), as client-go's reflector does, so watches restart spread out in time.
+
 The cache keeps ``ref -> resourceVersion`` only: drift detection needs to know *that* an object
 changed, and the event carries the body. Memory stays flat however large the objects are.
 Objects are never logged: they may be Secrets.
@@ -26,7 +33,7 @@ import anyio.abc
 import orjson
 
 from aioreconcile.adapters.kube.discovery import Discovery, Resource
-from aioreconcile.adapters.kube.transport import KubeTransport
+from aioreconcile.adapters.kube.transport import KubeTransport, ReadTimedOut
 from aioreconcile.engine.errors import (
     ApiError,
     ConflictError,
@@ -44,6 +51,9 @@ MANAGED_SELECTOR: Final = f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
 BOOKMARK: Final = "BOOKMARK"
 ERROR: Final = "ERROR"
 LIST_PAGE_SIZE: Final = 500
+BOOKMARK_PERIOD_S: Final = 60.0  # how often the apiserver's watch cache sends a BOOKMARK
+WATCH_READ_TIMEOUT_S: Final = BOOKMARK_PERIOD_S * 1.5  # silent this long: half-open, restart
+MIN_WATCH_TIMEOUT_S: Final = 300  # timeoutSeconds is random in [min, 2 * min), as client-go's
 _READ_CHUNK: Final = 1 << 20
 _EVENT_TYPES: Final = frozenset(t.value for t in EventType)
 
@@ -123,12 +133,14 @@ async def stream_events(
     *,
     label_selector: str,
     resource_version: str,
-    timeout_s: int = 300,
+    timeout_s: int = MIN_WATCH_TIMEOUT_S,
+    read_timeout_s: float | None = WATCH_READ_TIMEOUT_S,
 ) -> AsyncGenerator[RawEvent, None]:
     """Events of one watch request across all namespaces, until the server ends it.
 
     Raises ``ResourceVersionExpired`` when ``resource_version`` is too old (410, as an ERROR
-    event or as the response status), another ``ApiError`` for other ERROR events, and
+    event or as the response status), another ``ApiError`` for other ERROR events,
+    ``ReadTimedOut`` when nothing (not even a bookmark) arrived for ``read_timeout_s``, and
     ``TransientError`` when the connection drops; a normal end (``timeoutSeconds``) just stops.
     """
     path = resource.collection_path()
@@ -141,7 +153,7 @@ async def stream_events(
     if label_selector:
         params["labelSelector"] = label_selector
     try:
-        async with transport.stream(path, params=params) as content:
+        async with transport.stream(path, params=params, read_timeout_s=read_timeout_s) as content:
             async for line in iter_lines(content):
                 event = _decode(line, path)
                 if event.type == ERROR:
@@ -172,6 +184,7 @@ class WatchStats:
     relists: int = 0  # LISTs after a 410
     reconnects: int = 0  # watch requests after the first of a run
     failures: int = 0  # watches or lists that ended in an error
+    stalls: int = 0  # watches restarted because nothing arrived within the read timeout
 
 
 def _persistent(error: Exception) -> bool:
@@ -202,6 +215,9 @@ class KindWatch:
     The first LIST emits nothing unless ``emit_initial``: the controller has just applied those
     objects and knows them. After that every change reaches ``on_event`` in the server's order;
     ``on_event`` is synchronous and must not block, so a slow consumer cannot stall the stream.
+
+    ``timeout_s`` is the server-side length of each watch request (None: random 5-10 min);
+    ``read_timeout_s`` the longest silence taken for a live connection (None: no bound).
     """
 
     def __init__(
@@ -212,7 +228,8 @@ class KindWatch:
         on_event: EventCallback,
         label_selector: str = MANAGED_SELECTOR,
         emit_initial: bool = False,
-        timeout_s: int = 300,
+        timeout_s: int | None = None,
+        read_timeout_s: float | None = WATCH_READ_TIMEOUT_S,
         page_size: int = LIST_PAGE_SIZE,
         stats: WatchStats | None = None,
     ) -> None:
@@ -222,6 +239,7 @@ class KindWatch:
         self.label_selector = label_selector
         self.emit_initial = emit_initial
         self.timeout_s = timeout_s
+        self.read_timeout_s = read_timeout_s
         self.page_size = page_size
         self.stats = stats if stats is not None else WatchStats()
         self.cache: dict[ObjectRef, str] = {}
@@ -253,12 +271,24 @@ class KindWatch:
             logger.debug("watching %s from rv %s", self._name, self.resource_version)
             began = time.monotonic()
             self._received = 0
+            timeout_s = self._request_timeout()
             try:
-                await self._watch_once()
+                await self._watch_once(timeout_s)
             except ResourceVersionExpired:
                 logger.info("%s: rv %s expired (410), relisting", self._name, self.resource_version)
                 await self._list_until_done(initial=False)
                 self._backoff.reset()
+                continue
+            except ReadTimedOut as e:
+                # Half-open: the server may be fine, only this connection is dead. Waiting the
+                # read timeout was the delay; reconnect now, from where we are.
+                self.stats.stalls += 1
+                logger.warning(
+                    "%s: watch from rv %s stalled (%s), restarting it",
+                    self._name,
+                    self.resource_version,
+                    e,
+                )
                 continue
             except (TransientError, ApiError) as e:
                 self.stats.failures += 1
@@ -277,19 +307,25 @@ class KindWatch:
                 continue
             # The server ended the watch (timeoutSeconds). One that ended at once with nothing
             # said is treated as a failure, so a misbehaving server cannot make us spin.
-            if self._received or time.monotonic() - began >= min(1.0, self.timeout_s / 2):
+            if self._received or time.monotonic() - began >= min(1.0, timeout_s / 2):
                 self._backoff.reset()
             else:
                 await anyio.sleep(self._backoff.next_delay())
 
-    async def _watch_once(self) -> None:
+    def _request_timeout(self) -> int:
+        if self.timeout_s is not None:
+            return self.timeout_s
+        return random.randrange(MIN_WATCH_TIMEOUT_S, 2 * MIN_WATCH_TIMEOUT_S)
+
+    async def _watch_once(self, timeout_s: int) -> None:
         """One watch request, counting what it brought (bookmarks included) in ``_received``."""
         stream = stream_events(
             self.transport,
             self.resource,
             label_selector=self.label_selector,
             resource_version=self.resource_version,
-            timeout_s=self.timeout_s,
+            timeout_s=timeout_s,
+            read_timeout_s=self.read_timeout_s,
         )
         async with aclosing(stream) as events:
             async for event in events:
@@ -460,7 +496,8 @@ class WatchManager:
         on_event: EventCallback,
         label_selector: str = MANAGED_SELECTOR,
         emit_initial: bool = False,
-        timeout_s: int = 300,
+        timeout_s: int | None = None,
+        read_timeout_s: float | None = WATCH_READ_TIMEOUT_S,
     ) -> None:
         self.transport = transport
         self.discovery = discovery
@@ -468,6 +505,7 @@ class WatchManager:
         self.label_selector = label_selector
         self.emit_initial = emit_initial
         self.timeout_s = timeout_s
+        self.read_timeout_s = read_timeout_s
         self.stats = WatchStats()
         self._watches: dict[tuple[str, str], KindWatch] = {}
         self._scopes: dict[tuple[str, str], anyio.CancelScope] = {}
@@ -521,6 +559,7 @@ class WatchManager:
                 label_selector=self.label_selector,
                 emit_initial=self.emit_initial,
                 timeout_s=self.timeout_s,
+                read_timeout_s=self.read_timeout_s,
                 stats=self.stats,
             )
             if self._task_group is not None:
