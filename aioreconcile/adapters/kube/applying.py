@@ -25,7 +25,13 @@ from aioreconcile.adapters.kube.transport import APPLY_PATCH, KubeTransport
 from aioreconcile.engine import health, planning
 from aioreconcile.engine.applying import ApplyOptions, ApplyResult
 from aioreconcile.engine.changeset import Action, ChangeSet, ChangeSetEntry
-from aioreconcile.engine.errors import AioreconcileError, ApiError, NotFoundError, TransientError
+from aioreconcile.engine.errors import (
+    AioreconcileError,
+    ApiError,
+    ConflictError,
+    NotFoundError,
+    TransientError,
+)
 from aioreconcile.engine.inventory import prunable
 from aioreconcile.engine.model import JsonObject, Manifest, ObjectRef
 from aioreconcile.engine.naming import SYNC_LABEL
@@ -389,7 +395,8 @@ class Applier:
 
     async def delete(self, refs: Sequence[ObjectRef], options: ApplyOptions) -> ChangeSet:
         """Delete stale objects, namespaced first and CRDs last; each is checked live first
-        (prune-disabled annotation, still ours), deleted with Background propagation."""
+        (prune-disabled annotation, still ours), deleted with Background propagation and a
+        ``uid`` precondition, so the object deleted is the one checked (see ``_delete_one``)."""
         entries: list[ChangeSetEntry] = []
 
         async def one(ref: ObjectRef) -> ChangeSetEntry:
@@ -411,14 +418,35 @@ class Applier:
             allowed, why = prunable(ref, live, sync=options.sync)
             if not allowed:
                 return _entry(ref, Action.SKIPPED, started, error=why)
-            params = {"propagationPolicy": "Background"}
+            assert live is not None  # prunable refuses an absent object
+            uid = str((live.get("metadata") or {}).get("uid") or "")
+            body: JsonObject = {
+                "apiVersion": "v1",
+                "kind": "DeleteOptions",
+                "propagationPolicy": "Background",
+                # Without it, an object deleted and recreated by someone else between our GET
+                # and our DELETE would be deleted though nobody checked it (as kubectl's and
+                # fluxcd/pkg's deletes of a known object do, the server compares for us).
+                "preconditions": {"uid": uid},
+            }
             if options.dry_run:
-                params["dryRun"] = "All"
+                body["dryRun"] = ["All"]
             await self._transport.request(
-                "DELETE", resource.object_path(ref.name, ref.namespace), params=params
+                "DELETE", resource.object_path(ref.name, ref.namespace), body=body
             )
         except NotFoundError:
             return _entry(ref, Action.SKIPPED, started, error="already gone")
+        except ConflictError:
+            # 409 on a uid precondition: the object under that name is not the one we read.
+            return _entry(
+                ref,
+                Action.SKIPPED,
+                started,
+                error=(
+                    "deleted and recreated by someone else after it was checked (its uid "
+                    "changed): the new object is not ours to delete"
+                ),
+            )
         except AioreconcileError as e:
             return _failed(ref, e, started)
         return _entry(ref, Action.DELETED, started, before=_resource_version(live))

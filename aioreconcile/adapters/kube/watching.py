@@ -6,11 +6,15 @@
    events for what it missed) after 410 Gone.
 3. ``WatchManager``: one ``KindWatch`` per managed kind, started and stopped as that set changes.
 
-A watch is alive only while bytes arrive. With ``allowWatchBookmarks`` the apiserver's watch
-cache sends every watcher a BOOKMARK about once a minute even when nothing changes
-(``bookmarkFrequency`` in k8s.io/apiserver ``pkg/storage/cacher``), so a watch silent for
-``WATCH_READ_TIMEOUT_S`` (90 s) is taken as half-open and restarted from its last
-resourceVersion. Each request also asks the server to end it after a random 5-10 minutes
+A watch is known alive only while bytes arrive. With ``allowWatchBookmarks`` the apiserver's
+watch cache offers every watcher a BOOKMARK once a minute (``defaultBookmarkFrequency`` in
+k8s.io/apiserver ``pkg/storage/cacher``), sent only when the cache's resourceVersion has moved
+past the watcher's: a kind that nobody changes can stay silent for minutes on a healthy
+connection. A watch silent for ``WATCH_READ_TIMEOUT_S`` (90 s) is therefore restarted from its
+last resourceVersion: a half-open connection is replaced within that bound, and a merely quiet
+kind costs one cheap request every 90 s (no relist: its resourceVersion is still current).
+client-go gets the same bound from HTTP/2 pings (``ReadIdleTimeout``); over HTTP/1.1 the read
+timeout is ours. Each request also asks the server to end it after a random 5-10 minutes
 (``timeoutSeconds``), as client-go's reflector does, so watches restart spread out in time.
 
 The cache keeps ``ref -> resourceVersion`` only: drift detection needs to know *that* an object
@@ -280,11 +284,11 @@ class KindWatch:
                 self._backoff.reset()
                 continue
             except ReadTimedOut as e:
-                # Half-open: the server may be fine, only this connection is dead. Waiting the
-                # read timeout was the delay; reconnect now, from where we are.
+                # Half-open, or only quiet: either way a new request from where we are is right.
+                # Waiting the read timeout was the delay; no backoff on top.
                 self.stats.stalls += 1
-                logger.warning(
-                    "%s: watch from rv %s stalled (%s), restarting it",
+                logger.info(
+                    "%s: watch from rv %s silent (%s), restarting it",
                     self._name,
                     self.resource_version,
                     e,

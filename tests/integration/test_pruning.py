@@ -1,0 +1,103 @@
+"""Prune against the real apiserver when the world moves under it: an object recreated between
+our read and our DELETE, a deleted inventory, a hand-edited one."""
+
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import yaml
+from kubernetes_asyncio import client
+
+from aioreconcile import runtime
+from aioreconcile.adapters.kube.applying import Applier
+from aioreconcile.adapters.kube.discovery import Discovery
+from aioreconcile.adapters.kube.transport import KubeTransport
+from aioreconcile.engine.applying import ApplyOptions
+from aioreconcile.engine.changeset import Action
+from aioreconcile.engine.model import JsonObject, ObjectRef
+from aioreconcile.engine.naming import MANAGED_BY_LABEL, MANAGED_BY_VALUE, SYNC_LABEL
+from aioreconcile.engine.outcomes import Reason
+from aioreconcile.testing.pytest_plugin import Kube
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def transport(kube: Kube) -> AsyncIterator[KubeTransport]:
+    async with await KubeTransport.connect(kube.kubeconfig) as opened:
+        yield opened
+
+
+def labelled_config_map(name: str, namespace: str, sync: str, value: str) -> JsonObject:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {MANAGED_BY_LABEL: MANAGED_BY_VALUE, SYNC_LABEL: sync},
+        },
+        "data": {"v": value},
+    }
+
+
+class RecreatingApplier(Applier):
+    """An applier whose read of ``target`` is followed, before anything else happens, by
+    someone deleting that object and creating a new one under the same name (and with our
+    labels: the worst case, which the label checks cannot tell apart)."""
+
+    def __init__(self, transport: KubeTransport, *, target: ObjectRef, sync: str) -> None:
+        super().__init__(transport, Discovery(transport))
+        self.target = target
+        self.sync = sync
+        self.recreated_uid = ""
+
+    async def get(self, ref: ObjectRef) -> JsonObject | None:
+        live = await super().get(ref)
+        if ref == self.target and not self.recreated_uid:
+            base = f"/api/v1/namespaces/{ref.namespace}/configmaps"
+            await self._transport.request("DELETE", f"{base}/{ref.name}")
+            created = await self._transport.request(
+                "POST", base, body=labelled_config_map(ref.name, ref.namespace, self.sync, "new")
+            )
+            self.recreated_uid = created.body["metadata"]["uid"]
+        return live
+
+
+async def test_prune_never_deletes_an_object_recreated_after_it_was_read(
+    transport: KubeTransport, namespace: str
+) -> None:
+    sync = f"uid-{secrets.token_hex(3)}"
+    base = f"/api/v1/namespaces/{namespace}/configmaps"
+    first = await transport.request(
+        "POST", base, body=labelled_config_map("stale", namespace, sync, "old")
+    )
+    ref = ObjectRef("", "ConfigMap", namespace, "stale", "v1")
+    applier = RecreatingApplier(transport, target=ref, sync=sync)
+
+    pruned = await applier.delete([ref], ApplyOptions(sync=sync, revision="r2"))
+
+    still = (await transport.request("GET", f"{base}/stale")).body
+    assert still["metadata"]["uid"] == applier.recreated_uid != first.body["metadata"]["uid"]
+    assert still["data"] == {"v": "new"}
+    [entry] = pruned.entries
+    assert entry.action is Action.SKIPPED
+    assert "recreated" in (entry.error or ""), entry.error
+
+
+async def test_prune_deletes_the_object_it_read(transport: KubeTransport, namespace: str) -> None:
+    sync = f"uid-{secrets.token_hex(3)}"
+    base = f"/api/v1/namespaces/{namespace}/configmaps"
+    await transport.request("POST", base, body=labelled_config_map("stale", namespace, sync, "v"))
+    ref = ObjectRef("", "ConfigMap", namespace, "stale", "v1")
+
+    pruned = await Applier(transport, Discovery(transport)).delete(
+        [ref], ApplyOptions(sync=sync, revision="r2")
+    )
+
+    assert [(e.ref.name, e.action) for e in pruned.entries] == [("stale", Action.DELETED)]
+    listed = await transport.request("GET", base)
+    assert "stale" not in {item["metadata"]["name"] for item in listed.body["items"]}
