@@ -52,6 +52,11 @@ class FetchError(AioreconcileError):
     """
 
 
+class InventoryError(AioreconcileError, ValueError):
+    """A stored inventory cannot be read (hand-edited, truncated); the message names the entry
+    and what is wrong with it. Retrying does not help: a person has to fix or delete it."""
+
+
 class VerificationError(AioreconcileError):
     """A commit's signature did not verify against the configured keys; it is never applied.
     The message names the commit and git's reason."""

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from itertools import chain
 from typing import Any
 
+from aioreconcile.engine.errors import InventoryError
 from aioreconcile.engine.model import JsonObject, ObjectRef
 from aioreconcile.engine.naming import (
     DISABLED,
@@ -19,10 +20,6 @@ from aioreconcile.engine.naming import (
     PRUNE_ANNOTATION,
     SYNC_LABEL,
 )
-
-
-class InventoryError(ValueError):
-    """A stored inventory entry cannot be read; the message names the entry."""
 
 
 @dataclass(frozen=True)
@@ -46,10 +43,14 @@ class Inventory:
         return [{"id": ref.inventory_id, "v": ref.version} for ref in sorted(self.entries)]
 
     @classmethod
-    def from_entries(cls, entries: Iterable[object]) -> "Inventory":
+    def from_entries(cls, entries: object) -> "Inventory":
         """Inverse of ``to_entries``. An entry listed twice counts once (the first is kept);
         anything else unreadable raises InventoryError naming it, rather than being skipped: a
         skipped entry is an object that would never be pruned."""
+        if not isinstance(entries, list | tuple):
+            raise InventoryError(
+                f"inventory is not a list of entries but {type(entries).__name__} {entries!r:.80}"
+            )
         return cls.of(_parse_entry(position, entry) for position, entry in enumerate(entries))
 
 

@@ -38,6 +38,9 @@ class SyncOutcome:
     # Each applied object as the server returned it (or as listed, when unchanged): the drift
     # watch compares later events with what the server stored for our fields.
     live: dict[ObjectRef, JsonObject] = field(default_factory=dict, compare=False, repr=False)
+    # Whether retrying soon may help; False (a hand-edited inventory, say) waits for the next
+    # poll or push instead of retrying with backoff.
+    transient: bool = True
 
     @property
     def ok(self) -> bool:

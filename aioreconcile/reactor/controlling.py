@@ -402,7 +402,7 @@ class Controller:
                 | ({"aioreconcile.ref.rewound": True} if rewound else {})
             )
             outcome = await self._reconcile_commit(state, sha, root, started=started)
-        if outcome is not None and outcome.reason in _RETRIED:
+        if outcome is not None and outcome.reason in _RETRIED and outcome.transient:
             raise RetryLater(outcome.message)
 
     async def _fetch_head(self, state: SyncState, *, hint: str | None) -> str:

@@ -43,6 +43,16 @@ class Cluster(Protocol):
         ``known_changed`` (a declared value differs) skips the pure check and the dry-run."""
         ...
 
+    async def list_owned(self, kind: ObjectRef, *, sync: str) -> dict[ObjectRef, JsonObject]:
+        """Every object of ``kind`` (its group, version and kind; name and namespace unused), in
+        every namespace, labelled as managed by us and as ``sync``'s."""
+        ...
+
+    async def deletable_kinds(self) -> list[ObjectRef]:
+        """Every kind the cluster serves that can be listed and deleted, in its preferred
+        version, as refs without name or namespace (as of the last discovery refresh)."""
+        ...
+
 
 class ManifestRenderer(Protocol):
     """Turns a directory of a checked-out revision into manifests (plain, kustomize, helm);

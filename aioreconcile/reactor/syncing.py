@@ -3,8 +3,13 @@
 The order and the refusals live here and nowhere else: nothing is applied when rendering fails,
 and nothing is pruned when rendering or any apply failed, or when the source became empty and
 that was not explicitly allowed. Failed deletions stay in the inventory so the next run retries.
+With no stored inventory (the first apply, or someone deleted it) the inventory is rebuilt from
+the objects that carry the sync's labels, so nothing it applied is orphaned; a stored inventory
+that cannot be read fails the run (``InventoryFailed``, not retried until the next poll or push)
+and prunes nothing.
 """
 
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +20,7 @@ import anyio
 from aioreconcile.engine import health
 from aioreconcile.engine.applying import ApplyOptions, ApplyResult
 from aioreconcile.engine.changeset import ChangeSet, ChangeSetEntry
-from aioreconcile.engine.errors import AioreconcileError
+from aioreconcile.engine.errors import AioreconcileError, ApiError, TransientError
 from aioreconcile.engine.inventory import Inventory, allow_prune, merge, stale
 from aioreconcile.engine.model import JsonObject, Manifest, ObjectRef
 from aioreconcile.engine.outcomes import Reason, SyncOutcome
@@ -23,6 +28,8 @@ from aioreconcile.engine.planning import Stage, staged
 from aioreconcile.engine.sources import RenderSpec
 from aioreconcile.reactor.ports import Cluster, InventoryStore, ManifestRenderer
 from aioreconcile.reactor.tracing import NoTracing, Tracing
+
+logger = logging.getLogger(__name__)
 
 HEALTH_POLL_S: Final = 0.5
 _HEALTH_READ_CONCURRENCY: Final = 16
@@ -91,6 +98,8 @@ async def sync_once(
         try:
             with tracing.stage("inventory read"):
                 previous = await inventory.load()
+                if previous is None and request.prune:
+                    previous = await inventory_from_labels(cluster, request.options)
             kept: Inventory = current
             if request.prune and previous is not None:
                 allowed, why = allow_prune(
@@ -126,6 +135,7 @@ async def sync_once(
                 pruned=pruned,
                 prune_note=prune_note,
                 live=result.live,
+                transient=_transient(e),
             )
 
     not_ready: NotReady = ()
@@ -162,6 +172,53 @@ async def sync_once(
         inventory_size=inventory_size,
         live=result.live,
     )
+
+
+def _transient(error: Exception) -> bool:
+    return isinstance(error, TransientError) or (isinstance(error, ApiError) and error.transient)
+
+
+async def inventory_from_labels(cluster: Cluster, options: ApplyOptions) -> Inventory:
+    """The inventory of ``options.sync`` rebuilt from the objects labelled as its own, in every
+    kind the cluster can list and delete.
+
+    Used when none is stored: on a first apply it finds what was just applied (and anything a
+    lost inventory listed); after the inventory was deleted it finds everything, so an object
+    removed from the source meanwhile is still pruned instead of orphaned. The labels are the
+    same ones ``prunable`` requires before any delete (Argo CD finds an application's objects
+    by its tracking label the same way). A kind we may not list (403) or that went away is
+    skipped with a warning; a transient failure fails the run so it is retried.
+    """
+    found: list[ObjectRef] = []
+    skipped: list[str] = []
+    transient: list[AioreconcileError] = []
+    limiter = anyio.CapacityLimiter(max(1, options.concurrency))
+
+    async def one(kind: ObjectRef) -> None:
+        async with limiter:
+            try:
+                found.extend(await cluster.list_owned(kind, sync=options.sync))
+            except AioreconcileError as e:
+                if _transient(e):
+                    transient.append(e)
+                else:
+                    skipped.append(f"{kind.kind}: {e}")
+
+    async with anyio.create_task_group() as tasks:
+        for kind in await cluster.deletable_kinds():
+            tasks.start_soon(one, kind)
+    if transient:
+        raise TransientError(f"rebuilding the inventory from labels: {transient[0]}")
+    if skipped:
+        logger.warning(
+            "kinds not searched for objects of this sync",
+            extra={"sync": options.sync, "skipped": skipped},
+        )
+    logger.info(
+        "no stored inventory: rebuilt from labels",
+        extra={"sync": options.sync, "objects": len(found)},
+    )
+    return Inventory.of(found)
 
 
 _STAGE_NAMES: Final = {

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from aioreconcile.engine.errors import AioreconcileError, InventoryError
 from aioreconcile.engine.inventory import (
     Inventory,
-    InventoryError,
     allow_prune,
     merge,
     prunable,
@@ -124,6 +124,25 @@ def test_from_entries_names_the_entry_it_cannot_read(entry: object, names: str) 
 
     with pytest.raises(InventoryError, match=names.replace("[", r"\[")):
         Inventory.from_entries(entries)
+
+
+@pytest.mark.parametrize(
+    ("entries", "names"),
+    [
+        pytest.param({"id": "shop_web_apps_Deployment", "v": "v1"}, "but dict", id="a-map"),
+        pytest.param("shop_web_apps_Deployment", "but str", id="a-string"),
+        pytest.param(7, "but int 7", id="a-number"),
+        pytest.param(None, "but NoneType", id="null"),
+    ],
+)
+def test_from_entries_refuses_what_is_not_a_list(entries: object, names: str) -> None:
+    with pytest.raises(InventoryError, match=f"inventory is not a list of entries {names}"):
+        Inventory.from_entries(entries)
+
+
+def test_an_unreadable_inventory_is_one_of_our_errors() -> None:
+    """So the reactor reports it (InventoryFailed) instead of letting it escape."""
+    assert issubclass(InventoryError, AioreconcileError)
 
 
 _name = st.from_regex(r"\A[a-z]([a-z0-9.-]{0,14}[a-z0-9])?\Z")

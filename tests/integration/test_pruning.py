@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 import yaml
 from kubernetes_asyncio import client
@@ -101,3 +100,94 @@ async def test_prune_deletes_the_object_it_read(transport: KubeTransport, namesp
     assert [(e.ref.name, e.action) for e in pruned.entries] == [("stale", Action.DELETED)]
     listed = await transport.request("GET", base)
     assert "stale" not in {item["metadata"]["name"] for item in listed.body["items"]}
+
+
+# --- the inventory ConfigMap deleted or hand-edited ----------------------------------------------
+
+
+def write_config_map(directory: Path, name: str, namespace: str) -> None:
+    body = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": namespace},
+    }
+    (directory / f"{name}.yaml").write_text(yaml.safe_dump(body))
+
+
+def pruning(kube: Kube, path: Path, namespace: str, inventory: str) -> runtime.DirectorySettings:
+    return runtime.DirectorySettings(
+        path=path,
+        sync=inventory,
+        cluster=runtime.ClusterSettings(kubeconfig=kube.kubeconfig),
+        inventory=inventory,
+        inventory_namespace=namespace,
+        prune=True,
+    )
+
+
+async def config_map_names(kube: Kube, namespace: str) -> set[str]:
+    listed = await client.CoreV1Api(kube.api).list_namespaced_config_map(namespace)
+    return {cm.metadata.name for cm in listed.items}
+
+
+async def test_deleted_inventory_is_rebuilt_from_labels_and_prune_still_removes_what_left(
+    kube: Kube, namespace: str, tmp_path: Path
+) -> None:
+    inventory = f"inv-{secrets.token_hex(3)}"
+    for name in ("keep", "drop"):
+        write_config_map(tmp_path, name, namespace)
+    first = await runtime.apply_directory(pruning(kube, tmp_path, namespace, inventory))
+    assert first.ok, first
+    await client.CoreV1Api(kube.api).delete_namespaced_config_map(inventory, namespace)
+    (tmp_path / "drop.yaml").unlink()
+
+    outcome = await runtime.apply_directory(pruning(kube, tmp_path, namespace, inventory))
+
+    assert outcome.ok, outcome
+    assert [(e.ref.name, e.action) for e in outcome.pruned.entries] == [("drop", Action.DELETED)]
+    assert await config_map_names(kube, namespace) == {"keep", inventory}
+    assert outcome.inventory_size == 1
+
+
+CORRUPTIONS = [
+    pytest.param("not json at all", "data.entries.json is not JSON", id="not-json"),
+    pytest.param('{"id": "x"}', "data.entries.json: inventory is not a list", id="not-a-list"),
+    pytest.param(
+        '[{"id": "ns_a__ConfigMap"}]', "entry 0 ('ns_a__ConfigMap') has no version", id="no-version"
+    ),
+    pytest.param(
+        '[{"id": "nonsense", "v": "v1"}]', "'nonsense' is not <namespace>_<name>", id="bad-id"
+    ),
+    pytest.param(None, "data.entries.json is missing", id="key-removed"),
+]
+
+
+@pytest.mark.parametrize(("entries", "problem"), CORRUPTIONS)
+async def test_corrupt_inventory_fails_with_the_problem_named_and_prunes_nothing(
+    kube: Kube, namespace: str, tmp_path: Path, entries: str | None, problem: str
+) -> None:
+    inventory = f"inv-{secrets.token_hex(3)}"
+    for name in ("keep", "drop"):
+        write_config_map(tmp_path, name, namespace)
+    assert (await runtime.apply_directory(pruning(kube, tmp_path, namespace, inventory))).ok
+    core = client.CoreV1Api(kube.api)
+    stored = await core.read_namespaced_config_map(inventory, namespace)
+    data: dict[str, Any] = dict(stored.data)
+    if entries is None:
+        del data["entries.json"]
+    else:
+        data["entries.json"] = entries
+    stored.data = data
+    await core.replace_namespaced_config_map(inventory, namespace, stored)
+    (tmp_path / "drop.yaml").unlink()
+
+    outcome = await runtime.apply_directory(pruning(kube, tmp_path, namespace, inventory))
+
+    assert outcome.reason is Reason.INVENTORY_FAILED
+    assert f"ConfigMap/{namespace}/{inventory}" in outcome.message
+    assert problem in outcome.message, outcome.message
+    assert outcome.pruned.entries == ()
+    assert "drop" in await config_map_names(kube, namespace)
+    # Left as the human wrote it: overwriting it would forget what it listed.
+    kept = await core.read_namespaced_config_map(inventory, namespace)
+    assert kept.data == data

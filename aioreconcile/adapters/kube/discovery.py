@@ -65,12 +65,32 @@ def _parse(document: JsonObject) -> dict[tuple[str, str, str], Resource]:
     return found
 
 
+def _deletable(document: JsonObject) -> list[tuple[str, str, str]]:
+    """Keys of the resources that can be listed and deleted, the preferred version of each
+    kind first (aggregated discovery lists a group's versions in preference order)."""
+    found: list[tuple[str, str, str]] = []
+    for group_entry in document.get("items") or []:
+        group = (group_entry.get("metadata") or {}).get("name", "")
+        for version_entry in group_entry.get("versions") or []:
+            for resource in version_entry.get("resources") or []:
+                kind = (resource.get("responseKind") or {}).get("kind")
+                verbs = set(resource.get("verbs") or ())
+                if (
+                    kind
+                    and "/" not in str(resource.get("resource"))
+                    and {"list", "delete"} <= verbs
+                ):
+                    found.append((group, version_entry.get("version", ""), kind))
+    return found
+
+
 class Discovery:
     """A cache of the server's resources, refreshed on a miss."""
 
     def __init__(self, transport: KubeTransport) -> None:
         self._transport = transport
         self._resources: dict[tuple[str, str, str], Resource] = {}
+        self._deletable: list[Resource] = []
         self._by_group_kind: dict[tuple[str, str], Resource] = {}
         self._refresh_lock = anyio.Lock()
         self._generation = 0
@@ -81,7 +101,17 @@ class Discovery:
         resources = _parse(core.body) | _parse(groups.body)
         self._resources = resources
         self._by_group_kind = {(r.group, r.kind): r for r in resources.values()}
+        preferred: dict[tuple[str, str], Resource] = {}
+        for key in _deletable(core.body) + _deletable(groups.body):
+            if key in resources:
+                preferred.setdefault((key[0], key[2]), resources[key])
+        self._deletable = list(preferred.values())
         self._generation += 1
+
+    def deletable(self) -> list[Resource]:
+        """Every kind the server lets us list and delete, once, in its preferred version (as of
+        the last refresh): where objects of ours can be, when nothing else says where."""
+        return list(self._deletable)
 
     def cached(self, ref: ObjectRef) -> Resource | None:
         """The resource for ``ref`` if known, without a request."""
