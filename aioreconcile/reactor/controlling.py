@@ -20,6 +20,11 @@ Heals never race their sync. A reconcile that is about to write waits for the he
 sync already running, and while it writes, heals and events of its objects are set aside and
 re-checked once it has recorded what it stored; so a heal never writes an older commit's
 content after a newer one (kopf serialises all handling of one object the same way).
+
+Watches can miss an event (a connection that stalled, a bug, an event dropped on the way), so
+every poll that finds the ref unmoved also lists the sync's objects by label and judges those
+that are missing or not as we last wrote them (``_verify_live``): a missed drift is healed
+within one interval.
 """
 
 import logging
@@ -47,6 +52,7 @@ from aioreconcile.engine.naming import SYNC_LABEL, TRACEPARENT_ANNOTATION
 from aioreconcile.engine.outcomes import Reason, SyncOutcome
 from aioreconcile.engine.planning import as_stored, our_fields, refusal, stamp
 from aioreconcile.engine.redaction import printable, redact_text, redact_url
+from aioreconcile.engine.relisting import tombstone
 from aioreconcile.engine.triggers import Push
 from aioreconcile.reactor.ports import Cluster, GitSource, InventoryStore, ManifestRenderer, Watcher
 from aioreconcile.reactor.queueing import WorkQueue
@@ -373,7 +379,10 @@ class Controller:
         started = time.monotonic()
         try:
             if hint is None and _up_to_date(state, await source.resolve()):
-                return  # a poll: one ls-remote, nothing new
+                # A poll, nothing new in Git: is the cluster still as we left it? (It reports
+                # its own errors; none escapes to be taken for a fetch failure.)
+                await self._verify_live(state)
+                return
             fetch_started = time.monotonic()
             sha = await self._fetch_head(state, hint=hint)
             fetch_seconds = time.monotonic() - fetch_started
@@ -683,6 +692,62 @@ class Controller:
         logger.warning(
             "reconcile failed",
             extra={"sync": state.spec.name, "reason": reason.value, "error": message},
+        )
+
+    async def _verify_live(self, state: SyncState) -> None:
+        """The safety net under the watches: list this sync's objects by label (one LIST per
+        kind it declares) and judge, as if its watch had reported it, every declared object that
+        is missing from the listing or not at the resourceVersion of our last write.
+
+        A watch event lost (a stalled connection, an event dropped on the way) is so healed by
+        the next poll instead of never. Flux re-applies everything on each interval; this only
+        reads, and writes nothing unless a declared field drifted. An object that left the
+        listing is read by name: deleted, or stripped of our labels, it is healed either way. A
+        kind that cannot be listed is skipped (its objects are not taken for missing).
+        """
+        name = state.spec.name
+        if state.revision is None or not state.desired:
+            return
+        kinds = {(ref.group, ref.kind): ref for ref in state.desired}
+        listed: dict[ObjectRef, JsonObject] = {}
+        unlisted: set[tuple[str, str]] = set()
+        for key, kind in kinds.items():
+            try:
+                listed |= await self._cluster.list_owned(kind, sync=name)
+            except AioreconcileError as e:
+                unlisted.add(key)
+                logger.warning(
+                    "could not verify objects of a kind", extra={"sync": name, "error": str(e)}
+                )
+        changed = missing = 0
+        for ref in list(state.desired):
+            if (ref.group, ref.kind) in unlisted:
+                continue
+            live = listed.get(ref)
+            if live is not None:
+                version = str((live.get("metadata") or {}).get("resourceVersion") or "")
+                if version == state.written.get(ref):
+                    continue  # exactly as we wrote it
+                changed += 1
+            else:
+                missing += 1
+                try:
+                    live = await self._cluster.get(ref)
+                except AioreconcileError as e:
+                    logger.warning(
+                        "could not verify an object",
+                        extra={"sync": name, "object": str(ref), "error": str(e)},
+                    )
+                    continue
+            event = (
+                WatchEvent(EventType.MODIFIED, ref, live, synthetic=True)
+                if live is not None
+                else WatchEvent(EventType.DELETED, ref, tombstone(ref), synthetic=True)
+            )
+            self.on_watch_event(event)  # routed by ref: it may no longer carry our labels
+        logger.debug(
+            "verified the live objects",
+            extra={"sync": name, "listed": len(listed), "changed": changed, "missing": missing},
         )
 
     def _watch_all(self) -> None:
