@@ -12,6 +12,7 @@ from kubernetes_asyncio import client
 
 from aioreconcile import runtime
 from aioreconcile.adapters.kube.applying import Applier
+from aioreconcile.adapters.kube.cluster import KubeCluster
 from aioreconcile.adapters.kube.discovery import Discovery
 from aioreconcile.adapters.kube.transport import KubeTransport
 from aioreconcile.engine.applying import ApplyOptions
@@ -191,3 +192,20 @@ async def test_corrupt_inventory_fails_with_the_problem_named_and_prunes_nothing
     # Left as the human wrote it: overwriting it would forget what it listed.
     kept = await core.read_namespaced_config_map(inventory, namespace)
     assert kept.data == data
+
+
+async def test_the_search_by_labels_covers_every_deletable_kind_once_in_its_preferred_version(
+    transport: KubeTransport,
+) -> None:
+    cluster = KubeCluster(transport)
+    await cluster.refresh_discovery()
+
+    kinds = await cluster.deletable_kinds()
+
+    versions = {(k.group, k.kind): k.version for k in kinds}
+    assert len(versions) == len(kinds)
+    assert versions[("", "ConfigMap")] == "v1"
+    assert versions[("apps", "Deployment")] == "v1"
+    assert versions[("autoscaling", "HorizontalPodAutoscaler")] == "v2"  # served as v1 too
+    assert ("authentication.k8s.io", "TokenReview") not in versions  # create only
+    assert ("", "ComponentStatus") not in versions  # cannot be deleted
