@@ -103,6 +103,22 @@ async def test_prune_deletes_the_object_it_read(transport: KubeTransport, namesp
     assert "stale" not in {item["metadata"]["name"] for item in listed.body["items"]}
 
 
+async def test_a_dry_run_prune_reports_the_delete_and_deletes_nothing(
+    transport: KubeTransport, namespace: str
+) -> None:
+    sync = f"uid-{secrets.token_hex(3)}"
+    base = f"/api/v1/namespaces/{namespace}/configmaps"
+    await transport.request("POST", base, body=labelled_config_map("stale", namespace, sync, "v"))
+    ref = ObjectRef("", "ConfigMap", namespace, "stale", "v1")
+
+    pruned = await Applier(transport, Discovery(transport)).delete(
+        [ref], ApplyOptions(sync=sync, revision="r2", dry_run=True)
+    )
+
+    assert [(e.ref.name, e.action) for e in pruned.entries] == [("stale", Action.DELETED)]
+    assert (await transport.request("GET", f"{base}/stale")).body["data"] == {"v": "v"}
+
+
 # --- the inventory ConfigMap deleted or hand-edited ----------------------------------------------
 
 

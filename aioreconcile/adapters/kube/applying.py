@@ -418,17 +418,17 @@ class Applier:
             allowed, why = prunable(ref, live, sync=options.sync)
             if not allowed:
                 return _entry(ref, Action.SKIPPED, started, error=why)
-            assert live is not None  # prunable refuses an absent object
-            uid = str((live.get("metadata") or {}).get("uid") or "")
             body: JsonObject = {
                 "apiVersion": "v1",
                 "kind": "DeleteOptions",
                 "propagationPolicy": "Background",
-                # Without it, an object deleted and recreated by someone else between our GET
-                # and our DELETE would be deleted though nobody checked it (as kubectl's and
-                # fluxcd/pkg's deletes of a known object do, the server compares for us).
-                "preconditions": {"uid": uid},
             }
+            uid = ((live or {}).get("metadata") or {}).get("uid")
+            if uid:
+                # The server deletes only the object we just checked: one deleted and recreated
+                # by someone else in between is refused with 409 (Kubernetes' garbage collector
+                # deletes with the same precondition, pkg/controller/garbagecollector).
+                body["preconditions"] = {"uid": uid}
             if options.dry_run:
                 body["dryRun"] = ["All"]
             await self._transport.request(
