@@ -429,7 +429,7 @@ async def test_a_watch_whose_connection_goes_silent_is_restarted_within_its_read
 
     assert recorder.seen() == [("ADDED", "ConfigMap", "marker"), ("MODIFIED", "ConfigMap", "ours")]
     assert recorder.events[1].resource_version == modified
-    assert watch.stats.stalls >= 1
+    assert watch.stats.silent_restarts >= 1
     # Detected once the read timeout passed since the last byte (the marker, received just
     # before the silence), resumed at once from the last resourceVersion.
     assert read_timeout_s - 0.5 <= seen_after < read_timeout_s + 5, seen_after

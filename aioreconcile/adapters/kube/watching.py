@@ -188,7 +188,7 @@ class WatchStats:
     relists: int = 0  # LISTs after a 410
     reconnects: int = 0  # watch requests after the first of a run
     failures: int = 0  # watches or lists that ended in an error
-    stalls: int = 0  # watches restarted because nothing arrived within the read timeout
+    silent_restarts: int = 0  # watches restarted because nothing arrived within the read timeout
 
 
 def _persistent(error: Exception) -> bool:
@@ -286,8 +286,8 @@ class KindWatch:
             except ReadTimedOut as e:
                 # Half-open, or only quiet: either way a new request from where we are is right.
                 # Waiting the read timeout was the delay; no backoff on top.
-                self.stats.stalls += 1
-                logger.info(
+                self.stats.silent_restarts += 1
+                logger.debug(
                     "%s: watch from rv %s silent (%s), restarting it",
                     self._name,
                     self.resource_version,
