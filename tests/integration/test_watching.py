@@ -409,12 +409,14 @@ async def test_a_watch_whose_connection_goes_silent_is_restarted_within_its_read
     await api.create(api.config_maps, namespace, "ours")
     recorder = Recorder(namespace)
     async with through_proxy(kube, tmp_path) as (proxy, transport):
-        watch = KindWatch(
-            transport, api.config_maps, on_event=recorder, read_timeout_s=read_timeout_s
+        # Composed as the controller composes it, with a test-sized bound.
+        manager = WatchManager(
+            transport, Discovery(transport), on_event=recorder, read_timeout_s=read_timeout_s
         )
+        manager.watch_kinds([api.config_maps])
         async with anyio.create_task_group() as tg:
-            tg.start_soon(watch.run)
-            await watch.synced.wait()
+            await tg.start(manager.run)
+            await manager.wait_synced()
             await api.create(api.config_maps, namespace, "marker")
             await recorder.wait_count(1)  # the watch stream flows through the proxy
 
@@ -429,11 +431,11 @@ async def test_a_watch_whose_connection_goes_silent_is_restarted_within_its_read
 
     assert recorder.seen() == [("ADDED", "ConfigMap", "marker"), ("MODIFIED", "ConfigMap", "ours")]
     assert recorder.events[1].resource_version == modified
-    assert watch.stats.silent_restarts >= 1
+    assert manager.stats.silent_restarts >= 1
     # Detected once the read timeout passed since the last byte (the marker, received just
     # before the silence), resumed at once from the last resourceVersion.
     assert read_timeout_s - 0.5 <= seen_after < read_timeout_s + 5, seen_after
-    assert watch.stats.relists == 0
+    assert manager.stats.relists == 0
 
 
 def keepalive_timers(port: int) -> list[tuple[int, int]]:
