@@ -45,7 +45,8 @@ class Cluster(Protocol):
 
     async def list_owned(self, kind: ObjectRef, *, sync: str) -> dict[ObjectRef, JsonObject]:
         """Every object of ``kind`` (its group, version and kind; name and namespace unused), in
-        every namespace, labelled as managed by us and as ``sync``'s."""
+        every namespace, labelled as ``sync``'s (the same listing the apply reads live state
+        with)."""
         ...
 
     async def deletable_kinds(self) -> list[ObjectRef]:

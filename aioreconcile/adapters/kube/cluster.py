@@ -4,7 +4,6 @@ account, a view that makes every object request as that account over the same po
 
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Final
 
 from aioreconcile.adapters.kube.applying import Applier
 from aioreconcile.adapters.kube.discovery import Discovery, Resource
@@ -14,9 +13,6 @@ from aioreconcile.engine.applying import ApplyOptions, ApplyResult
 from aioreconcile.engine.changeset import ChangeSet, ChangeSetEntry
 from aioreconcile.engine.config import ServiceAccountRef
 from aioreconcile.engine.model import JsonObject, Manifest, ObjectRef
-from aioreconcile.engine.naming import MANAGED_BY_LABEL, MANAGED_BY_VALUE, SYNC_LABEL
-
-_LIST_PAGE: Final = 500
 
 
 class KubeCluster:
@@ -89,24 +85,7 @@ class KubeCluster:
         return await self.applier.preview(manifest, options)
 
     async def list_owned(self, kind: ObjectRef, *, sync: str) -> dict[ObjectRef, JsonObject]:
-        """Objects of ``kind`` in every namespace labelled managed-by us and ``sync``'s, page
-        by page, each ref carrying the version it was listed in."""
-        resource = await self.discovery.resolve(kind)
-        selector = f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE},{SYNC_LABEL}={sync}"
-        found: dict[ObjectRef, JsonObject] = {}
-        token = ""
-        while True:
-            params = {"labelSelector": selector, "limit": str(_LIST_PAGE)}
-            if token:
-                params["continue"] = token
-            page = await self.transport.request("GET", resource.collection_path(), params=params)
-            for item in page.body.get("items") or []:
-                item.setdefault("apiVersion", resource.api_version)
-                item.setdefault("kind", resource.kind)
-                found[ObjectRef.of(item)] = item
-            token = str((page.body.get("metadata") or {}).get("continue") or "")
-            if not token:
-                return found
+        return await self.applier.list_owned(await self.discovery.resolve(kind), sync=sync)
 
     async def deletable_kinds(self) -> list[ObjectRef]:
         return [ObjectRef(r.group, r.kind, "", "", r.version) for r in self.discovery.deletable()]
