@@ -186,8 +186,9 @@ async def inventory_from_labels(cluster: Cluster, options: ApplyOptions) -> Inve
     lost inventory listed); after the inventory was deleted it finds everything, so an object
     removed from the source meanwhile is still pruned instead of orphaned. ``prunable`` still
     checks each one (our managed-by label, this sync's label, no opt-out) before any delete
-    (Argo CD finds an application's objects by its tracking label the same way). A kind we may not list (403) or that went away is
-    skipped with a warning; a transient failure fails the run so it is retried.
+    (Argo CD finds an application's objects by its tracking label the same way). A kind we may
+    not list (403) or that went away is skipped with a warning; a transient failure fails the
+    run so it is retried.
     """
     found: list[ObjectRef] = []
     skipped: list[str] = []
