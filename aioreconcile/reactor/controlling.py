@@ -696,58 +696,63 @@ class Controller:
 
     async def _verify_live(self, state: SyncState) -> None:
         """The safety net under the watches: list this sync's objects by label (one LIST per
-        kind it declares) and judge, as if its watch had reported it, every declared object that
-        is missing from the listing or not at the resourceVersion of our last write.
+        kind and namespace it declares, as the apply does, with the sync's own cluster access)
+        and judge, as if its watch had reported it, every declared object that is missing from
+        the listing or not at the resourceVersion of our last write.
 
         A watch event lost (a stalled connection, an event dropped on the way) is so healed by
         the next poll instead of never. Flux re-applies everything on each interval; this only
         reads, and writes nothing unless a declared field drifted. An object that left the
-        listing is read by name: deleted, or stripped of our labels, it is healed either way. A
-        kind that cannot be listed is skipped (its objects are not taken for missing).
+        listing is read by name: deleted, or stripped of our labels, it is healed either way.
+        Where a LIST is refused (an account granted ``get`` by resourceNames cannot list), the
+        objects are read by name too, as the apply does.
         """
         name = state.spec.name
         if state.revision is None or not state.desired:
             return
-        kinds = {(ref.group, ref.kind): ref for ref in state.desired}
+        cluster = self._cluster_for(name)
+        scopes = {(r.group, r.kind, r.namespace): r.version for r in state.desired}
         listed: dict[ObjectRef, JsonObject] = {}
-        unlisted: set[tuple[str, str]] = set()
-        for key, kind in kinds.items():
+        unlisted: set[tuple[str, str, str]] = set()
+        for (group, kind, namespace), version in scopes.items():
             try:
-                listed |= await self._cluster.list_owned(kind, sync=name)
-            except AioreconcileError as e:
-                unlisted.add(key)
-                logger.warning(
-                    "could not verify objects of a kind", extra={"sync": name, "error": str(e)}
+                listed |= await cluster.list_owned(
+                    ObjectRef(group, kind, namespace, "", version), sync=name
                 )
-        changed = missing = 0
+            except AioreconcileError as e:
+                unlisted.add((group, kind, namespace))
+                logger.info(
+                    "could not list objects to verify: reading them one by one",
+                    extra={"sync": name, "kind": kind, "namespace": namespace, "error": str(e)},
+                )
+        read = 0
         for ref in list(state.desired):
-            if (ref.group, ref.kind) in unlisted:
-                continue
             live = listed.get(ref)
-            if live is not None:
-                version = str((live.get("metadata") or {}).get("resourceVersion") or "")
-                if version == state.written.get(ref):
-                    continue  # exactly as we wrote it
-                changed += 1
-            else:
-                missing += 1
+            if live is None:  # gone, unlabelled, or its kind could not be listed
+                read += 1
                 try:
-                    live = await self._cluster.get(ref)
+                    live = await cluster.get(ref)
                 except AioreconcileError as e:
                     logger.warning(
                         "could not verify an object",
                         extra={"sync": name, "object": str(ref), "error": str(e)},
                     )
                     continue
-            event = (
-                WatchEvent(EventType.MODIFIED, ref, live, synthetic=True)
-                if live is not None
-                else WatchEvent(EventType.DELETED, ref, tombstone(ref), synthetic=True)
-            )
+            if live is None:
+                event = WatchEvent(EventType.DELETED, ref, tombstone(ref), synthetic=True)
+            elif str((live.get("metadata") or {}).get("resourceVersion")) == state.written.get(ref):
+                continue  # exactly as we wrote it
+            else:
+                event = WatchEvent(EventType.MODIFIED, ref, live, synthetic=True)
             self.on_watch_event(event)  # routed by ref: it may no longer carry our labels
         logger.debug(
             "verified the live objects",
-            extra={"sync": name, "listed": len(listed), "changed": changed, "missing": missing},
+            extra={
+                "sync": name,
+                "listed": len(listed),
+                "read": read,
+                "lists_refused": len(unlisted),
+            },
         )
 
     def _watch_all(self) -> None:

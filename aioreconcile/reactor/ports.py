@@ -44,9 +44,9 @@ class Cluster(Protocol):
         ...
 
     async def list_owned(self, kind: ObjectRef, *, sync: str) -> dict[ObjectRef, JsonObject]:
-        """Every object of ``kind`` (its group, version and kind; name and namespace unused), in
-        every namespace, labelled as ``sync``'s (the same listing the apply reads live state
-        with)."""
+        """Every object of ``kind`` (its group, version and kind) in ``kind.namespace`` (every
+        namespace when empty; the name is unused) labelled as ``sync``'s: the listing the apply
+        reads live state with."""
         ...
 
     async def deletable_kinds(self) -> list[ObjectRef]:

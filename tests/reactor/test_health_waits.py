@@ -83,6 +83,13 @@ class Widgets:
     ) -> tuple[JsonObject | None, JsonObject]:
         raise AssertionError("not used")
 
+    async def list_owned(self, kind: ObjectRef, *, sync: str) -> dict[ObjectRef, JsonObject]:
+        live = self._live()
+        return {} if live is None else {REF: live}
+
+    async def deletable_kinds(self) -> list[ObjectRef]:
+        return [REF]
+
     async def apply_object(
         self,
         manifest: Manifest,

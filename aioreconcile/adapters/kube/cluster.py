@@ -85,7 +85,8 @@ class KubeCluster:
         return await self.applier.preview(manifest, options)
 
     async def list_owned(self, kind: ObjectRef, *, sync: str) -> dict[ObjectRef, JsonObject]:
-        return await self.applier.list_owned(await self.discovery.resolve(kind), sync=sync)
+        resource = await self.discovery.resolve(kind)
+        return await self.applier.list_owned(resource, sync=sync, namespace=kind.namespace)
 
     async def deletable_kinds(self) -> list[ObjectRef]:
         return [ObjectRef(r.group, r.kind, "", "", r.version) for r in self.discovery.deletable()]
