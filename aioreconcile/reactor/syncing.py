@@ -11,7 +11,7 @@ and prunes nothing.
 
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final
 
@@ -99,7 +99,11 @@ async def sync_once(
             with tracing.stage("inventory read"):
                 previous = await inventory.load()
                 if previous is None and request.prune:
-                    previous = await inventory_from_labels(cluster, request.options)
+                    previous = await inventory_from_labels(
+                        cluster,
+                        request.options,
+                        namespaces=[m.ref.namespace for m in manifests],
+                    )
             kept: Inventory = current
             if request.prune and previous is not None:
                 allowed, why = allow_prune(
@@ -178,7 +182,9 @@ def _transient(error: Exception) -> bool:
     return isinstance(error, TransientError) or (isinstance(error, ApiError) and error.transient)
 
 
-async def inventory_from_labels(cluster: Cluster, options: ApplyOptions) -> Inventory:
+async def inventory_from_labels(
+    cluster: Cluster, options: ApplyOptions, *, namespaces: Iterable[str] = ()
+) -> Inventory:
     """The inventory of ``options.sync`` rebuilt from the objects labelled as its own, in every
     kind the cluster can list and delete.
 
@@ -186,24 +192,38 @@ async def inventory_from_labels(cluster: Cluster, options: ApplyOptions) -> Inve
     lost inventory listed); after the inventory was deleted it finds everything, so an object
     removed from the source meanwhile is still pruned instead of orphaned. ``prunable`` still
     checks each one (our managed-by label, this sync's label, no opt-out) before any delete
-    (Argo CD finds an application's objects by its tracking label the same way). A kind we may
-    not list (403) or that went away is skipped with a warning; a transient failure fails the
+    (Argo CD finds an application's objects by its tracking label the same way).
+
+    Each kind is listed cluster-wide; where that is refused (a sync acting as a namespaced
+    service account) a namespaced kind is listed in each of ``namespaces`` instead. A kind that
+    still cannot be listed is skipped with a warning naming it; a transient failure fails the
     run so it is retried.
     """
     found: list[ObjectRef] = []
     skipped: list[str] = []
     transient: list[AioreconcileError] = []
     limiter = anyio.CapacityLimiter(max(1, options.concurrency))
+    scoped = sorted(set(namespaces) - {""})
 
-    async def one(kind: ObjectRef) -> None:
+    async def listing(kind: ObjectRef) -> bool:
         async with limiter:
             try:
                 found.extend(await cluster.list_owned(kind, sync=options.sync))
             except AioreconcileError as e:
                 if _transient(e):
                     transient.append(e)
-                else:
-                    skipped.append(f"{kind.kind}: {e}")
+                return False
+            return True
+
+    async def one(kind: ObjectRef) -> None:
+        if await listing(kind) or transient:
+            return
+        if not scoped or not cluster.is_namespaced(kind):
+            skipped.append(kind.kind)
+            return
+        for namespace in scoped:
+            if not await listing(replace(kind, namespace=namespace)):
+                skipped.append(f"{kind.kind} in {namespace}")
 
     async with anyio.create_task_group() as tasks:
         for kind in await cluster.deletable_kinds():
@@ -212,8 +232,8 @@ async def inventory_from_labels(cluster: Cluster, options: ApplyOptions) -> Inve
         raise TransientError(f"rebuilding the inventory from labels: {transient[0]}")
     if skipped:
         logger.warning(
-            "kinds not searched for objects of this sync",
-            extra={"sync": options.sync, "skipped": skipped},
+            "could not search these kinds for objects of this sync",
+            extra={"sync": options.sync, "skipped": sorted(skipped)},
         )
     logger.info(
         "no stored inventory: rebuilt from labels",

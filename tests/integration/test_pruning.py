@@ -3,6 +3,7 @@ our read and our DELETE, a deleted inventory, a hand-edited one."""
 
 import secrets
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +15,19 @@ from aioreconcile import runtime
 from aioreconcile.adapters.kube.applying import Applier
 from aioreconcile.adapters.kube.cluster import KubeCluster
 from aioreconcile.adapters.kube.discovery import Discovery
+from aioreconcile.adapters.kube.inventories import ConfigMapInventoryStore
 from aioreconcile.adapters.kube.transport import KubeTransport
+from aioreconcile.adapters.render import render
 from aioreconcile.engine.applying import ApplyOptions
 from aioreconcile.engine.changeset import Action
+from aioreconcile.engine.config import ServiceAccountRef
 from aioreconcile.engine.model import JsonObject, ObjectRef
 from aioreconcile.engine.naming import MANAGED_BY_LABEL, MANAGED_BY_VALUE, SYNC_LABEL
 from aioreconcile.engine.outcomes import Reason
+from aioreconcile.engine.sources import RenderSpec
+from aioreconcile.reactor.syncing import SyncRequest, sync_once
 from aioreconcile.testing.pytest_plugin import Kube
+from tests.integration.test_impersonation import grant_config_maps
 
 pytestmark = pytest.mark.integration
 
@@ -225,3 +232,33 @@ async def test_the_search_by_labels_covers_every_deletable_kind_once_in_its_pref
     assert versions[("autoscaling", "HorizontalPodAutoscaler")] == "v2"  # served as v1 too
     assert ("authentication.k8s.io", "TokenReview") not in versions  # create only
     assert ("", "ComponentStatus") not in versions  # cannot be deleted
+
+
+async def test_a_namespaced_service_account_rebuilds_a_deleted_inventory_in_its_namespaces(
+    kube: Kube, namespace: str, tmp_path: Path
+) -> None:
+    await grant_config_maps(kube, namespace, "deployer")  # ConfigMaps in this namespace only
+    inventory = f"inv-{secrets.token_hex(3)}"
+    for name in ("keep", "drop"):
+        write_config_map(tmp_path, name, namespace)
+    options = ApplyOptions(sync=inventory, revision="r1")
+    request = SyncRequest(directory=tmp_path, render=RenderSpec(), options=options, prune=True)
+    async with await KubeCluster.connect(kube.kubeconfig) as admin:
+        await admin.refresh_discovery()
+        tenant = admin.impersonating(ServiceAccountRef(namespace, "deployer"))
+        store = ConfigMapInventoryStore(admin.transport, namespace=namespace, name=inventory)
+        first = await sync_once(request, cluster=tenant, render=render, inventory=store)
+        assert first.ok, first
+        await client.CoreV1Api(kube.api).delete_namespaced_config_map(inventory, namespace)
+        (tmp_path / "drop.yaml").unlink()
+
+        second = await sync_once(
+            replace(request, options=replace(options, revision="r2")),
+            cluster=tenant,
+            render=render,
+            inventory=store,
+        )
+
+    assert second.ok, second
+    assert [(e.ref.name, e.action) for e in second.pruned.entries] == [("drop", Action.DELETED)]
+    assert await config_map_names(kube, namespace) == {"keep", inventory}
