@@ -14,6 +14,7 @@ from aioreconcile.engine.applying import ApplyOptions, ApplyResult
 from aioreconcile.engine.changeset import Action, ChangeSet, ChangeSetEntry
 from aioreconcile.engine.errors import VerificationError
 from aioreconcile.engine.model import JsonObject, Manifest, ObjectRef
+from aioreconcile.engine.naming import SYNC_LABEL
 from aioreconcile.engine.planning import stamp
 from aioreconcile.engine.sources import RenderSpec
 
@@ -205,6 +206,19 @@ class FakeCluster:
         self, manifest: Manifest, options: ApplyOptions
     ) -> tuple[JsonObject | None, JsonObject]:
         raise NotImplementedError("not used by the controller")
+
+    async def list_owned(self, kind: ObjectRef, *, sync: str) -> dict[ObjectRef, JsonObject]:
+        await anyio.lowlevel.checkpoint()
+        return {
+            ref: copy.deepcopy(obj)
+            for ref, obj in self.objects.items()
+            if (ref.group, ref.kind) == (kind.group, kind.kind)
+            and ref.namespace == (kind.namespace or ref.namespace)
+            and (obj["metadata"].get("labels") or {}).get(SYNC_LABEL) == sync
+        }
+
+    async def deletable_kinds(self) -> list[ObjectRef]:
+        return sorted({ObjectRef(r.group, r.kind, "", "", r.version) for r in self.objects})
 
     def edit(self, ref: ObjectRef, change: Callable[[JsonObject], None]) -> JsonObject:
         """Another writer changes the object: a new resourceVersion, the body as edited."""
