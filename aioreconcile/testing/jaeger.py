@@ -1,8 +1,15 @@
 """A real Jaeger v2 on loopback: in-memory storage, OTLP receivers and the query API.
 
 Every port is chosen free at start, so parallel runs and a developer's own Jaeger never clash.
+
+The binary built from Jaeger's Go module has no UI (the UI is a separate npm build, jaeger-ui);
+its query port answers ``/`` with a placeholder page. Given a jaeger-ui build directory
+(``ui_assets``, or ``AIORECONCILE_JAEGER_UI_ASSETS``), Jaeger serves it there instead, through
+its own ``extensions.jaeger_query.ui.assets_path`` setting, as the official image does with the
+assets compiled in.
 """
 
+import os
 import shutil
 import tempfile
 import time
@@ -16,6 +23,32 @@ import yaml
 from aioreconcile.testing.controlplane import free_port, http_ok
 from aioreconcile.testing.processes import ManagedProcess
 from aioreconcile.testing.toolchain import require
+
+UI_ASSETS_ENV = "AIORECONCILE_JAEGER_UI_ASSETS"
+
+
+class UIAssetsError(Exception):
+    """The UI assets directory given is not a jaeger-ui build (no ``index.html``)."""
+
+
+def ui_assets_from(given: Path | None) -> Path | None:
+    """The UI assets directory to serve: ``given``, else ``$AIORECONCILE_JAEGER_UI_ASSETS``.
+
+    Checked here, before Jaeger starts: Jaeger itself would start anyway and answer every page
+    with an error, which looks like a broken UI rather than a wrong path.
+    """
+    if given is None:
+        from_env = os.environ.get(UI_ASSETS_ENV, "")
+        if not from_env:
+            return None
+        given = Path(from_env)
+    assets = given.expanduser().resolve()
+    if not (assets / "index.html").is_file():
+        raise UIAssetsError(
+            f"{assets} has no index.html: give the jaeger-ui build output "
+            f"(packages/jaeger-ui/build after `npm run build`) as {UI_ASSETS_ENV}"
+        )
+    return assets
 
 
 @dataclass
@@ -31,10 +64,24 @@ class Jaeger:
 
 
 def _config(
-    *, otlp_grpc: int, otlp_http: int, query_http: int, query_grpc: int, health: int
+    *,
+    otlp_grpc: int,
+    otlp_http: int,
+    query_http: int,
+    query_grpc: int,
+    health: int,
+    ui_assets: Path | None = None,
 ) -> dict[str, object]:
     def loopback(port: int) -> dict[str, str]:
         return {"endpoint": f"127.0.0.1:{port}"}
+
+    query: dict[str, object] = {
+        "storage": {"traces": "memstore"},
+        "http": loopback(query_http),
+        "grpc": loopback(query_grpc),
+    }
+    if ui_assets is not None:
+        query["ui"] = {"assets_path": str(ui_assets)}
 
     return {
         "service": {
@@ -51,11 +98,7 @@ def _config(
         },
         "extensions": {
             "healthcheckv2": {"use_v2": True, "http": loopback(health)},
-            "jaeger_query": {
-                "storage": {"traces": "memstore"},
-                "http": loopback(query_http),
-                "grpc": loopback(query_grpc),
-            },
+            "jaeger_query": query,
             "jaeger_storage": {"backends": {"memstore": {"memory": {"max_traces": 100000}}}},
         },
         "receivers": {
@@ -68,9 +111,17 @@ def _config(
 
 @asynccontextmanager
 async def start_jaeger(
-    workdir: Path | None = None, *, startup_timeout: float = 60.0
+    workdir: Path | None = None,
+    *,
+    startup_timeout: float = 60.0,
+    ui_assets: Path | None = None,
 ) -> AsyncIterator[Jaeger]:
-    """Start Jaeger v2 (all-in-one, memory storage) on free loopback ports; stop it on exit."""
+    """Start Jaeger v2 (all-in-one, memory storage) on free loopback ports; stop it on exit.
+
+    ``ui_assets`` (default ``$AIORECONCILE_JAEGER_UI_ASSETS``): a jaeger-ui build to serve on
+    ``query_url``; without it ``/`` is Jaeger's "not the Jaeger UI" placeholder.
+    """
+    assets = ui_assets_from(ui_assets)
     binary = require("jaeger")
     keep = workdir is not None
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="aioreconcile-jaeger-"))
@@ -80,7 +131,7 @@ async def start_jaeger(
         for name in ("otlp_grpc", "otlp_http", "query_http", "query_grpc", "health")
     }
     config_path = root / "jaeger.yaml"
-    config_path.write_text(yaml.safe_dump(_config(**ports), sort_keys=False))
+    config_path.write_text(yaml.safe_dump(_config(**ports, ui_assets=assets), sort_keys=False))
     process = ManagedProcess(
         "jaeger", [str(binary), f"--config={config_path}"], log_path=root / "jaeger.log"
     )
