@@ -37,7 +37,11 @@ def _parser() -> argparse.ArgumentParser:
     up = testenv_commands.add_parser(
         "up", help="build if needed, start, print `export KUBECONFIG=...`, run until Ctrl-C"
     )
-    up.add_argument("--jaeger", action="store_true", help="also start Jaeger (OTLP + UI)")
+    up.add_argument(
+        "--jaeger",
+        action="store_true",
+        help="also start Jaeger (OTLP + query API; its UI with $AIORECONCILE_JAEGER_UI_ASSETS)",
+    )
     up.add_argument(
         "--dir",
         type=Path,
