@@ -34,8 +34,8 @@ class UIAssetsError(Exception):
 def ui_assets_from(given: Path | None) -> Path | None:
     """The UI assets directory to serve: ``given``, else ``$AIORECONCILE_JAEGER_UI_ASSETS``.
 
-    Checked here, before Jaeger starts: Jaeger itself would start anyway and answer every page
-    with an error, which looks like a broken UI rather than a wrong path.
+    Checked here, before Jaeger starts: Jaeger itself panics at start-up ("Could not create
+    static assets handler", a Go stack trace in its log) without naming the directory.
     """
     if given is None:
         from_env = os.environ.get(UI_ASSETS_ENV, "")
