@@ -1,11 +1,13 @@
 """The throwaway PKI of a test control plane: a CA, the apiserver's serving certificate, an
-admin client certificate in ``system:masters`` and the service-account signing key.
+admin client certificate in ``system:masters``, the client certificate the apiserver shows the
+kubelet (for logs/exec/port-forward) and the service-account signing key.
 
 ECDSA P-256 keys keep generation in the milliseconds, so every control plane gets its own.
 """
 
 import datetime
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 ADMIN_USER = "aioreconcile-testenv-admin"
 ADMIN_GROUP = "system:masters"
+KUBELET_CLIENT_USER = "kube-apiserver-kubelet-client"
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,8 @@ class Pki:
     serving_key: Path
     admin_cert: Path
     admin_key: Path
+    kubelet_client_cert: Path
+    kubelet_client_key: Path
     service_account_key: Path
     service_account_public_key: Path
 
@@ -90,8 +95,11 @@ def _certificate(
     return builder.sign(issuer_key, hashes.SHA256())
 
 
-def write_pki(directory: Path) -> Pki:
-    """Create the certificates and keys under ``directory`` (mode 0700) and return their paths."""
+def write_pki(directory: Path, *, serving_addresses: Sequence[str] = ()) -> Pki:
+    """Create the certificates and keys under ``directory`` (mode 0700) and return their paths.
+
+    ``serving_addresses``: more IP addresses the apiserver is reached at (a node's address).
+    """
     directory.mkdir(parents=True, exist_ok=True)
     directory.chmod(0o700)
     ca_key = _key()
@@ -109,12 +117,20 @@ def write_pki(directory: Path) -> Pki:
             x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
             x509.IPAddress(ipaddress.ip_address("::1")),
             x509.IPAddress(ipaddress.ip_address("10.96.0.1")),
+            *(x509.IPAddress(ipaddress.ip_address(a)) for a in serving_addresses),
         ],
     )
     admin_key = _key()
     admin = _certificate(
         _name(ADMIN_USER, ADMIN_GROUP),
         admin_key,
+        (ca_name, ca_key),
+        usage=ExtendedKeyUsageOID.CLIENT_AUTH,
+    )
+    kubelet_client_key = _key()
+    kubelet_client = _certificate(
+        _name(KUBELET_CLIENT_USER, ADMIN_GROUP),
+        kubelet_client_key,
         (ca_name, ca_key),
         usage=ExtendedKeyUsageOID.CLIENT_AUTH,
     )
@@ -125,6 +141,8 @@ def write_pki(directory: Path) -> Pki:
         "apiserver.key": _pem_key(serving_key),
         "admin.crt": admin.public_bytes(serialization.Encoding.PEM),
         "admin.key": _pem_key(admin_key),
+        "kubelet-client.crt": kubelet_client.public_bytes(serialization.Encoding.PEM),
+        "kubelet-client.key": _pem_key(kubelet_client_key),
         "service-account.key": _pem_key(service_account_key),
         "service-account.pub": service_account_key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -140,6 +158,8 @@ def write_pki(directory: Path) -> Pki:
         serving_key=directory / "apiserver.key",
         admin_cert=directory / "admin.crt",
         admin_key=directory / "admin.key",
+        kubelet_client_cert=directory / "kubelet-client.crt",
+        kubelet_client_key=directory / "kubelet-client.key",
         service_account_key=directory / "service-account.key",
         service_account_public_key=directory / "service-account.pub",
     )

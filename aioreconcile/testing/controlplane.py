@@ -5,6 +5,11 @@ kube-apiserver on free loopback ports under a temporary directory, waits for ``/
 admin kubeconfig, and on exit stops both processes and removes the directory. There is no
 controller-manager or scheduler: objects are stored and served exactly as a real cluster would,
 but nothing reconciles them (Deployments get no Pods, deleted Namespaces stay Terminating).
+
+With ``node_address`` the apiserver is set up for a real node (``aioreconcile.testing.node``
+starts one on top): pods must reach it, so it listens on every address and advertises
+``node_address`` (the ``kubernetes`` Service's endpoint), admits Pods with their ServiceAccount,
+and reaches the kubelet with a client certificate for logs/exec.
 """
 
 import base64
@@ -155,14 +160,42 @@ def _etcd_argv(binary: Path, data_dir: Path, client_port: int, peer_port: int) -
     ]
 
 
+def _node_argv(pki: Pki, node_address: str | None) -> list[str]:
+    if node_address is None:
+        return [
+            # No controller-manager creates default ServiceAccounts, so Pods could never be
+            # admitted.
+            "--disable-admission-plugins=ServiceAccount",
+            # Endpoints may not point at loopback, and nothing here needs the kubernetes
+            # Service's.
+            "--endpoint-reconciler-type=none",
+        ]
+    return [
+        # Pods reach the apiserver through the kubernetes Service (10.96.0.1:443), which
+        # kube-proxy sends to this address; the lease reconciler keeps that endpoint current.
+        "--endpoint-reconciler-type=lease",
+        f"--kubelet-client-certificate={pki.kubelet_client_cert}",
+        f"--kubelet-client-key={pki.kubelet_client_key}",
+        # The node's host name resolves to 127.0.0.1 here; its InternalIP is the real address.
+        "--kubelet-preferred-address-types=InternalIP",
+    ]
+
+
 def _apiserver_argv(
-    binary: Path, workdir: Path, pki: Pki, *, etcd_url: str, port: int, extra: Sequence[str]
+    binary: Path,
+    workdir: Path,
+    pki: Pki,
+    *,
+    etcd_url: str,
+    port: int,
+    extra: Sequence[str],
+    node_address: str | None = None,
 ) -> list[str]:
     return [
         str(binary),
         f"--etcd-servers={etcd_url}",
-        "--bind-address=127.0.0.1",
-        "--advertise-address=127.0.0.1",
+        f"--bind-address={'0.0.0.0' if node_address else '127.0.0.1'}",
+        f"--advertise-address={node_address or '127.0.0.1'}",
         f"--secure-port={port}",
         f"--cert-dir={workdir / 'apiserver-certs'}",
         f"--tls-cert-file={pki.serving_cert}",
@@ -174,10 +207,7 @@ def _apiserver_argv(
         "--authorization-mode=RBAC",
         "--service-cluster-ip-range=10.96.0.0/12",  # room for benchmarks with thousands of Services
         "--allow-privileged=true",
-        # No controller-manager creates default ServiceAccounts, so Pods could never be admitted.
-        "--disable-admission-plugins=ServiceAccount",
-        # Endpoints may not point at loopback, and nothing here needs the kubernetes Service's.
-        "--endpoint-reconciler-type=none",
+        *_node_argv(pki, node_address),
         "--profiling=false",
         # Without it an open watch holds a graceful stop for the whole 10 s grace; with it a
         # restart in a test is a one-second outage, and watchers see their stream end.
@@ -192,11 +222,12 @@ async def start_control_plane(
     *,
     startup_timeout: float = 90.0,
     apiserver_args: Sequence[str] = (),
+    node_address: str | None = None,
 ) -> AsyncIterator[ControlPlane]:
     """Start etcd + kube-apiserver on loopback; stop them and clean up on exit.
 
     With ``workdir`` the files (logs, kubeconfig, etcd data) are kept there after exit; without,
-    a temporary directory is used and removed.
+    a temporary directory is used and removed. ``node_address``: see the module docstring.
     """
     etcd_binary = require("etcd")
     apiserver_binary = require("kube-apiserver")
@@ -204,7 +235,7 @@ async def start_control_plane(
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="aioreconcile-testenv-"))
     root.mkdir(parents=True, exist_ok=True)
     began = time.monotonic()
-    pki = write_pki(root / "pki")
+    pki = write_pki(root / "pki", serving_addresses=[node_address] if node_address else [])
     etcd_port, etcd_peer_port, apiserver_port = free_port(), free_port(), free_port()
     etcd_url = f"http://127.0.0.1:{etcd_port}"
     server = f"https://127.0.0.1:{apiserver_port}"
@@ -228,6 +259,7 @@ async def start_control_plane(
                 etcd_url=etcd_url,
                 port=apiserver_port,
                 extra=apiserver_args,
+                node_address=node_address,
             ),
             log_path=root / "kube-apiserver.log",
         ),

@@ -3,7 +3,10 @@
 - ``kube`` (session): a running etcd + kube-apiserver, its kubeconfig and a ready
   kubernetes_asyncio ``ApiClient``;
 - ``namespace`` (function): a fresh, uniquely named Namespace in that cluster;
-- ``jaeger`` (session): a running Jaeger with its OTLP endpoint and query URL.
+- ``jaeger`` (session): a running Jaeger with its OTLP endpoint and query URL;
+- ``node`` (session): a control plane with a real node (containerd, kubelet, kube-proxy,
+  kube-scheduler, kube-controller-manager) that runs pods; root only, one per machine. Tests
+  that use it carry the ``node`` marker and are deselected unless ``-m node`` is given.
 
 The fixtures are async and session-scoped, so the event loop must be too. anyio's own
 ``anyio_backend`` fixture is module-scoped and a plugin cannot override it; put this in your
@@ -28,7 +31,8 @@ from kubernetes_asyncio import client
 from aioreconcile.adapters.kube.connecting import connect
 from aioreconcile.testing.controlplane import ControlPlane, start_control_plane
 from aioreconcile.testing.jaeger import Jaeger, start_jaeger
-from aioreconcile.testing.toolchain import ToolchainError, missing
+from aioreconcile.testing.node import Node, NodeError, start_node
+from aioreconcile.testing.toolchain import NODE_COMPONENTS, ToolchainError, missing
 
 
 @dataclass(frozen=True)
@@ -43,9 +47,10 @@ class Kube:
 def _require_built(*components: str) -> None:
     absent = missing(components)
     if absent:
+        group = " node" if set(absent) & set(NODE_COMPONENTS) else ""
         pytest.fail(
-            f"{', '.join(absent)} not built: run `bash hack/testenv/build.sh` once on this machine "
-            "(it caches the binaries outside the clone)",
+            f"{', '.join(absent)} not built: run `bash hack/testenv/build.sh{group}` once on this "
+            "machine (it caches the binaries outside the clone)",
             pytrace=False,
         )
 
@@ -80,3 +85,13 @@ async def jaeger() -> AsyncIterator[Jaeger]:
     _require_built("jaeger")
     async with start_jaeger() as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+async def node() -> AsyncIterator[Node]:
+    _require_built("etcd", "kube-apiserver", *NODE_COMPONENTS)
+    try:
+        async with start_node() as running:
+            yield running
+    except (ToolchainError, NodeError) as e:
+        pytest.fail(str(e), pytrace=False)

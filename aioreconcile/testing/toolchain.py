@@ -17,11 +17,29 @@ import anyio.abc
 TOOLCHAIN_DIR: Final = Path(__file__).parent / "toolchain"
 BUILD_SCRIPT: Final = TOOLCHAIN_DIR / "build.sh"
 COMPONENTS: Final = ("etcd", "kube-apiserver", "helm", "jaeger")
+# ``build.sh node``: what a real node needs (and kubectl, which goes into the product image).
+NODE_COMPONENTS: Final = (
+    "pause",
+    "cni-plugins",
+    "kubelet",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kube-proxy",
+    "kubectl",
+)
+CNI_PLUGINS: Final = ("bridge", "loopback", "host-local", "portmap")
 _VERSION_KEY: Final = {
     "kube-apiserver": "KUBE_VERSION",
     "etcd": "ETCD_VERSION",
     "jaeger": "JAEGER_VERSION",
     "helm": "HELM_VERSION",
+    "kubelet": "KUBE_VERSION",
+    "kube-controller-manager": "KUBE_VERSION",
+    "kube-scheduler": "KUBE_VERSION",
+    "kube-proxy": "KUBE_VERSION",
+    "kubectl": "KUBE_VERSION",
+    "cni-plugins": "CNI_PLUGINS_VERSION",
+    "pause": "PAUSE_VERSION",
 }
 CACHE_ENV: Final = "AIORECONCILE_TESTENV_CACHE"
 
@@ -48,24 +66,37 @@ def cache_root() -> Path:
 
 
 def binary_path(component: str) -> Path:
-    """Where ``component`` is (or will be) cached: <cache>/<component>-<version>/bin/<component>."""
+    """Where ``component`` is (or will be) cached: <cache>/<component>-<version>/bin/<component>.
+
+    For ``cni-plugins`` that is the ``bridge`` plugin; its siblings are in the same directory.
+    """
     if component not in _VERSION_KEY:
-        raise ToolchainError(f"unknown component {component!r}; known: {', '.join(COMPONENTS)}")
+        known = ", ".join((*COMPONENTS, *NODE_COMPONENTS))
+        raise ToolchainError(f"unknown component {component!r}; known: {known}")
     version = pinned_versions()[component]
-    return cache_root() / f"{component}-{version}" / "bin" / component
+    name = CNI_PLUGINS[0] if component == "cni-plugins" else component
+    return cache_root() / f"{component}-{version}" / "bin" / name
+
+
+def _executables(component: str) -> list[Path]:
+    path = binary_path(component)
+    if component == "cni-plugins":
+        return [path.parent / plugin for plugin in CNI_PLUGINS]
+    return [path]
 
 
 def missing(components: Iterable[str] = COMPONENTS) -> list[str]:
-    return [c for c in components if not os.access(binary_path(c), os.X_OK)]
+    return [c for c in components if not all(os.access(p, os.X_OK) for p in _executables(c))]
 
 
 def require(component: str) -> Path:
     """Return the cached binary, or fail with the command that builds it."""
     path = binary_path(component)
-    if not os.access(path, os.X_OK):
+    if missing([component]):
+        group = "node" if component in NODE_COMPONENTS else component
         raise ToolchainError(
             f"{component} is not built ({path} is missing). Build it once per machine with "
-            f"`bash hack/testenv/build.sh {component}` or `aioreconcile testenv build`."
+            f"`bash hack/testenv/build.sh {group}` or `aioreconcile testenv build {component}`."
         )
     return path
 

@@ -1,0 +1,84 @@
+"""Helpers for the tests on the real node: kubectl against it, a fresh namespace, pod waits."""
+
+import json
+import secrets
+import subprocess
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import pytest
+
+from aioreconcile.testing.node import Node
+from aioreconcile.testing.toolchain import require
+
+
+@dataclass(frozen=True)
+class Kubectl:
+    """The kubectl built at the cluster's version, with the node's admin kubeconfig."""
+
+    node: Node
+
+    async def __call__(
+        self, *args: str, input: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        argv = [str(require("kubectl")), f"--kubeconfig={self.node.kubeconfig}", *args]
+        result = await anyio.run_process(
+            argv, input=input.encode() if input is not None else None, check=False
+        )
+        completed = subprocess.CompletedProcess(
+            argv, result.returncode, result.stdout.decode(), result.stderr.decode()
+        )
+        if check and completed.returncode != 0:
+            raise AssertionError(
+                f"kubectl {' '.join(args)} failed ({completed.returncode}):\n"
+                f"{completed.stdout}{completed.stderr}"
+            )
+        return completed
+
+    async def json(self, *args: str) -> Any:
+        return json.loads((await self(*args, "-o", "json")).stdout)
+
+    async def apply(self, namespace: str, manifest: dict[str, Any]) -> None:
+        await self("apply", "-n", namespace, "-f", "-", input=json.dumps(manifest))
+
+    async def wait_running(self, namespace: str, pod: str, *, within_s: float = 60) -> None:
+        await self(
+            "wait", "-n", namespace, f"pod/{pod}", "--for=condition=Ready", f"--timeout={within_s}s"
+        )
+
+
+@pytest.fixture(scope="session")
+def kubectl(node: Node) -> Kubectl:
+    return Kubectl(node)
+
+
+@pytest.fixture
+async def node_namespace(node: Node, kubectl: Kubectl) -> AsyncIterator[str]:
+    """A fresh namespace, once kube-controller-manager gave it its default ServiceAccount."""
+    name = f"n-{secrets.token_hex(4)}"
+    await kubectl("create", "namespace", name)
+    await node.wait_service_account(name)
+    yield name
+    await kubectl("delete", "namespace", name, "--wait=false")
+
+
+def sleeping_pod(name: str, image: str, *, command: list[str] | None = None) -> dict[str, Any]:
+    """A pod from a local image (never pulled) that runs ``command`` (default: sleeps)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "terminationGracePeriodSeconds": 0,
+            "containers": [
+                {
+                    "name": "main",
+                    "image": image,
+                    "imagePullPolicy": "Never",
+                    "command": command or ["sleep", "infinity"],
+                }
+            ],
+        },
+    }
