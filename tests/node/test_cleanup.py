@@ -1,0 +1,56 @@
+"""Stopping the node leaves the machine as it found it: no process, mount, bridge, file or
+iptables rule of the node's survives (compared with snapshots taken before it started).
+
+It starts its own node, so it must not run while the session's ``node`` fixture holds the
+machine: pytest runs this module first (files run in name order)."""
+
+import os
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from aioreconcile.testing import hoststate
+from aioreconcile.testing.node import BRIDGE, HOST_PATHS, start_node
+from tests.node.conftest import Kubectl, sleeping_pod
+
+pytestmark = pytest.mark.node
+
+FAMILIES = ("iptables", "ip6tables")
+
+
+def _listing(path: Path) -> set[str] | None:
+    return set(os.listdir(path)) if path.is_dir() else None
+
+
+async def test_stopping_the_node_leaves_no_process_mount_bridge_file_or_iptables_rule() -> None:
+    iptables_before = {f: hoststate.comparable(hoststate.iptables_rules(f)) for f in FAMILIES}
+    mounts_before = Counter(hoststate.mount_points())
+    links_before = hoststate.link_names()
+    paths_before = {path: _listing(path) for path in HOST_PATHS}
+    cgroups_before = hoststate.kubepods_cgroups()
+
+    async with start_node() as node:
+        workdir = node.workdir
+        kubectl = Kubectl(node)
+        assert node.base_image
+        await kubectl.apply("default", sleeping_pod("resident", node.base_image))
+        await kubectl.wait_running("default", "resident")
+        # The node did change the machine, so the comparisons below are not vacuous.
+        assert BRIDGE in hoststate.link_names()
+        assert hoststate.comparable(hoststate.iptables_rules()) != iptables_before["iptables"]
+        assert Counter(hoststate.mount_points()) != mounts_before
+        pods = set().union(*(hoststate.cgroup_pids(c) for c in hoststate.kubepods_cgroups()))
+        assert pods, "the pod's processes are in kubelet's cgroups"
+        assert hoststate.processes_mentioning(str(workdir))
+
+    assert hoststate.processes_mentioning(str(workdir)) == {}
+    assert hoststate.alive(pods) == set(), "a pod's process survived"
+    assert hoststate.kubepods_cgroups() == cgroups_before
+    assert Counter(hoststate.mount_points()) == mounts_before
+    assert hoststate.link_names() == links_before
+    assert {path: _listing(path) for path in HOST_PATHS} == paths_before
+    assert {f: hoststate.comparable(hoststate.iptables_rules(f)) for f in FAMILIES} == (
+        iptables_before
+    )
+    assert not workdir.exists()
