@@ -174,8 +174,19 @@ def stage_build_context(destination: Path, *, source: Path = REPO_ROOT) -> Path:
     for tool in ("helm", "kubectl"):
         shutil.copy2(require(tool), bin_dir / tool)
     wheels = destination / "wheels"
+    # The build backend too (pyproject's build-system.requires): the image builds offline.
+    requirements = [str(source), "setuptools>=68", "wheel"]
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(wheels), str(source)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--wheel-dir",
+            str(wheels),
+            *requirements,
+        ],
         capture_output=True,
         text=True,
     )
@@ -184,11 +195,18 @@ def stage_build_context(destination: Path, *, source: Path = REPO_ROOT) -> Path:
     return destination
 
 
-def source_revision(source: Path = REPO_ROOT) -> str:
-    result = subprocess.run(
-        ["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True
-    )
-    return result.stdout.strip() if result.returncode == 0 else "unknown"
+def _git(source: Path, *args: str) -> str | None:
+    result = subprocess.run(["git", "-C", str(source), *args], capture_output=True, text=True)
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def source_labels(source: Path = REPO_ROOT) -> dict[str, str]:
+    """REVISION and SOURCE build arguments: the commit and where it came from (the remote, or
+    the clone's path when it has none)."""
+    return {
+        "REVISION": _git(source, "rev-parse", "HEAD") or "unknown",
+        "SOURCE": _git(source, "remote", "get-url", "origin") or source.as_uri(),
+    }
 
 
 async def build_product_image(
@@ -209,7 +227,7 @@ async def build_product_image(
             build_args={
                 "BASE_IMAGE": base_image,
                 "VERSION": version,
-                "REVISION": source_revision(),
+                **source_labels(),
                 "PIP_INSTALL_OPTIONS": "--no-index",
                 **build_args,
             },

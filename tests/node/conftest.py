@@ -10,6 +10,9 @@ from typing import Any
 import anyio
 import pytest
 
+import aioreconcile
+from aioreconcile.testing.docker import Docker, build_product_image, start_docker
+from aioreconcile.testing.images import base_image_archive
 from aioreconcile.testing.node import Node
 from aioreconcile.testing.toolchain import require
 
@@ -82,3 +85,28 @@ def sleeping_pod(name: str, image: str, *, command: list[str] | None = None) -> 
             ],
         },
     }
+
+
+PRODUCT_IMAGE = "localhost/aioreconcile:test"
+
+
+@pytest.fixture(scope="session")
+async def docker() -> AsyncIterator[Docker]:
+    """The machine's dockerd, or one started for the session (no iptables, no bridge)."""
+    async with start_docker() as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+async def product_image(node: Node, docker: Docker) -> str:
+    """The top-level Dockerfile built on the local Debian base, imported into the node."""
+    base = node.base_image
+    assert base, "the node fixture imports the Debian base image"
+    if not await docker.has_image(base):
+        await docker.load(await anyio.to_thread.run_sync(base_image_archive))
+    took = await build_product_image(
+        docker, tag=PRODUCT_IMAGE, base_image=base, version=aioreconcile.__version__
+    )
+    print(f"product image built in {took:.1f} s")
+    await docker.save_into(node.ctr(), PRODUCT_IMAGE)
+    return PRODUCT_IMAGE
