@@ -28,11 +28,13 @@ from typing import Final
 
 import anyio
 
+from aioreconcile.testing import hoststate
 from aioreconcile.testing.processes import ManagedProcess, StartupError
 from aioreconcile.testing.toolchain import cache_root, require
 
 API_VERSION: Final = "1.41"  # dockerd 20.10's API; the newer client speaks it when told
 REPO_ROOT: Final = Path(__file__).resolve().parents[2]
+DOCKER_HOST_PATHS: Final = (Path("/run/docker"), Path("/etc/docker"), Path("/var/lib/docker"))
 _SOURCES: Final = ("pyproject.toml", "README.md", "Dockerfile", ".dockerignore", "aioreconcile")
 
 
@@ -147,6 +149,8 @@ async def start_docker(
             raise StartupError(
                 f"another test dockerd uses {data_root}; wait for it to stop"
             ) from None
+        # Only mounts and files: a node may run meanwhile, and its iptables rules are not ours.
+        snapshot = hoststate.HostSnapshot.take(DOCKER_HOST_PATHS)
         try:
             process.start()
             await process.wait_ready(lambda: _answers(env), timeout=timeout_s, what="answering")
@@ -154,8 +158,13 @@ async def start_docker(
         finally:
             await process.stop(grace=20)
             process.kill_now()
+            # dockerd leaves its netns mount in the exec root, /run/docker and /etc/docker/key.json.
+            problems = hoststate.unmount_new(snapshot, root)
+            problems += hoststate.remove_new_entries(snapshot)
             if not keep:
                 shutil.rmtree(root, ignore_errors=True)
+            if problems:
+                raise StartupError("dockerd's cleanup left:\n" + "\n".join(problems))
 
 
 def stage_build_context(destination: Path, *, source: Path = REPO_ROOT) -> Path:

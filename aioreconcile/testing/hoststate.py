@@ -168,21 +168,22 @@ def restore(snapshot: HostSnapshot, *, under: Path) -> list[str]:
     mounts, kubelet's volumes) before it is removed.
     """
     problems = list(snapshot.notes)
-    _unmount_new(snapshot, under, problems)
+    problems.extend(unmount_new(snapshot, under))
     _remove_new_cgroups(snapshot, problems)
     for name in sorted(link_names() - snapshot.links):
         if name == "cni0" or name.startswith("veth"):
             result = subprocess.run(["ip", "link", "delete", name], capture_output=True, text=True)
             if result.returncode != 0 and name in link_names():
                 problems.append(f"ip link delete {name}: {result.stderr.strip()}")
-    for path, before in snapshot.paths.items():
-        _remove_new_entries(path, before, problems)
+    problems.extend(remove_new_entries(snapshot))
     for family, tables in snapshot.iptables.items():
         problems.extend(_undo_iptables(family, tables))
     return problems
 
 
-def _unmount_new(snapshot: HostSnapshot, under: Path, problems: list[str]) -> None:
+def unmount_new(snapshot: HostSnapshot, under: Path) -> list[str]:
+    """Unmount what was mounted since ``snapshot`` under ``under`` or the snapshot's paths."""
+    problems: list[str] = []
     watched = [str(under), *(str(p) for p in snapshot.paths)]
     old = Counter(snapshot.mounts)
     for _ in range(3):
@@ -194,12 +195,13 @@ def _unmount_new(snapshot: HostSnapshot, under: Path, problems: list[str]) -> No
             if extra[point] and any(point == w or point.startswith(w + "/") for w in watched)
         ]
         if not targets:
-            return
+            return problems
         for point in targets:
             if subprocess.run(["umount", point], capture_output=True).returncode != 0:
                 subprocess.run(["umount", "-l", point], capture_output=True)
     left = Counter(mount_points()) - old
     problems.extend(f"still mounted: {point}" for point in left if point.startswith(str(under)))
+    return problems
 
 
 def _remove_new_cgroups(snapshot: HostSnapshot, problems: list[str]) -> None:
@@ -219,6 +221,14 @@ def _remove_new_cgroups(snapshot: HostSnapshot, problems: list[str]) -> None:
                 time.sleep(0.1)
         else:
             problems.append(f"cgroup {root} could not be removed")
+
+
+def remove_new_entries(snapshot: HostSnapshot) -> list[str]:
+    """Remove what appeared in the snapshot's paths (the whole path if it did not exist)."""
+    problems: list[str] = []
+    for path, before in snapshot.paths.items():
+        _remove_new_entries(path, before, problems)
+    return problems
 
 
 def _remove_new_entries(path: Path, before: set[str] | None, problems: list[str]) -> None:

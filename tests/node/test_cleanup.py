@@ -1,5 +1,6 @@
-"""Stopping the node leaves the machine as it found it: no process, mount, bridge, file or
-iptables rule of the node's survives (compared with snapshots taken before it started).
+"""Stopping the node (or the test dockerd) leaves the machine as it found it: no process,
+mount, bridge, file or iptables rule of the node's survives (compared with snapshots taken
+before it started).
 
 It starts its own node, so it must not run while the session's ``node`` fixture holds the
 machine: pytest runs this module first (files run in name order)."""
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from aioreconcile.testing import hoststate
+from aioreconcile.testing.docker import DOCKER_HOST_PATHS, start_docker
 from aioreconcile.testing.node import BRIDGE, HOST_PATHS, start_node
 from tests.node.conftest import Kubectl, sleeping_pod
 
@@ -54,3 +56,15 @@ async def test_stopping_the_node_leaves_no_process_mount_bridge_file_or_iptables
         iptables_before
     )
     assert not workdir.exists()
+
+
+async def test_stopping_the_test_dockerd_leaves_no_process_mount_or_file() -> None:
+    mounts_before = Counter(hoststate.mount_points())
+    paths_before = {path: _listing(path) for path in DOCKER_HOST_PATHS}
+    async with start_docker() as docker:
+        await docker.run("version")
+        started = docker.env.get("DOCKER_HOST", "")
+    assert Counter(hoststate.mount_points()) == mounts_before
+    assert {path: _listing(path) for path in DOCKER_HOST_PATHS} == paths_before
+    if started:  # ours (unix://<dir>/docker.sock): nothing mentions its directory any more
+        assert hoststate.processes_mentioning(started.removeprefix("unix://")) == {}
