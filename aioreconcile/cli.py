@@ -43,6 +43,12 @@ def _parser() -> argparse.ArgumentParser:
         help="also start Jaeger (OTLP + query API; its UI with $AIORECONCILE_JAEGER_UI_ASSETS)",
     )
     up.add_argument(
+        "--node",
+        action="store_true",
+        help="also start a real node that runs pods (root; containerd, kubelet, kube-proxy, "
+        "kube-scheduler, kube-controller-manager; docs/testenv.md)",
+    )
+    up.add_argument(
         "--dir",
         type=Path,
         default=None,
@@ -114,7 +120,11 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument(
         "components",
         nargs="*",
-        choices=["etcd", "kube-apiserver", "helm", "jaeger"],
+        choices=[
+            *("etcd", "kube-apiserver", "helm", "jaeger"),
+            *("pause", "cni-plugins", "kubelet", "kube-controller-manager", "kube-scheduler"),
+            *("kube-proxy", "kubectl"),
+        ],
         default=[],
         help="default: all",
     )
@@ -519,15 +529,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     if args.command == "testenv":
         from aioreconcile.testing import session
+        from aioreconcile.testing.node import NodeError
         from aioreconcile.testing.processes import StartupError
         from aioreconcile.testing.toolchain import ToolchainError
 
         try:
             if args.testenv_command == "up":
-                anyio.run(lambda: session.up(with_jaeger=args.jaeger, workdir=args.dir))
+                anyio.run(
+                    lambda: session.up(
+                        with_jaeger=args.jaeger, workdir=args.dir, with_node=args.node
+                    )
+                )
             else:
                 anyio.run(session.build, list(args.components))
-        except (ToolchainError, StartupError) as e:
+        except (ToolchainError, StartupError, NodeError) as e:
             print(f"aioreconcile testenv: {e}", file=sys.stderr)
             return 1
         return 0

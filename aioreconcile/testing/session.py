@@ -1,4 +1,5 @@
-"""``aioreconcile testenv``: a real control plane (and Jaeger) for a person at a terminal."""
+"""``aioreconcile testenv``: a real control plane (and Jaeger, and a node) for a person at a
+terminal."""
 
 import signal
 import sys
@@ -10,7 +11,8 @@ import anyio
 
 from aioreconcile.testing.controlplane import start_control_plane
 from aioreconcile.testing.jaeger import start_jaeger
-from aioreconcile.testing.toolchain import COMPONENTS, ensure_built
+from aioreconcile.testing.node import start_node
+from aioreconcile.testing.toolchain import COMPONENTS, NODE_COMPONENTS, ensure_built
 
 
 def _progress(line: str) -> None:
@@ -21,9 +23,16 @@ async def build(components: list[str]) -> None:
     await ensure_built(components or COMPONENTS, progress=_progress)
 
 
-async def up(*, with_jaeger: bool, workdir: Path | None, out: TextIO = sys.stdout) -> None:
+async def up(
+    *,
+    with_jaeger: bool,
+    workdir: Path | None,
+    with_node: bool = False,
+    out: TextIO = sys.stdout,
+) -> None:
     """Build what is missing, start everything, print the exports, wait for Ctrl-C/SIGTERM."""
     needed = ["etcd", "kube-apiserver"] + (["jaeger"] if with_jaeger else [])
+    needed += list(NODE_COMPONENTS) if with_node else []
     await ensure_built(needed, progress=_progress)
     async with AsyncExitStack() as stack:
         # Signals are received from the start, so Ctrl-C during start-up still cleans up.
@@ -38,9 +47,20 @@ async def up(*, with_jaeger: bool, workdir: Path | None, out: TextIO = sys.stdou
                         return
 
                 tasks.start_soon(cancel_on_signal)
-                plane = await stack.enter_async_context(
-                    start_control_plane(workdir / "cluster" if workdir else None)
-                )
+                if with_node:
+                    node = await stack.enter_async_context(
+                        start_node(workdir / "node" if workdir else None)
+                    )
+                    plane = node.control_plane
+                    _progress(
+                        f"# node {node.name} Ready {node.timings['node_ready_s']:.1f} s after "
+                        f"kubelet started ({node.timings['total_s']:.1f} s in all); pods can "
+                        f"run {node.base_image} with imagePullPolicy: Never"
+                    )
+                else:
+                    plane = await stack.enter_async_context(
+                        start_control_plane(workdir / "cluster" if workdir else None)
+                    )
                 print(f"export KUBECONFIG={plane.kubeconfig}", file=out, flush=True)
                 if with_jaeger:
                     jaeger = await stack.enter_async_context(

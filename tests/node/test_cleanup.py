@@ -5,7 +5,11 @@ before it started).
 It starts its own node, so it must not run while the session's ``node`` fixture holds the
 machine: pytest runs this module first (files run in name order)."""
 
+import json
 import os
+import signal
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -13,7 +17,8 @@ import pytest
 
 from aioreconcile.testing import hoststate
 from aioreconcile.testing.docker import DOCKER_HOST_PATHS, start_docker
-from aioreconcile.testing.node import BRIDGE, HOST_PATHS, start_node
+from aioreconcile.testing.node import BRIDGE, HOST_PATHS, NODE_NAME, start_node
+from aioreconcile.testing.toolchain import require
 from tests.node.conftest import Kubectl, sleeping_pod
 
 pytestmark = pytest.mark.node
@@ -68,3 +73,35 @@ async def test_stopping_the_test_dockerd_leaves_no_process_mount_or_file() -> No
     assert {path: _listing(path) for path in DOCKER_HOST_PATHS} == paths_before
     if started:  # ours (unix://<dir>/docker.sock): nothing mentions its directory any more
         assert hoststate.processes_mentioning(started.removeprefix("unix://")) == {}
+
+
+def test_testenv_up_node_serves_a_ready_node_and_sigterm_cleans_up(tmp_path: Path) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "aioreconcile", "testenv", "up", "--node", "--dir", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    try:
+        line = process.stdout.readline()  # the first export comes once everything is ready
+        assert line.startswith("export KUBECONFIG="), process.communicate(timeout=30)[1]
+        kubeconfig = line.strip().partition("=")[2]
+        nodes = subprocess.run(
+            [str(require("kubectl")), f"--kubeconfig={kubeconfig}", "get", "nodes", "-o", "json"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        [listed] = json.loads(nodes.stdout)["items"]
+        ready = [c for c in listed["status"]["conditions"] if c["type"] == "Ready"]
+        assert ready[0]["status"] == "True"
+        assert hoststate.processes_mentioning(str(tmp_path))
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    assert f"node {NODE_NAME} Ready" in err
+    assert hoststate.processes_mentioning(str(tmp_path)) == {}
+    assert BRIDGE not in hoststate.link_names()
