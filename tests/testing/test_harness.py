@@ -44,6 +44,26 @@ def test_build_script_and_python_agree_on_every_binary_path(
     assert from_script == {c: str(toolchain.binary_path(c)) for c in toolchain.COMPONENTS}
 
 
+def test_build_script_and_python_agree_on_the_node_group(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv(toolchain.CACHE_ENV, str(tmp_path))
+    printed = subprocess.run(
+        ["bash", str(toolchain.BUILD_SCRIPT), "--print-bin-dir", "node"],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=os.environ,
+    ).stdout
+
+    from_script = dict(line.split("=", 1) for line in printed.splitlines())
+
+    assert from_script == {c: str(toolchain.binary_path(c)) for c in toolchain.NODE_COMPONENTS}
+    assert toolchain.missing(["cni-plugins"]) == ["cni-plugins"]
+    with pytest.raises(toolchain.ToolchainError, match=r"hack/testenv/build.sh node"):
+        toolchain.require("kubelet")
+
+
 def test_missing_binary_error_names_the_build_command(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -56,13 +76,13 @@ def test_missing_binary_error_names_the_build_command(
 
 def test_unknown_component_is_rejected_by_the_build_script(tmp_path: Path) -> None:
     result = subprocess.run(
-        ["bash", str(toolchain.BUILD_SCRIPT), "kubelet"],
+        ["bash", str(toolchain.BUILD_SCRIPT), "kube-dns"],
         capture_output=True,
         text=True,
         env={**os.environ, toolchain.CACHE_ENV: str(tmp_path)},
     )
     assert result.returncode != 0
-    assert "unknown component 'kubelet'" in result.stderr
+    assert "unknown component 'kube-dns'" in result.stderr
 
 
 def test_admin_credential_is_in_system_masters_and_kubeconfig_embeds_it(tmp_path: Path) -> None:

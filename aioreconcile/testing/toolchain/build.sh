@@ -56,20 +56,23 @@ is_built() {
   for b in $(component_binaries "$1"); do [[ -x "$dir/$b" ]] || return 1; done
 }
 
-expand() {  # arguments -> components, groups expanded; no argument means the control plane
-  local a
-  for a in "${@:-control-plane}"; do
-    case "$a" in
-      control-plane) printf '%s\n' "${control_plane[@]}" ;;
-      node) printf '%s\n' "${node[@]}" ;;
-      *) component_dir "$a" >/dev/null && echo "$a" ;;
-    esac
-  done
-}
+print_bin_dir=false
+if [[ "${1:-}" == "--print-bin-dir" ]]; then print_bin_dir=true; shift; fi
+# The arguments, groups expanded (no argument: the control plane). Checked here, in this shell,
+# so an unknown name stops the script instead of vanishing in a command substitution.
+components=()
+for a in "${@:-control-plane}"; do
+  case "$a" in
+    control-plane) components+=("${control_plane[@]}") ;;
+    node) components+=("${node[@]}") ;;
+    *) component_dir "$a" >/dev/null; components+=("$a") ;;
+  esac
+done
 
-if [[ "${1:-}" == "--print-bin-dir" ]]; then
-  shift
-  for c in $(expand "$@"); do echo "$c=$(component_dir "$c")/bin/$(component_binaries "$c" | head -n1)"; done
+if $print_bin_dir; then
+  for c in "${components[@]}"; do
+    echo "$c=$(component_dir "$c")/bin/$(component_binaries "$c" | head -n1)"
+  done
   exit 0
 fi
 
@@ -303,7 +306,7 @@ build() {
 }
 
 locked=false
-for c in $(expand "$@"); do
+for c in "${components[@]}"; do
   bin="$(component_dir "$c")/bin/$(component_binaries "$c" | head -n1)"
   if is_built "$c"; then
     say "$c: cached at $bin"
