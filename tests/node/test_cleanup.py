@@ -13,6 +13,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import anyio
 import pytest
 
 from aioreconcile.testing import hoststate
@@ -105,3 +106,22 @@ def test_testenv_up_node_serves_a_ready_node_and_sigterm_cleans_up(tmp_path: Pat
     assert f"node {NODE_NAME} Ready" in err
     assert hoststate.processes_mentioning(str(tmp_path)) == {}
     assert BRIDGE not in hoststate.link_names()
+
+
+async def test_with_dockers_forward_chain_present_bridge_traffic_is_accepted_then_unwound() -> None:
+    """dockerd's FORWARD DROP policy would cut pod <-> pod traffic; where its DOCKER-USER chain
+    exists the node accepts cni0 <-> cni0 there, and takes the rule away again on stop. (A chain
+    made by the test stands in for a dockerd started with iptables.)"""
+    exists = await anyio.run_process(["iptables", "-w", "-S", "DOCKER-USER"], check=False)
+    made_here = exists.returncode != 0
+    if made_here:
+        await anyio.run_process(["iptables", "-w", "-N", "DOCKER-USER"])
+    try:
+        before = hoststate.comparable(hoststate.iptables_rules())
+        async with start_node(base_image=False):
+            rules = hoststate.iptables_rules()["filter"].rules
+            assert "-A DOCKER-USER -i cni0 -o cni0 -j ACCEPT" in rules
+        assert hoststate.comparable(hoststate.iptables_rules()) == before
+    finally:
+        if made_here:
+            await anyio.run_process(["iptables", "-w", "-X", "DOCKER-USER"])
