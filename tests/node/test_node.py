@@ -7,6 +7,7 @@ import socket
 import struct
 from pathlib import Path
 
+import anyio
 import pytest
 
 from aioreconcile.testing.node import POD_SUBNET, SERVICE_RANGE, Node
@@ -29,7 +30,7 @@ async def test_node_is_ready_within_25_seconds_of_kubelet_start(node: Node) -> N
     assert await node.ready()
 
 
-async def test_deployment_of_two_replicas_rolls_out(
+async def test_deployment_of_two_replicas_rolls_out_and_its_service_gets_both_endpoints(
     node: Node, kubectl: Kubectl, node_namespace: str
 ) -> None:
     deployment = {
@@ -52,6 +53,34 @@ async def test_deployment_of_two_replicas_rolls_out(
     assert {p["spec"]["nodeName"] for p in pods["items"]} == {node.name}
     addresses = [ipaddress.ip_address(p["status"]["podIP"]) for p in pods["items"]]
     assert all(a in ipaddress.ip_network(POD_SUBNET) for a in addresses)
+
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "sleeper"},
+        "spec": {"selector": {"app": "sleeper"}, "ports": [{"port": 80}]},
+    }
+    await kubectl.apply(node_namespace, service)
+    # kube-controller-manager's EndpointSlice controller: both pods, by address.
+    for _ in range(100):
+        slices = await kubectl.json(
+            "get",
+            "endpointslices",
+            "-n",
+            node_namespace,
+            "-l",
+            "kubernetes.io/service-name=sleeper",
+        )
+        found = {
+            ipaddress.ip_address(a)
+            for item in slices["items"]
+            for endpoint in item.get("endpoints") or []
+            for a in endpoint["addresses"]
+        }
+        if found == set(addresses):
+            break
+        await anyio.sleep(0.1)
+    assert found == set(addresses)
 
 
 async def test_pod_reaches_the_apiserver_at_the_kubernetes_service_with_its_token(
