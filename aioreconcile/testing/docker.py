@@ -34,7 +34,12 @@ from aioreconcile.testing.toolchain import cache_root, require
 
 API_VERSION: Final = "1.41"  # dockerd 20.10's API; the newer client speaks it when told
 REPO_ROOT: Final = Path(__file__).resolve().parents[2]
-DOCKER_HOST_PATHS: Final = (Path("/run/docker"), Path("/etc/docker"), Path("/var/lib/docker"))
+DOCKER_HOST_PATHS: Final = (
+    Path("/run/docker"),
+    Path("/etc/docker"),
+    Path("/var/lib/docker"),
+    Path("/run/containerd"),  # the shims of dockerd's own containerd put their sockets here
+)
 _SOURCES: Final = ("pyproject.toml", "README.md", "Dockerfile", ".dockerignore", "aioreconcile")
 
 
@@ -158,7 +163,8 @@ async def start_docker(
         finally:
             await process.stop(grace=20)
             process.kill_now()
-            # dockerd leaves its netns mount in the exec root, /run/docker and /etc/docker/key.json.
+            # dockerd leaves its netns mount in the exec root, /run/docker, /etc/docker/key.json
+            # and its build containers' shim sockets in /run/containerd/s.
             problems = hoststate.unmount_new(snapshot, root)
             problems += hoststate.remove_new_entries(snapshot)
             if not keep:

@@ -89,6 +89,20 @@ def link_names() -> set[str]:
     return {link["ifname"] for link in json.loads(out.stdout)}
 
 
+def tree(path: Path) -> set[str] | None:
+    """Every entry under ``path`` at any depth, relative to it (None: ``path`` is no directory).
+
+    At any depth because containerd's shims leave their sockets in ``/run/containerd/s/``.
+    """
+    if not path.is_dir():
+        return None
+    return {
+        os.path.relpath(os.path.join(directory, name), path)
+        for directory, dirs, files in os.walk(path)
+        for name in dirs + files
+    }
+
+
 def kubepods_cgroups() -> list[Path]:
     """kubelet's pod cgroups in every v1 hierarchy (and the unified one), where present."""
     return sorted(p for p in CGROUP_ROOT.glob(f"*/{KUBEPODS}") if p.is_dir())
@@ -131,7 +145,7 @@ class HostSnapshot:
     def take(cls, paths: tuple[Path, ...]) -> "HostSnapshot":
         return cls(
             iptables={family: iptables_rules(family) for family in ("iptables", "ip6tables")},
-            paths={p: set(os.listdir(p)) if p.is_dir() else None for p in paths},
+            paths={p: tree(p) for p in paths},
             mounts=mount_points(),
             links=link_names(),
             cgroups=kubepods_cgroups(),
@@ -239,7 +253,11 @@ def _remove_new_entries(path: Path, before: set[str] | None, problems: list[str]
         if path.exists():
             problems.append(f"could not remove {path}")
         return
-    for name in set(os.listdir(path)) - before:
+    removed: list[str] = []
+    for name in sorted((tree(path) or set()) - before):
+        if any(name.startswith(parent + os.sep) for parent in removed):
+            continue  # inside a new directory already gone
+        removed.append(name)
         entry = path / name
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)

@@ -6,18 +6,20 @@ It starts its own node, so it must not run while the session's ``node`` fixture 
 machine: pytest runs this module first (files run in name order)."""
 
 import json
-import os
+import shutil
 import signal
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
 import pytest
 
 from aioreconcile.testing import hoststate
-from aioreconcile.testing.docker import DOCKER_HOST_PATHS, start_docker
+from aioreconcile.testing.docker import start_docker
+from aioreconcile.testing.images import base_image_archive, base_image_reference
 from aioreconcile.testing.node import BRIDGE, HOST_PATHS, NODE_NAME, start_node
 from aioreconcile.testing.toolchain import require
 from tests.node.conftest import Kubectl, sleeping_pod
@@ -25,13 +27,35 @@ from tests.node.conftest import Kubectl, sleeping_pod
 pytestmark = pytest.mark.node
 
 FAMILIES = ("iptables", "ip6tables")
+# Where dockerd and its own containerd write outside their directories (seen on these machines).
+DOCKER_PATHS = (
+    Path("/run/docker"),
+    Path("/etc/docker"),
+    Path("/var/lib/docker"),
+    Path("/run/containerd"),
+)
 
 
 def _listing(path: Path) -> set[str] | None:
-    return set(os.listdir(path)) if path.is_dir() else None
+    """Every entry under ``path``, at any depth (containerd's shim sockets are in .../s/)."""
+    return hoststate.tree(path)
 
 
-async def test_stopping_the_node_leaves_no_process_mount_bridge_file_or_iptables_rule() -> None:
+@pytest.fixture
+def shim_socket_dir() -> Iterator[Path]:
+    """/run/containerd/s as a dockerd that ran before leaves it: then only the node's own shim
+    sockets inside it must go (the comparisons are at every depth)."""
+    sockets = Path("/run/containerd/s")
+    made_here = not sockets.exists()
+    sockets.mkdir(parents=True, exist_ok=True)
+    yield sockets
+    if made_here:
+        shutil.rmtree(sockets.parent, ignore_errors=True)
+
+
+async def test_stopping_the_node_leaves_no_process_mount_bridge_file_or_iptables_rule(
+    shim_socket_dir: Path,
+) -> None:
     iptables_before = {f: hoststate.comparable(hoststate.iptables_rules(f)) for f in FAMILIES}
     mounts_before = Counter(hoststate.mount_points())
     links_before = hoststate.link_names()
@@ -64,14 +88,19 @@ async def test_stopping_the_node_leaves_no_process_mount_bridge_file_or_iptables
     assert not workdir.exists()
 
 
-async def test_stopping_the_test_dockerd_leaves_no_process_mount_or_file() -> None:
+async def test_stopping_the_test_dockerd_leaves_no_process_mount_or_file(tmp_path: Path) -> None:
     mounts_before = Counter(hoststate.mount_points())
-    paths_before = {path: _listing(path) for path in DOCKER_HOST_PATHS}
+    paths_before = {path: _listing(path) for path in DOCKER_PATHS}
+    (tmp_path / "Dockerfile").write_text(f"FROM {base_image_reference()}\nRUN date > /built\n")
     async with start_docker() as docker:
-        await docker.run("version")
+        # A build with a RUN step: its container's shim leaves /run/containerd/s behind.
+        if not await docker.has_image(base_image_reference()):
+            await docker.load(await anyio.to_thread.run_sync(base_image_archive))
+        await docker.build(tmp_path, tag="localhost/aioreconcile-testenv/cleanup:test")
+        await docker.run("rmi", "localhost/aioreconcile-testenv/cleanup:test")
         started = docker.env.get("DOCKER_HOST", "")
     assert Counter(hoststate.mount_points()) == mounts_before
-    assert {path: _listing(path) for path in DOCKER_HOST_PATHS} == paths_before
+    assert {path: _listing(path) for path in DOCKER_PATHS} == paths_before
     if started:  # ours (unix://<dir>/docker.sock): nothing mentions its directory any more
         assert hoststate.processes_mentioning(started.removeprefix("unix://")) == {}
 
