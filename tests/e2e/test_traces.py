@@ -127,15 +127,37 @@ async def test_a_pushed_commit_is_one_trace_and_a_heal_links_back_to_it(
         assert len(object_spans) == 5
         assert {_tags(s)["aioreconcile.action"] for s in object_spans} == {"configured"}
         assert {_tags(s)["aioreconcile.object.name"] for s in object_spans} == set(names)
-        # The webhook request is the SERVER span; the reconcile is its CONSUMER child.
-        request = spans["POST /hooks/{name}"]
-        assert _parent(root) == request["spanID"]
+        # GitHub sends no traceparent: the reconcile is the root Jaeger's search list shows (it
+        # read "POST /hooks/{name}" for every push), a CONSUMER linked to the webhook request,
+        # which is a short SERVER trace of its own.
+        assert _parent(root) is None
+        assert "POST /hooks/{name}" not in spans
+        assert _tags(root)["span.kind"] == "consumer"
+        assert _tags(root)["aioreconcile.push.hinted_revision"] == second
+        webhook_trace = _tags(root)["aioreconcile.webhook.trace_id"]
+        assert webhook_trace != trace["traceID"]
+        assert webhook_trace in {r["traceID"] for r in root["references"]}
+        (requested,) = await anyio.to_thread.run_sync(
+            lambda: _query(jaeger, f"/api/traces/{webhook_trace}")
+        )
+        (request,) = requested["spans"]
+        assert request["operationName"] == "POST /hooks/{name}"
         assert _parent(request) is None
+        assert _tags(request)["span.kind"] == "server"
         assert _tags(request)["http.response.status_code"] == 202
         assert _tags(request)["url.path"] == "/hooks/github"
-        assert _tags(root)["span.kind"] == "consumer"
-        assert _tags(request)["span.kind"] == "server"
-        assert _tags(root)["aioreconcile.push.hinted_revision"] == second
+        # What the search list shows of a trace: its root's operation, found by the SHA.
+        searched = await anyio.to_thread.run_sync(
+            lambda: _query(
+                jaeger,
+                "/api/traces",
+                service=service,
+                tags=json.dumps({"vcs.ref.head.revision": second}),
+            )
+        )
+        assert [[s["operationName"] for s in t["spans"] if _parent(s) is None] for t in searched] == [
+            ["reconcile app"]
+        ]
 
         # A replay of an old delivery only looks at the ref; its head is applied already, so no
         # trace is made that `aioreconcile trace` could take for either commit's deployment.
@@ -199,6 +221,10 @@ async def test_a_pushed_commit_is_one_trace_and_a_heal_links_back_to_it(
         for name in names:
             assert f"apply ConfigMap/{namespace}/{name}  configured" in shown.stdout
         assert f"(heals back to this SHA: {heal['traceID']})" in shown.stdout
+        tree = shown.stdout.splitlines()
+        (header,) = [i for i, line in enumerate(tree) if line.startswith("SPAN ")]
+        assert tree[header + 1].startswith("reconcile app ")
+        assert f"-> linked to trace {webhook_trace}" in tree[header + 1]
 
     everything = await anyio.to_thread.run_sync(
         lambda: _query(jaeger, "/api/traces", service=service, limit="100")

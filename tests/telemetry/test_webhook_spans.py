@@ -1,6 +1,8 @@
 """The webhook request is a SERVER span of its own, with HTTP's semantic-convention attributes
-(never a header or the body), and the reconcile it triggers is its CONSUMER child: over real
-HTTP on loopback, spans in an in-memory exporter."""
+(never a header or the body). The reconcile it triggers is its CONSUMER child when the sender
+gave a trace to continue (a CI pipeline); otherwise a CONSUMER root of its own trace, linked to
+the request, so Jaeger lists a push as ``reconcile <sync>``: over real HTTP on loopback, spans in
+an in-memory exporter."""
 
 import logging
 from collections.abc import AsyncIterator, Iterator
@@ -43,6 +45,24 @@ class Traced:
     def spans(self) -> list[ReadableSpan]:
         return list(self.exporter.get_finished_spans())
 
+    def reconcile(self, push: Push) -> None:
+        """What the controller does with a push: the commit's root, with the two trace facts
+        the receiver put on the push event (the parent, the link)."""
+        assert push.event is not None
+        with self.tracing.commit(
+            CommitInfo(
+                sync="app",
+                repository_url=APP.source.url,
+                ref="main",
+                ref_type="branch",
+                sha=SHA,
+                trigger="push",
+                parent_traceparent=push.event.traceparent,
+                link_traceparent=push.event.link_traceparent,
+            )
+        ):
+            pass
+
 
 @pytest.fixture
 def provider() -> Iterator[tuple[TracerProvider, InMemorySpanExporter]]:
@@ -67,7 +87,7 @@ async def traced(
         yield Traced(client, tracing, exporter, enqueued)
 
 
-async def test_a_push_request_is_a_server_span_and_its_reconcile_a_consumer_child(
+async def test_with_a_senders_traceparent_the_reconcile_is_the_requests_consumer_child(
     traced: Traced,
 ) -> None:
     body = github_push()
@@ -76,19 +96,7 @@ async def test_a_push_request_is_a_server_span_and_its_reconcile_a_consumer_chil
     response = await traced.client.post("/hooks/github", data=body, headers=headers)
     assert response.status == 202
     (push,) = traced.enqueued
-    assert push.event is not None
-    with traced.tracing.commit(
-        CommitInfo(
-            sync="app",
-            repository_url=APP.source.url,
-            ref="main",
-            ref_type="branch",
-            sha=SHA,
-            trigger="push",
-            parent_traceparent=push.event.traceparent,
-        )
-    ):
-        pass
+    traced.reconcile(push)
 
     request, reconcile = traced.spans()
     assert request.name == "POST /hooks/{name}"
@@ -114,11 +122,56 @@ async def test_a_push_request_is_a_server_span_and_its_reconcile_a_consumer_chil
     assert reconcile.parent is not None
     assert reconcile.parent.span_id == request.context.span_id
     assert reconcile.context.trace_id == request.context.trace_id
+    assert list(reconcile.links) == []  # its parent already says where it came from
+    assert reconcile.attributes is not None
+    assert "aioreconcile.webhook.trace_id" not in reconcile.attributes
     # Neither the signature, the secret nor the body reach the span.
     exported = request.to_json()
     assert headers["X-Hub-Signature-256"] not in exported
     assert SECRET.decode() not in exported
     assert "clone_url" not in exported
+
+
+@pytest.mark.parametrize(
+    "sender",
+    [
+        None,  # GitHub, GitLab, Gitea, Bitbucket: no traceparent ever
+        "not-a-trace",
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01",  # well-formed, invalid id
+    ],
+)
+async def test_without_a_senders_trace_the_reconcile_is_a_root_linked_to_the_request(
+    traced: Traced, sender: str | None
+) -> None:
+    """Jaeger lists a trace by its root: a push must read ``reconcile app`` there, with its
+    SHA, not ``POST /hooks/{name}`` like every other push."""
+    body = github_push()
+    headers = {**github_headers(body), **({"traceparent": sender} if sender else {})}
+
+    response = await traced.client.post("/hooks/github", data=body, headers=headers)
+    assert response.status == 202
+    (push,) = traced.enqueued
+    traced.reconcile(push)
+
+    request, reconcile = traced.spans()
+    assert request.name == "POST /hooks/{name}"
+    assert request.kind is SpanKind.SERVER
+    assert request.parent is None
+    assert reconcile.name == "reconcile app"
+    assert reconcile.kind is SpanKind.CONSUMER
+    assert reconcile.parent is None
+    assert request.context is not None
+    assert reconcile.context is not None
+    assert reconcile.context.trace_id != request.context.trace_id
+    (link,) = reconcile.links
+    assert link.context.trace_id == request.context.trace_id
+    assert link.context.span_id == request.context.span_id
+    assert reconcile.attributes is not None
+    assert reconcile.attributes["aioreconcile.webhook.trace_id"] == (
+        f"{request.context.trace_id:032x}"
+    )
+    # Still the first attributes sent: the short SHA and the trigger.
+    assert list(reconcile.attributes)[:2] == ["aioreconcile.commit.short_sha", "aioreconcile.trigger"]
 
 
 async def test_an_unknown_path_is_redacted_and_a_4xx_is_no_error(traced: Traced) -> None:
