@@ -45,7 +45,12 @@ class PushEvent:
     deleted: bool = False
     forced: bool = False
     commits: tuple[PushedCommit, ...] = ()
-    traceparent: str | None = None  # W3C trace context of the delivery, when the sender gave one
+    # W3C trace contexts, as the receiver saw the delivery. ``traceparent``: the parent of the
+    # reconcile, only when the sender gave a trace to continue (a CI pipeline), else None.
+    # ``link_traceparent``: the webhook request's span, when the reconcile starts a trace of its
+    # own and only links to it (no provider sends a traceparent). docs/tracing.md says why.
+    traceparent: str | None = None
+    link_traceparent: str | None = None
 
     def __post_init__(self) -> None:
         if is_zero_sha(self.after) and not self.deleted:

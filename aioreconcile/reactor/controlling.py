@@ -115,7 +115,8 @@ class SyncState:
     reconciles: int = 0
     last_reconcile_at: float | None = None
     pending_hint: str | None = None  # the SHA the last push named: for logs and traces only
-    pending_traceparent: str | None = None
+    pending_traceparent: str | None = None  # the reconcile's parent: a sender's trace only
+    pending_link: str | None = None  # the webhook request the reconcile links to otherwise
     pending_received_at: float | None = None
     revision: str | None = None  # the revision the desired objects below belong to
     desired: dict[ObjectRef, bytes] = field(default_factory=dict)  # stamped, orjson-encoded
@@ -255,6 +256,7 @@ class Controller:
             return
         state.pending_hint = push.sha
         state.pending_traceparent = push.event.traceparent if push.event else None
+        state.pending_link = push.event.link_traceparent if push.event else None
         state.pending_received_at = time.time()
         self.queue.put(("sync", push.sync))
 
@@ -375,6 +377,7 @@ class Controller:
         source = self._sources[name]
         hint, state.pending_hint = state.pending_hint, None
         parent, state.pending_traceparent = state.pending_traceparent, None
+        link, state.pending_link = state.pending_link, None
         received_at, state.pending_received_at = state.pending_received_at, None
         started = time.monotonic()
         try:
@@ -402,6 +405,7 @@ class Controller:
             sha=sha,
             trigger="push" if hint is not None else "poll",
             parent_traceparent=parent,
+            link_traceparent=link,
             started_at=received_at,
         )
         with self._tracing.commit(info) as root:

@@ -2,8 +2,10 @@
 
 The reactor never imports OpenTelemetry (import-linter forbids it). It opens spans through this
 port and hands finished results (ChangeSets) to it; the adapter in ``adapters/telemetry`` turns
-them into OTel spans. One trace per commit reconcile: ``commit`` opens the root (a child of the
-webhook request's span for a push, which itself continues the sender's ``traceparent``),
+them into OTel spans. One trace per commit reconcile: ``commit`` opens the root (for a push, a
+child of the webhook request's span only when the sender's ``traceparent`` made that request part
+of a trace already, e.g. a CI pipeline's; otherwise a root of its own, linked to the request, so
+a backend's search list shows ``reconcile <sync>`` and not ``POST /hooks/{name}``),
 ``stage`` its children (fetch, render, apply, prune, inventory, status), ``objects`` one span
 per ChangeSet entry with the times the applier recorded. A drift heal is a trace of its own
 whose root links to the commit trace named in the object's ``aioreconcile.dev/traceparent``
@@ -34,7 +36,10 @@ class CommitInfo:
     author: str = ""
     subject: str = ""
     trigger: str = "poll"  # "push" | "poll" | "spec"
-    parent_traceparent: str | None = None  # the webhook request's span (or its sender's)
+    # A push: the parent is the webhook request's span only when its sender gave a trace to
+    # continue (a CI pipeline); otherwise the reconcile is a root with a link to the request.
+    parent_traceparent: str | None = None
+    link_traceparent: str | None = None
     started_at: float | None = None  # time.time() the webhook arrived; None: now
 
 

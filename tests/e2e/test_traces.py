@@ -155,9 +155,8 @@ async def test_a_pushed_commit_is_one_trace_and_a_heal_links_back_to_it(
                 tags=json.dumps({"vcs.ref.head.revision": second}),
             )
         )
-        assert [[s["operationName"] for s in t["spans"] if _parent(s) is None] for t in searched] == [
-            ["reconcile app"]
-        ]
+        listed = [[s["operationName"] for s in t["spans"] if _parent(s) is None] for t in searched]
+        assert listed == [["reconcile app"]]
 
         # A replay of an old delivery only looks at the ref; its head is applied already, so no
         # trace is made that `aioreconcile trace` could take for either commit's deployment.

@@ -171,7 +171,8 @@ async def test_without_a_senders_trace_the_reconcile_is_a_root_linked_to_the_req
         f"{request.context.trace_id:032x}"
     )
     # Still the first attributes sent: the short SHA and the trigger.
-    assert list(reconcile.attributes)[:2] == ["aioreconcile.commit.short_sha", "aioreconcile.trigger"]
+    first_two = list(reconcile.attributes)[:2]
+    assert first_two == ["aioreconcile.commit.short_sha", "aioreconcile.trigger"]
 
 
 async def test_an_unknown_path_is_redacted_and_a_4xx_is_no_error(traced: Traced) -> None:

@@ -82,6 +82,8 @@ class Commit(Protocol):
     @property
     def parent_traceparent(self) -> str | None: ...
     @property
+    def link_traceparent(self) -> str | None: ...
+    @property
     def started_at(self) -> float | None: ...
 
 
@@ -223,9 +225,18 @@ class OtelTracing:
         self._tracer = provider.get_tracer("aioreconcile", __version__)
 
     def commit(self, info: Commit) -> AbstractContextManager[OtelSpan]:
+        """``reconcile <sync>``: the root of a commit trace, unless a webhook's sender gave a
+        trace to continue (``parent_traceparent``: then a child of the request span in it).
+
+        A push without one is a root that links to its webhook request (``link_traceparent``),
+        never the request's child: a backend lists a trace by its root, and Jaeger's search list
+        showed every push as ``POST /hooks/{name}``, with no sync or SHA. OpenTelemetry's
+        messaging conventions allow a consumer to start a new trace and link to the producing
+        context; the linked trace id is also an attribute, as on a heal, since Jaeger's UI shows
+        a link only as "span in another trace"."""
         parent = parse_traceparent(info.parent_traceparent)
-        # A commit trace is always a root unless the webhook sender gave us its trace: it must
-        # never nest under whatever happens to be current in the caller.
+        linked = None if parent is not None else parse_traceparent(info.link_traceparent)
+        # Never nested under whatever happens to be current in the caller.
         context = (
             trace.set_span_in_context(trace.NonRecordingSpan(parent))
             if parent is not None
@@ -244,6 +255,8 @@ class OtelTracing:
             "vcs.ref.head.type": info.ref_type,
             "aioreconcile.sync": info.sync,
         }
+        if linked is not None:
+            attributes["aioreconcile.webhook.trace_id"] = format(linked.trace_id, "032x")
         if info.author:
             attributes["aioreconcile.commit.author"] = redact_text(info.author)
         if info.subject:
@@ -252,8 +265,14 @@ class OtelTracing:
             f"reconcile {info.sync}",
             context=context,
             # A push is consumed from the work queue after its webhook request (the SERVER span,
-            # ``request``) was answered: OpenTelemetry's messaging conventions call that CONSUMER.
+            # ``request``) was answered: OpenTelemetry's messaging conventions call that CONSUMER,
+            # whether it continues the request's trace or starts one linked to it.
             kind=trace.SpanKind.CONSUMER if info.trigger == "push" else trace.SpanKind.INTERNAL,
+            links=(
+                [trace.Link(linked, {"aioreconcile.link": "webhook request"})]
+                if linked is not None
+                else []
+            ),
             attributes=attributes,
             start_time=_ns(info.started_at),
         )

@@ -10,9 +10,10 @@ Order of checks, each answered with its own status (see docs/webhooks.md): unkno
 payload 400 -> ping 200 -> repeated delivery 200 -> nothing to do 202 -> triggered 202.
 
 Every request is a SERVER span (``POST /hooks/{name}``) when tracing is on, with HTTP's
-semantic-convention attributes and nothing of the headers or body; the pushes it triggers carry
-that span's context, so each reconcile is its child (see docs/tracing.md for why the request is
-a span of its own).
+semantic-convention attributes and nothing of the headers or body. The pushes it triggers carry
+that span's context: as the reconcile's parent when the sender gave a trace the request
+continues (a CI pipeline), else as a link only, so the reconcile roots a trace of its own that a
+backend lists as ``reconcile <sync>`` (docs/tracing.md says why).
 
 Every string that came from the request and is printed (refs, event names, delivery ids, the
 reasons quoting them) goes through ``engine.redaction.printable`` first; the body itself is
@@ -309,9 +310,8 @@ async def _handle(request: web.Request, span: RequestSpan) -> web.Response:
         return _answer(200, Outcome.DUPLICATE, "delivery already received")
 
     try:
-        # The reconciles continue this request's span; without tracing, the sender's context.
-        context = span.traceparent or headers.get("traceparent")
-        triggers, reason = _trigger(hooks, spec, delivery.pushes, context, log)
+        parent, link = _trace_context(span.traceparent, headers.get("traceparent"))
+        triggers, reason = _trigger(hooks, spec, delivery.pushes, parent, link, log)
     except Exception:
         # The sender will retry; the retry must not be taken for a duplicate.
         hooks.deliveries.forget(spec.name, delivery.delivery_id)
@@ -327,13 +327,17 @@ def _trigger(
     hooks: _Hooks,
     receiver: ReceiverSpec,
     pushes: Sequence[PushEvent],
-    traceparent: str | None,
+    parent: str | None,
+    link: str | None,
     log: Mapping[str, str],
 ) -> tuple[list[str], str]:
     """Match every pushed ref against the syncs as they are now that this receiver may
     trigger, enqueue each triggered sync once; the names of the triggered syncs and why the
     rest triggered nothing."""
-    events = [_with_traceparent(e, traceparent) if traceparent else e for e in pushes]
+    events = [
+        replace(e, traceparent=parent, link_traceparent=link) if parent or link else e
+        for e in pushes
+    ]
     triggers, reasons = triggers_for(events, hooks.syncs(), receiver=receiver)
     triggered = [t.sync for t in triggers]
     for event in events:
@@ -351,8 +355,19 @@ def _trigger(
     return triggered, "; ".join(reasons)
 
 
-def _with_traceparent(event: PushEvent, traceparent: str) -> PushEvent:
-    """Carry the sender's W3C trace context, if well-formed, so the commit's trace continues."""
-    if not _TRACEPARENT.fullmatch(traceparent):
-        return event
-    return replace(event, traceparent=traceparent)
+def _trace_context(request: str | None, sender: str | None) -> tuple[str | None, str | None]:
+    """(parent, link) of the reconciles a request triggers, from the request span's W3C
+    context and the sender's ``traceparent`` header.
+
+    The request span continues the sender's trace when the header was valid (the tracing
+    adapter decides; then both share the trace id): the reconciles are its children, so a CI
+    pipeline that pushes shows the deployment in its own trace. Otherwise (no provider sends a
+    ``traceparent``) each reconcile is a root that only links to the request: Jaeger lists a
+    trace by its root, and a list where every push reads ``POST /hooks/{name}`` says nothing
+    of which sync or commit it was. Without tracing there is no request span: a well-formed
+    sender context passes through as the parent (and goes nowhere while tracing is off)."""
+    if request is None:
+        return (sender if sender is not None and _TRACEPARENT.fullmatch(sender) else None), None
+    if sender is not None and sender.strip().split("-")[1:2] == request.split("-")[1:2]:
+        return request, None  # the same (random, 128-bit) trace id: the request continued it
+    return None, request
