@@ -357,6 +357,11 @@ async def _screenshots(
         # Fold the object spans: every stage of the reconcile on one screen.
         await page.click(".span-row", text="apply namespaced", inner=".SpanTreeOffset.is-parent")
         await page.screenshot(out / "jaeger-commit-trace.png")
+        # The root's details: the short SHA and trigger first, the link to the webhook request.
+        await page.click(".span-name", text=f"reconcile {SYNC}")
+        await page.click(".AccordianKeyValues--header", text="Tags")
+        await page.click(".AccordianReferences--header", text="References")
+        await page.screenshot(out / "jaeger-commit-root.png")
 
         await page.open(f"{jaeger.query_url}/trace/{heal}", ready=".span-row")
         await page.click(".span-name", text="heal ConfigMap")  # the root's details
