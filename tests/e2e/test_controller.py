@@ -92,7 +92,9 @@ class Running:
             while not await check():
                 await anyio.sleep(0.05)
 
-    async def push_webhook(self, sha: str, before: str = "0" * 40) -> aiohttp.ClientResponse:
+    async def push_webhook(
+        self, sha: str, before: str = "0" * 40, *, traceparent: str | None = None
+    ) -> aiohttp.ClientResponse:
         body = json.dumps(
             {
                 "ref": "refs/heads/main",
@@ -117,6 +119,7 @@ class Running:
                     "X-GitHub-Delivery": f"d-{sha}-{time.time()}",
                     "X-Hub-Signature-256": f"sha256={signature}",
                     "Content-Type": "application/json",
+                    **({"traceparent": traceparent} if traceparent else {}),
                 },
             ) as response,
         ):

@@ -231,6 +231,72 @@ async def test_a_pushed_commit_is_one_trace_and_a_heal_links_back_to_it(
     assert SECRET not in json.dumps(everything)
 
 
+async def test_a_ci_pipelines_traceparent_puts_the_deployment_in_the_pipelines_trace(
+    kube: Kube,
+    namespace: str,
+    upstream: Callable[[str], Upstream],
+    git_daemon: str,
+    tmp_path: Path,
+    jaeger: Jaeger,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A sender that gives a W3C traceparent (a CI pipeline's step) gets the request span and,
+    under it, the reconcile in its own trace; `aioreconcile trace` still prints the commit's
+    tree (the pipeline's span is not ours: the request is the top of what Jaeger holds)."""
+    service = f"aioreconcile-e2e-{secrets.token_hex(3)}"
+    monkeypatch.setenv("TEST_WEBHOOK_SECRET", SECRET)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", jaeger.otlp_http_endpoint)
+    monkeypatch.setenv("OTEL_SERVICE_NAME", service)
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
+    pipeline_trace, pipeline_step = secrets.token_hex(16), secrets.token_hex(8)
+    repo = upstream("pipeline")
+    first = repo.commit({"deploy/objects.yaml": yaml.safe_dump(config_map("cm", namespace, v="1"))})
+    async with controller(kube, namespace, repo, git_daemon, tmp_path) as running:
+        await running.wait_for(lambda: applied(running, first))
+        second = repo.commit(
+            {"deploy/objects.yaml": yaml.safe_dump(config_map("cm", namespace, v="2"))}
+        )
+        response = await running.push_webhook(
+            second, before=first, traceparent=f"00-{pipeline_trace}-{pipeline_step}-01"
+        )
+        assert response.status == 202
+        await running.wait_for(lambda: applied(running, second))
+
+        async def complete() -> list[dict[str, Any]]:
+            found = await _traces(jaeger, service, tags={"vcs.ref.head.revision": second})
+            names = [{s["operationName"] for s in t["spans"]} for t in found]
+            return found if any("reconcile app" in n for n in names) else []
+
+        (trace,) = await _eventually(complete)
+        assert trace["traceID"] == pipeline_trace
+        spans = {span["operationName"]: span for span in trace["spans"]}
+        request, root = spans["POST /hooks/{name}"], spans["reconcile app"]
+        assert _parent(request) == pipeline_step
+        assert _parent(root) == request["spanID"]
+        assert _tags(root)["span.kind"] == "consumer"
+        assert "aioreconcile.webhook.trace_id" not in _tags(root)
+
+        shown = await anyio.to_thread.run_sync(
+            lambda: subprocess.run(
+                [
+                    *(sys.executable, "-m", "aioreconcile.cli", "trace", second),
+                    *("--jaeger", jaeger.query_url, "--service", service),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+        )
+        assert shown.returncode == 0, shown.stderr
+        assert f"trace {pipeline_trace}" in shown.stdout
+        tree = shown.stdout.splitlines()
+        (header,) = [i for i, line in enumerate(tree) if line.startswith("SPAN ")]
+        assert tree[header + 1].startswith("POST /hooks/{name} ")
+        assert tree[header + 2].startswith("  reconcile app ")
+        assert f"      apply ConfigMap/{namespace}/cm  configured" in shown.stdout
+
+
 class _Records(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.INFO)
