@@ -821,14 +821,16 @@ class Controller:
             return
         manifest = Manifest(ref, desired, origin=f"drift heal of {ref}")
         options = ApplyOptions(sync=sync, revision=revision)
+        linked = _traceparent_of(live) or _traceparent_of(desired)
+        fields = list(verdict.fields) or ["(deleted)"]
         with self._tracing.heal(
             sync=sync,
             ref=ref,
             revision=revision,
             repository_url=state.spec.source.url,
-            link_traceparent=_traceparent_of(live) or _traceparent_of(desired),
+            link_traceparent=linked,
             writers=verdict.writers,
-            fields=list(verdict.fields) or ["(deleted)"],
+            fields=fields,
         ) as span:
             # A declared value that differs is no server normalisation: write without a dry-run.
             entry, applied = await cluster.apply_object(
@@ -846,6 +848,10 @@ class Controller:
                         "object": str(ref),
                         "action": entry.action.value,
                         "revision": state.revision,
+                        # What the heal span says, for a reader of the log alone (the demo).
+                        "writers": list(verdict.writers),
+                        "fields": fields,
+                        "linked_traceparent": linked,
                     },
                 )
         if applied is not None:

@@ -12,7 +12,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 
 import anyio
@@ -27,10 +27,18 @@ class StartupError(Exception):
 class ManagedProcess:
     """One long-running component: start, wait until ready, stop (TERM, then KILL)."""
 
-    def __init__(self, name: str, argv: Sequence[str], *, log_path: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        log_path: Path,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.name = name
         self.argv = list(argv)
         self.log_path = log_path
+        self.env = dict(env) if env is not None else None  # None: inherit ours
         self._popen: subprocess.Popen[bytes] | None = None
 
     @property
@@ -53,6 +61,7 @@ class ManagedProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                env=self.env,
             )
 
     def log_tail(self, lines: int = 30) -> str:
