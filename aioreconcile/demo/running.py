@@ -249,6 +249,7 @@ async def start_demo(
             jaeger_url=jaeger_url,
             webhook_url=webhook_url,
             log_path=controller.log_path,
+            workdir=workdir,
         )
         yield Demo(
             clone=clone,

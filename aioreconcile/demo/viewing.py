@@ -84,6 +84,7 @@ def banner(
     jaeger_url: str | None,
     webhook_url: str,
     log_path: Path,
+    workdir: Path,
 ) -> None:
     """What runs where, and what to try: the first thing a newcomer reads."""
     exports = [f"export KUBECONFIG={kubeconfig}"]
@@ -110,6 +111,7 @@ def banner(
             f"[dim]webhook receiver {webhook_url}; controller log {log_path}; "
             + (f"Jaeger UI {jaeger_url}; " if jaeger_url else "")
             + "Ctrl-C stops everything (your clone stays).[/]",
+            f"[dim]working files in {workdir} (removed on exit)[/]",
         ]
     )
     console.print(Panel(body, title="aioreconcile demo is running", expand=False))
