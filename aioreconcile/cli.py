@@ -20,6 +20,8 @@ from aioreconcile.engine.naming import is_valid_label_value
 from aioreconcile.engine.redaction import printable, redact_text, redact_url
 from aioreconcile.engine.sources import RenderSpec, RenderType
 
+_OUTPUT_HELP = "output format (default: %(default)s)"
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -66,17 +68,17 @@ def _parser() -> argparse.ArgumentParser:
         "run", help="run the controller: webhooks, pollers, watches, drift healing"
     )
     run.add_argument("--config", type=Path, required=True, help="syncs and receivers (YAML)")
-    run.add_argument("--kubeconfig", type=Path, default=None)
-    run.add_argument("--context", default=None)
     run.add_argument(
         "--listen",
         default="127.0.0.1:8080",
-        help="HOST:PORT of the webhook listener (POST /hooks/<receiver> only); the one to expose",
+        help="HOST:PORT of the webhook listener (POST /hooks/<receiver> only); the one to expose "
+        "(default: %(default)s)",
     )
     run.add_argument(
         "--ops-listen",
         default="127.0.0.1:8081",
-        help="HOST:PORT of /healthz, /readyz, /metrics and /status (default: loopback only)",
+        help="HOST:PORT of /healthz, /readyz, /metrics and /status (default: %(default)s, "
+        "loopback only)",
     )
     run.add_argument(
         "--header-timeout",
@@ -99,23 +101,55 @@ def _parser() -> argparse.ArgumentParser:
         help="per listener; one more is closed as it opens (default %(default)d)",
     )
     run.add_argument(
-        "--namespace", default="default", help="where inventories of the syncs are kept"
+        "--kubeconfig",
+        type=Path,
+        default=None,
+        help="kubeconfig file (default: $KUBECONFIG, else ~/.kube/config, else in-cluster)",
     )
-    run.add_argument("--cache-dir", type=Path, default=None, help="git cache (default ~/.cache)")
-    run.add_argument("--concurrency", type=int, default=16)
-    run.add_argument("--log-level", default="info")
+    run.add_argument(
+        "--context",
+        default=None,
+        help="kubeconfig context (default: its current-context)",
+    )
+    run.add_argument(
+        "--namespace",
+        default="default",
+        help="where inventories of the syncs are kept (default: %(default)s)",
+    )
+    run.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="git cache (default: $XDG_CACHE_HOME or ~/.cache, then aioreconcile/git)",
+    )
+    run.add_argument(
+        "--concurrency",
+        type=int,
+        default=16,
+        help="syncs and heals worked on at once (default: %(default)s)",
+    )
+    run.add_argument(
+        "--log-level",
+        default="info",
+        help="JSON logs on stderr from this level: debug, info, warning, error "
+        "(default: %(default)s)",
+    )
     _add_tracing_flags(run)
 
     status = commands.add_parser("status", help="print each sync's state from a running controller")
     status.add_argument(
-        "--url", default="http://127.0.0.1:8081", help="the controller's --ops-listen address"
+        "--url",
+        default="http://127.0.0.1:8081",
+        help="the controller's --ops-listen address (default: %(default)s)",
     )
-    status.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    status.add_argument(
+        "-o", "--output", choices=["table", "json"], default="table", help=_OUTPUT_HELP
+    )
 
     check = commands.add_parser(
         "check-config", help="validate a controller configuration file (run --config FILE)"
     )
-    check.add_argument("config", type=Path)
+    check.add_argument("config", type=Path, help="the file `run --config` would read")
 
     build = testenv_commands.add_parser("build", help="build the test binaries into the cache")
     build.add_argument(
@@ -127,7 +161,7 @@ def _parser() -> argparse.ArgumentParser:
             *("kube-proxy", "kubectl"),
         ],
         default=[],
-        help="default: all",
+        help="what to build (default: all)",
     )
     _add_trace_command(commands)
     _add_demo_command(commands)
@@ -168,10 +202,22 @@ def _add_directory_command(
     command.add_argument(
         "path", type=Path, help="directory: plain YAML/JSON, kustomization or chart"
     )
-    command.add_argument("--kubeconfig", type=Path, default=None)
-    command.add_argument("--context", default=None)
     command.add_argument(
-        "-n", "--namespace", default=None, help="namespace for namespaced objects that name none"
+        "--kubeconfig",
+        type=Path,
+        default=None,
+        help="kubeconfig file (default: $KUBECONFIG, else ~/.kube/config, else in-cluster)",
+    )
+    command.add_argument(
+        "--context",
+        default=None,
+        help="kubeconfig context (default: its current-context)",
+    )
+    command.add_argument(
+        "-n",
+        "--namespace",
+        default=None,
+        help="namespace for namespaced objects that name none (default: as rendered)",
     )
     command.add_argument(
         "--render",
@@ -179,20 +225,24 @@ def _add_directory_command(
         default=RenderType.AUTO.value,
         help="how to render PATH (default: auto-detect)",
     )
-    command.add_argument("--release-name", default=None, help="helm release name")
+    command.add_argument(
+        "--release-name",
+        default=None,
+        help="helm release name (default: the chart directory's name)",
+    )
     command.add_argument(
         "--values",
         action="append",
         default=[],
         metavar="FILE",
-        help="helm values file (repeatable)",
+        help="helm values file (repeatable; default: the chart's values only)",
     )
     command.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="inline helm value, dotted key (repeatable)",
+        help="inline helm value, dotted key (repeatable; default: none)",
     )
     command.add_argument(
         "--sync",
@@ -200,30 +250,46 @@ def _add_directory_command(
         help="name of this sync, written to the aioreconcile.dev/sync label "
         "(default: the inventory name, else the directory name)",
     )
-    command.add_argument("--concurrency", type=int, default=16)
+    command.add_argument(
+        "--concurrency",
+        type=int,
+        default=16,
+        help="objects applied at once (default: %(default)s)",
+    )
     command.add_argument(
         "--no-force-conflicts",
         dest="force_conflicts",
         action="store_false",
         help="fail on fields owned by another manager instead of taking them over",
     )
-    command.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    command.add_argument(
+        "-o", "--output", choices=["table", "json"], default="table", help=_OUTPUT_HELP
+    )
     if name == "apply":
         _add_tracing_flags(command)
         command.add_argument("--prune", action="store_true", help="delete what left the source")
         command.add_argument(
             "--inventory",
             default=None,
-            help="ConfigMap that remembers what was applied (required by --prune)",
+            help="ConfigMap that remembers what was applied (required by --prune; default: none)",
         )
-        command.add_argument("--inventory-namespace", default="default")
+        command.add_argument(
+            "--inventory-namespace",
+            default="default",
+            help="namespace of the --inventory ConfigMap (default: %(default)s)",
+        )
         command.add_argument(
             "--allow-empty",
             action="store_true",
             help="let an empty source prune everything it applied before",
         )
         command.add_argument("--wait", action="store_true", help="wait until every object is ready")
-        command.add_argument("--timeout", type=float, default=300.0, help="for --wait, seconds")
+        command.add_argument(
+            "--timeout",
+            type=float,
+            default=300.0,
+            help="for --wait, seconds (default: %(default)g)",
+        )
         command.add_argument("--dry-run", action="store_true", help="server-side dry-run only")
 
 
@@ -495,9 +561,19 @@ def _add_trace_command(commands: "argparse._SubParsersAction[argparse.ArgumentPa
         default=None,
         help="Jaeger's UI/query URL (default: $JAEGER_URL, else http://127.0.0.1:16686)",
     )
-    trace.add_argument("--service", default="aioreconcile", help="OTEL_SERVICE_NAME it ran as")
-    trace.add_argument("--lookback", default="7d", help="how far back to search (e.g. 1h, 2d)")
-    trace.add_argument("-o", "--output", choices=["tree", "json"], default="tree")
+    trace.add_argument(
+        "--service",
+        default="aioreconcile",
+        help="OTEL_SERVICE_NAME it ran as (default: %(default)s)",
+    )
+    trace.add_argument(
+        "--lookback",
+        default="7d",
+        help="how far back to search, e.g. 1h, 2d (default: %(default)s)",
+    )
+    trace.add_argument(
+        "-o", "--output", choices=["tree", "json"], default="tree", help=_OUTPUT_HELP
+    )
 
 
 def _run_trace(args: argparse.Namespace) -> int:
