@@ -265,24 +265,30 @@ def _add_directory_command(
     command.add_argument(
         "-o", "--output", choices=["table", "json"], default="table", help=_OUTPUT_HELP
     )
+    # diff takes apply's --inventory too: it names the sync, so both compare the same one.
+    command.add_argument(
+        "--inventory",
+        default=None,
+        help="ConfigMap that remembers what was applied (required by --prune); it also names "
+        "the sync (default: none)",
+    )
+    command.add_argument(
+        "--inventory-namespace",
+        default="default",
+        help="namespace of the --inventory ConfigMap (default: %(default)s)",
+    )
+    command.add_argument(
+        "--prune",
+        action="store_true",
+        help="delete what left the source (diff: show those deletions)",
+    )
+    command.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="let an empty source prune everything it applied before",
+    )
     if name == "apply":
         _add_tracing_flags(command)
-        command.add_argument("--prune", action="store_true", help="delete what left the source")
-        command.add_argument(
-            "--inventory",
-            default=None,
-            help="ConfigMap that remembers what was applied (required by --prune; default: none)",
-        )
-        command.add_argument(
-            "--inventory-namespace",
-            default="default",
-            help="namespace of the --inventory ConfigMap (default: %(default)s)",
-        )
-        command.add_argument(
-            "--allow-empty",
-            action="store_true",
-            help="let an empty source prune everything it applied before",
-        )
         command.add_argument("--wait", action="store_true", help="wait until every object is ready")
         command.add_argument(
             "--timeout",
@@ -339,7 +345,7 @@ def _directory_settings(args: argparse.Namespace) -> "runtime.DirectorySettings"
     inventory = getattr(args, "inventory", None)
     if getattr(args, "prune", False) and not inventory:
         raise SystemExit(
-            "aioreconcile apply: --prune needs --inventory NAME (what to compare with)"
+            f"aioreconcile {args.command}: --prune needs --inventory NAME (what to compare with)"
         )
     sync = args.sync or runtime.default_sync_name(args.path, inventory)
     if not is_valid_label_value(sync):

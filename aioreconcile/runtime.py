@@ -36,6 +36,7 @@ from aioreconcile.engine.config import ControllerConfig
 from aioreconcile.engine.configuration import parse_config
 from aioreconcile.engine.diffing import unified_diff
 from aioreconcile.engine.errors import AioreconcileError
+from aioreconcile.engine.inventory import Inventory, allow_prune, stale
 from aioreconcile.engine.metrics import Registry
 from aioreconcile.engine.model import Manifest, ObjectRef
 from aioreconcile.engine.outcomes import SyncOutcome
@@ -179,7 +180,37 @@ async def diff_directory(settings: DirectorySettings) -> list[ObjectDiff]:
         async with anyio.create_task_group() as tasks:
             for index, manifest in enumerate(manifests):
                 tasks.start_soon(diff_one, index, manifest)
-        return [diffs[i] for i in range(len(manifests))]
+        pruned = await _prune_preview(cluster, settings, manifests) if settings.prune else []
+        return [diffs[i] for i in range(len(manifests))] + pruned
+
+
+async def _prune_preview(
+    cluster: KubeCluster, settings: DirectorySettings, manifests: list[Manifest]
+) -> list[ObjectDiff]:
+    """What ``apply --prune`` with the same inventory would delete: the same set arithmetic
+    and the same refusal (``allow_prune``) as the apply, shown as deletions."""
+    if settings.inventory is None:
+        return []
+    store = ConfigMapInventoryStore(
+        cluster.transport, namespace=settings.inventory_namespace, name=settings.inventory
+    )
+    previous = await store.load()
+    allowed, _ = allow_prune(
+        fetch_ok=True,
+        render_ok=True,
+        apply_failed=0,
+        current_empty=not manifests,
+        allow_empty=settings.allow_empty,
+    )
+    if previous is None or not allowed:
+        return []
+    current = Inventory.of(m.ref for m in manifests)
+    found: list[ObjectDiff] = []
+    for ref in stale(previous, current):
+        live = await cluster.get(ref)
+        if live is not None:
+            found.append(ObjectDiff(ref, unified_diff(ref, live, None)))
+    return found
 
 
 def default_sync_name(path: Path, inventory: str | None) -> str:

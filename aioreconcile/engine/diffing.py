@@ -18,8 +18,9 @@ def _as_yaml(obj: JsonObject | None) -> list[str]:
     return text.splitlines(keepends=True)
 
 
-def unified_diff(ref: ObjectRef, live: JsonObject | None, merged: JsonObject) -> str:
-    """Empty when applying would change nothing we show; else a ``diff -u`` of the two."""
+def unified_diff(ref: ObjectRef, live: JsonObject | None, merged: JsonObject | None) -> str:
+    """Empty when applying would change nothing we show; else a ``diff -u`` of the two.
+    ``merged`` None: the object would be deleted (pruned)."""
     before, after = _as_yaml(live), _as_yaml(merged)
     if before == after:
         return ""
@@ -28,6 +29,6 @@ def unified_diff(ref: ObjectRef, live: JsonObject | None, merged: JsonObject) ->
             before,
             after,
             fromfile=f"live/{ref}" if live is not None else "/dev/null",
-            tofile=f"merged/{ref}",
+            tofile=f"merged/{ref}" if merged is not None else "/dev/null",
         )
     )
