@@ -130,6 +130,7 @@ def _controller_argv(
         f"--config={config}",
         f"--kubeconfig={plane.kubeconfig}",
         f"--listen=127.0.0.1:{port}",
+        f"--ops-listen=127.0.0.1:{free_port()}",
         f"--cache-dir={cache}",
         "--log-level=info",
     ]
