@@ -130,6 +130,9 @@ class SyncState:
     heals_idle: anyio.Event | None = None  # set when heals_running drops to 0
     # Objects that changed (ref -> resourceVersion, "" for a deletion) while a reconcile wrote.
     deferred: dict[ObjectRef, str] = field(default_factory=dict)
+    # (sha, path) of a commit that lacks the sync's path: a commit never changes, so it is
+    # reported once and not looked at again until another commit arrives.
+    missing_path: tuple[str, str] | None = None
 
     def view(self) -> dict[str, object]:
         return {
@@ -481,6 +484,16 @@ class Controller:
         root.set_attributes(
             {"aioreconcile.commit.author": author, "aioreconcile.commit.subject": subject}
         )
+        if not await anyio.Path(tree / spec.source.path).is_dir():
+            # Said in the user's terms (Flux: "kustomization path not found"), not as a
+            # directory of our cache.
+            message = (
+                f"path `{spec.source.path}` not found in {redact_url(spec.source.url)} at {sha[:7]}"
+            )
+            root.record_error(message)
+            state.missing_path = (sha, spec.source.path)
+            self._record_failure(state, Reason.RENDER_FAILED, message)
+            return None
         traceparent = root.traceparent
         options = ApplyOptions(
             sync=name,
@@ -868,9 +881,12 @@ class Controller:
 
 def _up_to_date(state: SyncState, sha: str) -> bool:
     """Whether there is nothing to do for ``sha``: the sync last applied it successfully, or
-    applied it and its health check is under way (it ends on its own deadline)."""
+    applied it and its health check is under way (it ends on its own deadline), or already
+    reported that it lacks the sync's path."""
     if sha == state.last_applied_revision and state.reason == Reason.SUCCEEDED:
         return True
+    if state.missing_path == (sha, state.spec.source.path):
+        return True  # it lacks the sync's path, reported once: a commit never changes
     return state.health is not None and state.health.revision == sha
 
 

@@ -132,7 +132,9 @@ class Source:
         return None
 
     async def checkout(self, sha: str) -> Path:
-        return self.root / sha
+        tree = self.root / sha
+        tree.mkdir(parents=True, exist_ok=True)  # a real checkout holds the sync's path
+        return tree
 
     async def commit_info(self, sha: str) -> tuple[str, str]:
         return "Ada", "change"
