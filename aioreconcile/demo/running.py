@@ -12,6 +12,7 @@ Everything started lives under one temporary directory removed on exit; only the
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -266,7 +267,10 @@ async def start_demo(
 async def _answers(url: str) -> bool:
     """The daemon serves the repository (``git ls-remote`` succeeds)."""
     result = await anyio.run_process(
-        ["git", "ls-remote", "--heads", url], check=False, stdout=None, stderr=None
+        ["git", "ls-remote", "--heads", url],
+        check=False,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     return result.returncode == 0
 
@@ -287,12 +291,15 @@ async def run(settings: DemoSettings, console: Console) -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="aioreconcile-demo-"))
     code = 0
+    stopping_since: float | None = None
     try:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with anyio.create_task_group() as tasks:
 
                 async def stop_on_signal() -> None:
+                    nonlocal stopping_since
                     async for received in signals:
+                        stopping_since = time.monotonic()
                         console.print(
                             f"[dim]{signal.Signals(received).name}: stopping everything...[/]"
                         )
@@ -320,5 +327,8 @@ async def run(settings: DemoSettings, console: Console) -> int:
                 tasks.start_soon(main)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    console.print(f"[dim]stopped; removed {workdir}; your clone stays in {settings.directory}[/]")
+    took = f" in {time.monotonic() - stopping_since:.1f} s" if stopping_since else ""
+    console.print(
+        f"[dim]stopped{took}; removed {workdir}; your clone stays in {settings.directory}[/]"
+    )
     return code

@@ -277,8 +277,33 @@ async def test_kustomize_failure_names_tool_directory_and_its_complaint(tmp_path
         )
 
     message = str(caught.value)
-    assert message.startswith(f"kubectl kustomize failed rendering {tmp_path / 'app'} (exit")
+    assert message.startswith("kubectl kustomize failed rendering app (exit")
     assert "missing-file.yaml" in message
+
+
+async def test_kustomize_failure_names_files_as_the_repository_does_not_our_cache(
+    tmp_path: Path,
+) -> None:
+    checkout = tmp_path / "cache" / "trees" / "key" / ("a" * 40)
+    write(
+        checkout,
+        {
+            "overlays/demo/kustomization.yaml": "resources: [../../base]\npatches:\n"
+            "  - path: settings.yaml\n",
+            "overlays/demo/settings.yaml": 'data:\n  GREETING: "unterminated\n',
+            "base/kustomization.yaml": "resources: []\n",
+        },
+    )
+
+    with pytest.raises(RenderError) as caught:
+        await KustomizeRenderer(kubectl=KUBECTL).render(
+            checkout / "overlays" / "demo", RenderSpec(), root=checkout
+        )
+
+    message = str(caught.value)
+    assert message.startswith("kubectl kustomize failed rendering overlays/demo (exit"), message
+    assert "settings.yaml" in message
+    assert str(tmp_path) not in message
 
 
 async def test_an_explicit_tool_that_is_not_executable_is_refused(tmp_path: Path) -> None:
@@ -419,7 +444,7 @@ async def test_helm_failure_names_tool_directory_and_its_complaint(tmp_path: Pat
         await helm().render(tmp_path / "charts" / "shop", RenderSpec(), root=tmp_path)
 
     message = str(caught.value)
-    assert message.startswith(f"helm template failed rendering {tmp_path / 'charts' / 'shop'}")
+    assert message.startswith("helm template failed rendering charts/shop (exit")
     assert "nosuchfunc" in message
 
 

@@ -68,7 +68,11 @@ class HelmRenderer:
                 str(directory),
             ]
             output = await run_tool(
-                argv, tool="helm template", directory=directory, timeout_s=self.timeout_s
+                argv,
+                tool="helm template",
+                directory=directory,
+                timeout_s=self.timeout_s,
+                root=root,
             )
         return await anyio.to_thread.run_sync(
             partial(parse_helm_output, output, directory=directory, root=root)

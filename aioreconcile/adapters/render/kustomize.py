@@ -31,7 +31,9 @@ class KustomizeRenderer:
 
     async def render(self, directory: Path, spec: RenderSpec, *, root: Path) -> list[Manifest]:
         argv, tool = self._command(directory)
-        output = await run_tool(argv, tool=tool, directory=directory, timeout_s=self.timeout_s)
+        output = await run_tool(
+            argv, tool=tool, directory=directory, timeout_s=self.timeout_s, root=root
+        )
         origin = f"{display(directory, root=root)} ({tool})"
         return await anyio.to_thread.run_sync(partial(parse_documents, output, origin=origin))
 

@@ -33,31 +33,41 @@ def find_tool(name: str, *, explicit: Path | None, env: str | None = None) -> Pa
 
 
 async def run_tool(
-    argv: Sequence[str], *, tool: str, directory: Path, timeout_s: float = DEFAULT_TIMEOUT_S
+    argv: Sequence[str],
+    *,
+    tool: str,
+    directory: Path,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    root: Path | None = None,
 ) -> str:
     """The tool's standard output; RenderError naming tool, directory and stderr otherwise.
 
-    On timeout anyio kills the process, so a hung tool never outlives the render that started
-    it.
+    With ``root`` (the checkout), paths in the error, the tool's own included, are shown
+    relative to it, as the user knows them from the repository, never as a directory of our
+    cache. On timeout anyio kills the process, so a hung tool never outlives the render that
+    started it.
     """
+    shown = display(directory, root=root) if root is not None else str(directory)
     try:
         with anyio.fail_after(timeout_s):
             result = await anyio.run_process(argv, check=False, stdin=subprocess.DEVNULL)
     except TimeoutError:
         raise RenderError(
-            f"{tool} did not finish rendering {directory} within {timeout_s:g} s"
+            f"{tool} did not finish rendering {shown} within {timeout_s:g} s"
         ) from None
     except OSError as e:
         raise RenderError(f"{tool} could not be started ({argv[0]}): {e.strerror or e}") from e
     if result.returncode != 0:
+        complaint = stderr_tail(result.stderr)
+        if root is not None:
+            complaint = complaint.replace(f"{root}/", "")
         raise RenderError(
-            f"{tool} failed rendering {directory} (exit status {result.returncode}): "
-            f"{stderr_tail(result.stderr)}"
+            f"{tool} failed rendering {shown} (exit status {result.returncode}): {complaint}"
         )
     try:
         return result.stdout.decode("utf-8")
     except UnicodeDecodeError:
-        raise RenderError(f"{tool} wrote output that is not UTF-8 rendering {directory}") from None
+        raise RenderError(f"{tool} wrote output that is not UTF-8 rendering {shown}") from None
 
 
 def stderr_tail(stderr: bytes) -> str:
