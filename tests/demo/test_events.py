@@ -47,7 +47,7 @@ def test_a_pushed_commit_carries_counts_latency_and_trace() -> None:
         configured=2,
         pruned=1,
         unchanged=3,
-        latency_ms=pytest.approx(260.0),
+        latency_ms=260.0,
         trace_id=TRACE,
         at=datetime(2026, 12, 1, 5, 48, 8, 260000, tzinfo=UTC),
     )
