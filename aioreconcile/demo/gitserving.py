@@ -53,11 +53,13 @@ def git_daemon(root: Path, *, log_path: Path) -> tuple[ManagedProcess, str]:
     """A ``git daemon`` serving every repository under ``root`` (push enabled), loopback only;
     returns the process (not yet started) and its base URL."""
     port = free_port()
+    # git-daemon itself, not ``git daemon``: the wrapper would fork it as a child that the
+    # kernel's parent-death signal (ManagedProcess) does not reach if we are killed.
+    daemon = Path(git("--exec-path")) / "git-daemon"
     process = ManagedProcess(
         "git-daemon",
         [
-            "git",
-            "daemon",
+            str(daemon),
             "--reuseaddr",
             f"--base-path={root}",
             "--export-all",

@@ -179,6 +179,9 @@ async def start_demo(
         if settings.jaeger:
             with console.status("starting Jaeger..."):
                 jaeger = await stack.enter_async_context(start_jaeger(workdir / "jaeger"))
+            # Jaeger 1.76 ignores SIGTERM for the whole 10 s grace; its traces are in memory
+            # and go with it anyway, so it gets a short one.
+            stack.push_async_callback(lambda: jaeger.process.stop(grace=1.0))
             jaeger_url, otlp = jaeger.query_url, jaeger.otlp_http_endpoint
 
         served = workdir / "git"
@@ -293,7 +296,7 @@ async def run(settings: DemoSettings, console: Console) -> int:
     code = 0
     stopping_since: float | None = None
     try:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             async with anyio.create_task_group() as tasks:
 
                 async def stop_on_signal() -> None:

@@ -7,6 +7,7 @@ lines), no temporary directory; only the user's clone stays.
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -175,7 +176,7 @@ def test_ctrl_c_stops_everything_it_started_and_removes_its_files(
     workdir = Path(output.wait_for(_WORKDIR, seconds=10)[1])
     started = _descendants(process.pid)
     names = " ".join(started.values())
-    for component in ("etcd", "kube-apiserver", "jaeger", "git daemon", "aioreconcile run"):
+    for component in ("etcd", "kube-apiserver", "jaeger", "git-daemon", "aioreconcile run"):
         assert component in names, f"{component} not running under the demo: {started}"
 
     process.send_signal(signal.SIGINT)
@@ -186,3 +187,25 @@ def test_ctrl_c_stops_everything_it_started_and_removes_its_files(
     assert not _commands_mentioning(str(workdir))
     assert not workdir.exists()
     assert (tmp_path / "clone" / "base" / "kustomization.yaml").is_file()  # the clone stays
+
+
+def test_a_killed_demo_leaves_no_process_behind(
+    demo: tuple[subprocess.Popen[str], Output],
+) -> None:
+    """SIGKILL runs no cleanup: the kernel's parent-death signal must stop every component."""
+    process, output = demo
+    output.wait_for(re.compile("aioreconcile demo is running"), seconds=300)
+    workdir = Path(output.wait_for(_WORKDIR, seconds=10)[1])
+    started = _descendants(process.pid)
+
+    process.kill()
+    process.wait(timeout=10)
+    deadline = time.monotonic() + 15
+    while (left := [pid for pid in started if _alive(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+    try:
+        assert not left, {pid: started[pid] for pid in left}
+        assert not _commands_mentioning(str(workdir))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)  # nobody was left to remove it
