@@ -118,7 +118,8 @@ class LogReader:
                     writers=_strings(entry.get("writers")),
                     fields=_strings(entry.get("fields")),
                     latency_ms=_ms(self.detected.pop(obj, None), at),
-                    trace_id=trace_id_of(entry.get("traceparent")),
+                    # Logged inside the heal's span: log correlation adds its trace id.
+                    trace_id=_optional(entry.get("trace_id")),
                     linked_trace_id=trace_id_of(entry.get("linked_traceparent")),
                     at=at,
                 )

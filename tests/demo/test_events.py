@@ -87,7 +87,7 @@ def test_a_heal_names_writer_fields_and_links_the_commit_trace() -> None:
             object=target,
             writers=["kubectl-edit"],
             fields=["data.GREETING"],
-            traceparent=f"00-{'a' * 32}-{'b' * 16}-01",
+            trace_id="a" * 32,
             linked_traceparent=f"00-{TRACE}-{'c' * 16}-01",
         )
     )
