@@ -60,3 +60,9 @@ class InventoryError(AioreconcileError, ValueError):
 class VerificationError(AioreconcileError):
     """A commit's signature did not verify against the configured keys; it is never applied.
     The message names the commit and git's reason."""
+
+
+class SourcePathMissing(AioreconcileError):
+    """The commit has no directory at the source's ``path``. Final for that commit (a commit
+    never changes): reported once, in the user's terms, and not retried until another commit.
+    """

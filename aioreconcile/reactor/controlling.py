@@ -44,7 +44,7 @@ from aioreconcile.engine.applying import ApplyOptions
 from aioreconcile.engine.changeset import Action
 from aioreconcile.engine.config import SyncSpec
 from aioreconcile.engine.drift import DriftKind, DriftVerdict, FightGuard, judge
-from aioreconcile.engine.errors import AioreconcileError, VerificationError
+from aioreconcile.engine.errors import AioreconcileError, SourcePathMissing, VerificationError
 from aioreconcile.engine.events import EventType, WatchEvent
 from aioreconcile.engine.metrics import Counter, Gauge, Histogram, Registry
 from aioreconcile.engine.model import JsonObject, Manifest, ObjectRef
@@ -471,6 +471,13 @@ class Controller:
                 await source.verify(sha)
                 tree = await source.checkout(sha)
                 author, subject = await source.commit_info(sha)
+            except SourcePathMissing as e:
+                # Final for this commit (Flux: "kustomization path not found"): reported once.
+                span.record_error(str(e), error=e)
+                root.record_error(str(e))
+                state.missing_path = (sha, spec.source.path)
+                self._record_failure(state, Reason.RENDER_FAILED, str(e))
+                return None
             except VerificationError as e:
                 span.record_error(str(e), error=e)
                 root.record_error(f"commit {sha} not applied: {e}")
@@ -484,16 +491,6 @@ class Controller:
         root.set_attributes(
             {"aioreconcile.commit.author": author, "aioreconcile.commit.subject": subject}
         )
-        if not await anyio.Path(tree / spec.source.path).is_dir():
-            # Said in the user's terms (Flux: "kustomization path not found"), not as a
-            # directory of our cache.
-            message = (
-                f"path `{spec.source.path}` not found in {redact_url(spec.source.url)} at {sha[:7]}"
-            )
-            root.record_error(message)
-            state.missing_path = (sha, spec.source.path)
-            self._record_failure(state, Reason.RENDER_FAILED, message)
-            return None
         traceparent = root.traceparent
         options = ApplyOptions(
             sync=name,

@@ -132,9 +132,7 @@ class Source:
         return None
 
     async def checkout(self, sha: str) -> Path:
-        tree = self.root / sha
-        tree.mkdir(parents=True, exist_ok=True)  # a real checkout holds the sync's path
-        return tree
+        return self.root / sha
 
     async def commit_info(self, sha: str) -> tuple[str, str]:
         return "Ada", "change"

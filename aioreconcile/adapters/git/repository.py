@@ -39,7 +39,7 @@ from aioreconcile.adapters.git.running import (
     run_git,
 )
 from aioreconcile.engine.config import GitSourceSpec, VerifyMode
-from aioreconcile.engine.errors import FetchError, VerificationError
+from aioreconcile.engine.errors import FetchError, SourcePathMissing, VerificationError
 from aioreconcile.engine.redaction import SplitUrl, redact_url, split_userinfo
 
 logger = logging.getLogger(__name__)
@@ -227,6 +227,17 @@ class GitSource:
         return True
 
     async def checkout(self, sha: str) -> Path:
+        """The directory holding the files of commit ``sha`` (fetched first if missing); raises
+        SourcePathMissing, naming the path, the repository and the commit (never a directory
+        of this cache), when the commit has no directory at the source's ``path``."""
+        tree = await self._lay_out(sha)
+        if not await anyio.Path(tree / self.spec.path).is_dir():
+            raise SourcePathMissing(
+                f"path `{self.spec.path}` not found in {self.url} at {sha.lower()[:7]}"
+            )
+        return tree
+
+    async def _lay_out(self, sha: str) -> Path:
         """The directory holding the files of commit ``sha`` (fetched first if missing).
 
         Written into a temporary directory and renamed, so a directory that exists is complete;
