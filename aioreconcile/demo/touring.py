@@ -6,13 +6,16 @@ controller reports in its log and then checking the cluster itself with ``kubect
 
 1. a commit that scales the app, changes its greeting and drops a ConfigMap (created,
    configured, pruned);
-2. a foreign ``kubectl`` write to a ConfigMap the sync manages: healed;
+2. ``kubectl edit`` of a ConfigMap the sync manages (a foreign write): healed;
 3. a commit with broken YAML: ``RenderFailed`` naming the file, nothing pruned;
 4. ``git revert`` of the last two commits as a rollback: the original app is back.
 """
 
 import json
+import os
+import shlex
 import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +31,6 @@ from aioreconcile.demo.running import Demo, DemoError
 STEP_TIMEOUT_S: Final = 60.0
 SCALED_REPLICAS: Final = 3
 NEW_GREETING: Final = "Bonjour from Git"
-FOREIGN_GREETING: Final = "edited by hand"
 BROKEN_FILE: Final = f"{sample.SYNC_PATH}/settings.yaml"
 
 
@@ -44,8 +46,15 @@ class StepResult:
     trace_id: str | None
 
 
-def _run(argv: list[str], *, cwd: Path | None = None) -> str:
-    result = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False)
+def _run(argv: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
+    result = subprocess.run(
+        argv,
+        cwd=cwd,
+        env={**os.environ, **env} if env else None,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if result.returncode != 0:
         raise StepFailed(f"{' '.join(argv[:4])}...: {result.stderr.strip()}")
     return result.stdout
@@ -57,9 +66,9 @@ class Cluster:
     def __init__(self, kubeconfig: Path) -> None:
         self.kubeconfig = kubeconfig
 
-    async def kubectl(self, *args: str) -> str:
+    async def kubectl(self, *args: str, env: dict[str, str] | None = None) -> str:
         argv = ["kubectl", f"--kubeconfig={self.kubeconfig}", "-n", sample.NAMESPACE, *args]
-        return await anyio.to_thread.run_sync(lambda: _run(argv))
+        return await anyio.to_thread.run_sync(lambda: _run(argv, env=env))
 
     async def get(self, kind: str, name: str) -> dict[str, object] | None:
         text = await self.kubectl("get", kind, name, "-o", "json", "--ignore-not-found")
@@ -134,11 +143,29 @@ async def scale_and_reconfigure(demo: Demo, cluster: Cluster) -> StepResult:
     )
 
 
+_EDITOR: Final = """\
+import sys
+from pathlib import Path
+
+path, old, new = Path(sys.argv[3]), sys.argv[1], sys.argv[2]
+text = path.read_text()
+if old not in text:
+    sys.exit(f"{old!r} is not in the object kubectl edit shows")
+path.write_text(text.replace(old, new, 1))
+"""
+
+
 async def foreign_edit(demo: Demo, cluster: Cluster) -> StepResult:
+    """``kubectl edit`` as a person would, with a scripted editor in place of their hands."""
     since = demo.events.mark()
-    patch = json.dumps({"data": {"GREETING": FOREIGN_GREETING}})
+    editor = gitserving.state_dir(demo.clone) / "kubectl-editor.py"
+    editor.write_text(_EDITOR)
+    command = " ".join(
+        shlex.quote(part)
+        for part in (sys.executable, str(editor), f"GREETING: {NEW_GREETING}", "GREETING: edited")
+    )
     await cluster.kubectl(
-        "patch", "configmap", sample.SETTINGS_CONFIGMAP, "--type=merge", "-p", patch
+        "edit", "configmap", sample.SETTINGS_CONFIGMAP, env={"KUBE_EDITOR": command}
     )
     target = f"ConfigMap/{sample.NAMESPACE}/{sample.SETTINGS_CONFIGMAP}"
     event = await demo.events.wait_for(
