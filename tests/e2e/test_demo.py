@@ -209,3 +209,34 @@ def test_a_killed_demo_leaves_no_process_behind(
         assert not _commands_mentioning(str(workdir))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)  # nobody was left to remove it
+
+
+def test_a_second_demo_serves_the_users_commits_and_a_failed_step_is_named(
+    demo: tuple[subprocess.Popen[str], Output], tmp_path: Path, demo_env: dict[str, str]
+) -> None:
+    process, output = demo
+    output.wait_for(re.compile("aioreconcile demo is running"), seconds=300)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=90) == 0, output.text()
+    clone = tmp_path / "clone"
+    settings = clone / "overlays" / "demo" / "settings.yaml"
+    settings.write_text(settings.read_text().replace("Hello from Git", "Hello from me"))
+    subprocess.run(["git", "commit", "-qam", "My own greeting"], cwd=clone, check=True)
+    mine = subprocess.run(
+        ["git", "rev-parse", "--short=7", "HEAD"], cwd=clone, capture_output=True, text=True
+    ).stdout.strip()
+
+    second = subprocess.run(
+        [sys.executable, "-m", "aioreconcile", "demo", "--script", "--dir", str(clone)],
+        capture_output=True,
+        text=True,
+        env=demo_env,
+        timeout=600,
+        check=False,
+    )
+
+    out = second.stdout + second.stderr
+    assert second.returncode == 1, out
+    assert re.search(rf"commit\s+{mine} My own greeting", out), out  # served and applied
+    assert "step 1 (scale and reconfigure) failed" in out
+    assert re.search(r"1\. scale and reconfigure .* FAILED", out), out
