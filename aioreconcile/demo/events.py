@@ -3,8 +3,9 @@
 The live view and the guided tour show what the controller says it did, never a second
 computation of it: a commit's counts come from the ``totals`` of its ``reconciled`` line, its
 webhook->applied time from the timestamps of the receiver's ``webhook push`` line and that
-``reconciled`` line, a heal's fields and writers from the ``drift healed`` line. Pure: lines in,
-events out, so it is tested with plain strings.
+``reconciled`` line, a heal's fields and writers from the ``drift healed`` line (as
+``flux events`` and ``argocd app get --watch`` show what their controllers recorded). Pure:
+lines in, events out, so it is tested with plain strings.
 """
 
 from dataclasses import dataclass, field
@@ -54,13 +55,7 @@ class DriftHealed:
     at: datetime
 
 
-@dataclass(frozen=True)
-class ControllerRunning:
-    port: int
-    at: datetime
-
-
-Event = CommitApplied | CommitFailed | DriftHealed | ControllerRunning
+Event = CommitApplied | CommitFailed | DriftHealed
 
 
 def trace_id_of(traceparent: object) -> str | None:
@@ -152,8 +147,6 @@ class LogReader:
                     at=at,
                 )
             ]
-        elif message == "controller running" and isinstance(entry.get("port"), int):
-            return [ControllerRunning(port=entry["port"], at=at)]
         return []
 
 

@@ -13,7 +13,6 @@ import secrets
 import subprocess
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
@@ -163,12 +162,6 @@ def subject(clone: Path, sha: str) -> str:
         return git("log", "-1", "--format=%s", sha, cwd=clone)
     except GitError:
         return ""
-
-
-@dataclass(frozen=True)
-class GitServer:
-    process: ManagedProcess
-    url: str  # the repository's URL, git://127.0.0.1:<port>/demo.git
 
 
 HOOK_SOURCE: Final = '''\

@@ -1,12 +1,14 @@
 """``aioreconcile demo``: the whole product on an embedded default, in one command.
 
 It composes real parts only: the control plane and Jaeger of ``aioreconcile.testing``, a
-``git daemon`` on loopback, and the controller itself as ``aioreconcile run --config`` in a
+``git-daemon`` on loopback, and the controller itself as ``aioreconcile run --config`` in a
 child process (its own session, killed with us if we die: ``ManagedProcess``). The view and the
 tour read the controller's JSON log, so what they show is what the controller reports.
 
 Everything started lives under one temporary directory removed on exit; only the user's clone
-(``--dir``) stays, and a second run serves it again with the user's commits.
+(``--dir``) stays, and a second run serves it again with the user's commits. The idea of a
+quick start that is the real product on a throwaway cluster comes from Argo CD's and Flux's
+getting-started guides (kind + a sample app repository); here it is one command.
 """
 
 import os
@@ -227,7 +229,9 @@ async def start_demo(
         events = EventLog()
         tasks = await stack.enter_async_context(anyio.create_task_group())
         stack.callback(tasks.cancel_scope.cancel)
-        subject_of: Callable[[str], str] = lambda sha: gitserving.subject(clone, sha)  # noqa: E731
+
+        def subject_of(sha: str) -> str:
+            return gitserving.subject(clone, sha)
 
         def sink(event: Event) -> None:
             viewing.show(console, event, subject=subject_of)

@@ -16,7 +16,6 @@ from aioreconcile.demo import sample
 from aioreconcile.demo.events import (
     CommitApplied,
     CommitFailed,
-    ControllerRunning,
     DriftHealed,
     Event,
 )
@@ -65,8 +64,6 @@ def describe(event: Event, *, subject: Callable[[str], str]) -> str | None:
             f"          detected→healed {_ms(event.latency_ms)}; trace "
             f"[cyan]{_trace(event.trace_id)}[/], links commit trace [cyan]{linked}[/]"
         )
-    if isinstance(event, ControllerRunning):
-        return None
     return None
 
 

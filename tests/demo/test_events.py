@@ -8,7 +8,6 @@ import pytest
 from aioreconcile.demo.events import (
     CommitApplied,
     CommitFailed,
-    ControllerRunning,
     DriftHealed,
     LogReader,
     trace_id_of,
@@ -111,12 +110,6 @@ def test_a_heal_names_writer_fields_and_links_the_commit_trace() -> None:
 )
 def test_lines_that_are_not_events_are_skipped(text: str) -> None:
     assert LogReader().feed(text) == []
-
-
-def test_the_controller_announces_its_port() -> None:
-    (event,) = LogReader().feed(line("controller running", "00.000", port=8080))
-    assert isinstance(event, ControllerRunning)
-    assert event.port == 8080
 
 
 @pytest.mark.parametrize(
