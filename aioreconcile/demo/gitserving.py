@@ -146,10 +146,13 @@ def install_hook(clone: Path, *, webhook_url: str, repository_url: str, secret_f
         "secretFile": str(secret_file),
     }
     (state_dir(clone) / HOOK_CONFIG).write_bytes(orjson.dumps(settings, option=orjson.OPT_INDENT_2))
-    hook = clone / ".git" / "hooks" / "post-commit"
-    hook.parent.mkdir(parents=True, exist_ok=True)
+    hooks = clone / ".git" / "hooks"
+    hook = hooks / "post-commit"
+    hooks.mkdir(parents=True, exist_ok=True)
     hook.write_text(f"#!{sys.executable}\n{HOOK_SOURCE}")
     hook.chmod(0o755)
+    # A global core.hooksPath (some setups have one) would make git look elsewhere.
+    git("config", "core.hooksPath", str(hooks.resolve()), cwd=clone)
     return hook
 
 

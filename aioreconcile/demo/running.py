@@ -38,6 +38,10 @@ from aioreconcile.testing.toolchain import ToolchainError
 SYNC: Final = "demo"
 RECEIVER: Final = "demo"
 _READY_TIMEOUT_S: Final = 120.0
+_TOOLS: Final = {
+    "git": "the sample repository, its server and your clone",
+    "kubectl": "the controller renders kustomize with it; the tour and you check the cluster",
+}
 _FOLLOW_PERIOD_S: Final = 0.02
 
 
@@ -170,6 +174,9 @@ async def start_demo(
     settings: DemoSettings, console: Console, workdir: Path
 ) -> AsyncIterator[Demo]:
     """Start everything under ``workdir``; stop it all on exit (the clone stays)."""
+    for tool, why in _TOOLS.items():
+        if shutil.which(tool) is None:
+            raise DemoError(f"{tool} is not on PATH; the demo needs it ({why})")
     needed = ["etcd", "kube-apiserver"] + (["jaeger"] if settings.jaeger else [])
     await building.ensure_built(console, needed)
     began = time.monotonic()
@@ -335,7 +342,10 @@ async def run(settings: DemoSettings, console: Console) -> int:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     took = f" in {time.monotonic() - stopping_since:.1f} s" if stopping_since else ""
-    console.print(
-        f"[dim]stopped{took}; removed {workdir}; your clone stays in {settings.directory}[/]"
+    kept = (
+        f"; your clone stays in {settings.directory}"
+        if gitserving.is_demo_clone(settings.directory)
+        else ""
     )
+    console.print(f"[dim]stopped{took}; removed {workdir}{kept}[/]")
     return code
