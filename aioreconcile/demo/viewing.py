@@ -4,6 +4,7 @@ An append-only stream rather than a redrawn screen: it reads the same in a termi
 scrollback and in a CI log, and nothing the user saw disappears.
 """
 
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from aioreconcile.demo.events import (
     DriftHealed,
     Event,
 )
+from aioreconcile.testing.jaeger import UI_ASSETS_ENV
 
 
 def _ms(value: float | None) -> str:
@@ -106,12 +108,19 @@ def banner(
             *(f"  {escape(line)}" for line in try_lines),
             "",
             f"[dim]webhook receiver {webhook_url}; controller log {log_path}; "
-            + (f"Jaeger UI {jaeger_url}; " if jaeger_url else "")
+            + (_jaeger(jaeger_url) if jaeger_url else "")
             + "Ctrl-C stops everything (your clone stays).[/]",
             f"[dim]working files in {workdir} (removed on exit)[/]",
         ]
     )
     console.print(Panel(body, title="aioreconcile demo is running", expand=False))
+
+
+def _jaeger(url: str) -> str:
+    """Jaeger built from its Go module serves no UI unless given a jaeger-ui build."""
+    if os.environ.get(UI_ASSETS_ENV):
+        return f"Jaeger UI {url}; "
+    return f"Jaeger query API {url} (its UI needs ${UI_ASSETS_ENV}, see docs/tracing.md); "
 
 
 def summary(console: Console, rows: Sequence[tuple[str, str, str, str, str]]) -> None:
