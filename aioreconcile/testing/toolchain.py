@@ -5,7 +5,9 @@ keyed by the versions pinned in ``toolchain/versions.env``; this module reads th
 Python and the script always agree on the paths.
 """
 
+import contextlib
 import os
+import signal
 import subprocess
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
@@ -114,12 +116,20 @@ async def ensure_built(
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            start_new_session=True,
         ) as process:
             assert process.stderr is not None
-            async for line in _lines(process.stderr):
-                lines.append(line)
-                progress(line)
-            code = await process.wait()
+            try:
+                async for line in _lines(process.stderr):
+                    lines.append(line)
+                    progress(line)
+                code = await process.wait()
+            except BaseException:
+                # Cancelled (Ctrl-C, SIGTERM): bash would only act once its foreground child
+                # (a go build of minutes) ends, so the builder's whole session goes now.
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                raise
         if code != 0:
             raise ToolchainError("\n".join(lines[-40:]) or f"build.sh exited with {code}")
     return {c: require(c) for c in wanted}
