@@ -2,9 +2,13 @@
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Final
 
 from aioreconcile.engine.errors import AioreconcileError
 from aioreconcile.engine.model import JsonObject
+
+KUSTOMIZATION_FILES: Final = ("kustomization.yaml", "kustomization.yml", "Kustomization")
+CHART_FILE: Final = "Chart.yaml"
 
 
 class RenderType(StrEnum):

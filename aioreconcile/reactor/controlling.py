@@ -25,23 +25,35 @@ Watches can miss an event (a connection that stalled, a bug, an event dropped on
 every poll that finds the ref unmoved also lists the sync's objects by label and judges those
 that are missing or not as we last wrote them (``_verify_live``): a missed drift is healed
 within one interval.
+
+A push costs one fetch per repository, and only the syncs it touched. Each trigger notes when it
+arrived; the syncs one delivery triggers take the head of the first fetch of their repository and
+ref that started after that (``GitSource.fetch(not_before=...)``), then proceed in parallel, each
+in its own lane (no repository lock is held past the fetch and the checkout). A sync whose
+inputs did not change between the commit its objects come from and the new head
+(``engine.changes.judge`` on ``git diff --name-only``) records the head as applied without
+rendering or writing anything; one whose last reconcile did not succeed, or that has no desired
+state yet (a fresh start), always renders and applies in full.
 """
 
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
 from typing import Final
 
 import anyio
 import anyio.abc
 import orjson
 
-from aioreconcile.engine import health
+from aioreconcile.engine import changes, health
 from aioreconcile.engine.applying import ApplyOptions
-from aioreconcile.engine.changeset import Action
+from aioreconcile.engine.changeset import Action, ChangeSetEntry
 from aioreconcile.engine.config import SyncSpec
 from aioreconcile.engine.drift import DriftKind, DriftVerdict, FightGuard, judge
 from aioreconcile.engine.errors import AioreconcileError, SourcePathMissing, VerificationError
@@ -64,7 +76,13 @@ from aioreconcile.reactor.syncing import (
     recheck_health,
     sync_once,
 )
-from aioreconcile.reactor.tracing import CommitInfo, NoTracing, SpanScope, Tracing
+from aioreconcile.reactor.tracing import (
+    AttributeValue,
+    CommitInfo,
+    NoTracing,
+    SpanScope,
+    Tracing,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +102,58 @@ _WATCH_SYNC_TIMEOUT_S: Final = 30.0
 
 class RetryLater(AioreconcileError):
     """Raised by a work item to make the queue retry it with backoff."""
+
+
+# Seconds per stage of the reconcile running in this task (``"reconciled"`` log line).
+_STAGES: ContextVar[dict[str, float] | None] = ContextVar("aioreconcile_stages", default=None)
+
+
+class _TimedTracing:
+    """The Tracing port, timing each stage of the reconcile under way for its log line, so
+    a push's stages can be read without a trace backend (bench.push reads them)."""
+
+    def __init__(self, inner: Tracing) -> None:
+        self._inner = inner
+
+    def commit(self, info: CommitInfo) -> AbstractContextManager[SpanScope]:
+        return self._inner.commit(info)
+
+    @contextmanager
+    def stage(
+        self, name: str, attributes: Mapping[str, AttributeValue] | None = None
+    ) -> Iterator[SpanScope]:
+        started = time.perf_counter()
+        try:
+            with self._inner.stage(name, attributes) as span:
+                yield span
+        finally:
+            stages = _STAGES.get()
+            if stages is not None:
+                stages[name] = stages.get(name, 0.0) + time.perf_counter() - started
+
+    def objects(self, entries: Sequence[ChangeSetEntry], *, operation: str) -> None:
+        self._inner.objects(entries, operation=operation)
+
+    def heal(
+        self,
+        *,
+        sync: str,
+        ref: ObjectRef,
+        revision: str,
+        repository_url: str,
+        link_traceparent: str | None,
+        writers: Sequence[str],
+        fields: Sequence[str],
+    ) -> AbstractContextManager[SpanScope]:
+        return self._inner.heal(
+            sync=sync,
+            ref=ref,
+            revision=revision,
+            repository_url=repository_url,
+            link_traceparent=link_traceparent,
+            writers=writers,
+            fields=fields,
+        )
 
 
 @dataclass
@@ -118,6 +188,9 @@ class SyncState:
     pending_traceparent: str | None = None  # the reconcile's parent: a sender's trace only
     pending_link: str | None = None  # the webhook request the reconcile links to otherwise
     pending_received_at: float | None = None
+    # time.monotonic() of the newest trigger not yet looked at: a fetch that started after it
+    # may answer for this sync (GitSource.fetch(not_before=...)).
+    trigger_at: float | None = None
     revision: str | None = None  # the revision the desired objects below belong to
     desired: dict[ObjectRef, bytes] = field(default_factory=dict)  # stamped, orjson-encoded
     rewind_counted: tuple[str, str] | None = None  # (from, to) of the last rewind counted
@@ -238,7 +311,7 @@ class Controller:
         self._clock = clock
         self._apply_concurrency = apply_concurrency
         self._drift_debounce_s = drift_debounce_s
-        self._tracing: Tracing = tracing or NoTracing()
+        self._tracing: Tracing = _TimedTracing(tracing or NoTracing())
         self._after_reconcile = after_reconcile
         self.states = {spec.name: SyncState(spec) for spec in syncs}
         self._owners: dict[ObjectRef, str] = {}  # which sync declares each object
@@ -261,9 +334,13 @@ class Controller:
         state.pending_traceparent = push.event.traceparent if push.event else None
         state.pending_link = push.event.link_traceparent if push.event else None
         state.pending_received_at = time.time()
+        state.trigger_at = time.monotonic()
         self.queue.put(("sync", push.sync))
 
     def poll(self, sync: str) -> None:
+        state = self.states.get(sync)
+        if state is not None:
+            state.trigger_at = time.monotonic()
         self.queue.put(("sync", sync))
 
     def on_watch_event(self, event: WatchEvent) -> None:
@@ -382,7 +459,12 @@ class Controller:
         parent, state.pending_traceparent = state.pending_traceparent, None
         link, state.pending_link = state.pending_link, None
         received_at, state.pending_received_at = state.pending_received_at, None
+        not_before, state.trigger_at = state.trigger_at, None
         started = time.monotonic()
+        stages: dict[str, float] = {}
+        if received_at is not None:
+            stages["queue wait"] = max(0.0, time.time() - received_at)
+        _STAGES.set(stages)  # this lane's task: its reconcile's stages only
         try:
             if hint is None and _up_to_date(state, await source.resolve()):
                 # A poll, nothing new in Git: is the cluster still as we left it? (It reports
@@ -390,8 +472,9 @@ class Controller:
                 await self._verify_live(state)
                 return
             fetch_started = time.monotonic()
-            sha = await self._fetch_head(state, hint=hint)
+            sha = await self._fetch_head(state, hint=hint, not_before=not_before)
             fetch_seconds = time.monotonic() - fetch_started
+            stages["ref fetch"] = fetch_seconds
             if _up_to_date(state, sha):
                 return
             rewound = await self._rewound(state, sha)
@@ -421,11 +504,14 @@ class Controller:
         if outcome is not None and outcome.reason in _RETRIED and outcome.transient:
             raise RetryLater(outcome.message)
 
-    async def _fetch_head(self, state: SyncState, *, hint: str | None) -> str:
+    async def _fetch_head(
+        self, state: SyncState, *, hint: str | None, not_before: float | None
+    ) -> str:
         """Fetch the ref itself and return its head; never the hinted SHA. A push whose SHA was
-        not the head is counted (a replay, a forged or an overtaken delivery) and logged."""
+        not the head is counted (a replay, a forged or an overtaken delivery) and logged.
+        Another sync's fetch of the same ref that started after our trigger may answer."""
         name = state.spec.name
-        sha = await self._sources[name].fetch()
+        sha = await self._sources[name].fetch(not_before=not_before)
         if hint is not None:
             verdict = "head" if hint.lower() == sha else "not-head"
             self._metrics.hints.labels(sync=name, hint=verdict).inc()
@@ -491,6 +577,9 @@ class Controller:
         root.set_attributes(
             {"aioreconcile.commit.author": author, "aioreconcile.commit.subject": subject}
         )
+        unchanged = await self._unchanged(state, sha, tree)
+        if unchanged is not None:
+            return await self._record_unchanged(state, sha, unchanged, root, started=started)
         traceparent = root.traceparent
         options = ApplyOptions(
             sync=name,
@@ -529,6 +618,77 @@ class Controller:
         if self._after_reconcile is not None:
             with self._tracing.stage("after reconcile"):  # run: gc + malloc_trim, ~tens of ms
                 self._after_reconcile()
+        return outcome
+
+    async def _unchanged(self, state: SyncState, sha: str, tree: Path) -> str | None:
+        """Why the head ``sha`` cannot change what the sync renders, or None when it must be
+        rendered and applied: it may, it cannot be told, or the sync is not in a known good
+        state (never applied here, last reconcile failed, a health check under way)."""
+        rendered = state.revision
+        if (
+            rendered is None
+            or state.reason != Reason.SUCCEEDED
+            or state.health is not None
+            or state.last_applied_revision is None
+        ):
+            return None
+        spec = state.spec
+        with self._tracing.stage("git diff", {"aioreconcile.revision.rendered": rendered}) as span:
+            try:
+                diff = await self._sources[spec.name].diff(rendered, sha)
+            except AioreconcileError as e:
+                span.record_error(str(e), error=e)
+                return None
+            verdict = await anyio.to_thread.run_sync(
+                partial(
+                    changes.judge,
+                    diff,
+                    spec.source.path,
+                    spec.render,
+                    read=partial(_read_tree_file, tree),
+                )
+            )
+            span.set_attributes(
+                {
+                    "aioreconcile.affected": verdict.affected,
+                    "aioreconcile.affected.reason": verdict.reason,
+                }
+            )
+        return None if verdict.affected else verdict.reason
+
+    async def _record_unchanged(
+        self, state: SyncState, sha: str, why: str, root: SpanScope, *, started: float
+    ) -> SyncOutcome:
+        """Record ``sha`` as applied without rendering or writing an object: its objects stay
+        as the commit ``state.revision`` made them (their revision annotation names that one),
+        which is what ``sha`` declares too. The inventory records the new revision."""
+        inventory = self._inventories.get(state.spec.name)
+        outcome = SyncOutcome(
+            Reason.SUCCEEDED,
+            f"unchanged: {why} (objects as of {state.revision})",
+            sha,
+            inventory_size=state.inventory_size,
+        )
+        if inventory is not None:
+            try:
+                with self._tracing.stage("inventory write"):
+                    current = await inventory.load()
+                    if current is not None:
+                        await inventory.save(current, revision=sha)
+            except AioreconcileError as e:
+                outcome = SyncOutcome(
+                    Reason.INVENTORY_FAILED,
+                    f"inventory {inventory}: {e}",
+                    sha,
+                    inventory_size=state.inventory_size,
+                )
+        root.set_attributes(
+            {"aioreconcile.reason": outcome.reason.value, "aioreconcile.unchanged": why}
+        )
+        if not outcome.ok:
+            root.record_error(outcome.message)
+        with self._tracing.stage("status update"):
+            self._record(state, outcome, seconds=time.monotonic() - started)
         return outcome
 
     async def _sync_and_record(
@@ -642,7 +802,9 @@ class Controller:
                 "totals": totals,
                 "seconds": round(seconds, 3),
                 "error": state.last_error,
-            },
+                "detail": outcome.message,
+            }
+            | _stage_timings(),
         )
 
     # --- health checks of ``wait: true`` syncs ---------------------------------------------------
@@ -885,6 +1047,28 @@ def _up_to_date(state: SyncState, sha: str) -> bool:
     if state.missing_path == (sha, state.spec.source.path):
         return True  # it lacks the sync's path, reported once: a commit never changes
     return state.health is not None and state.health.revision == sha
+
+
+def _stage_timings() -> dict[str, object]:
+    """The stages of the reconcile under way, in milliseconds, for its log line."""
+    stages = _STAGES.get()
+    if not stages:
+        return {}
+    return {"stages_ms": {name: round(1000 * s, 1) for name, s in stages.items()}}
+
+
+def _read_tree_file(tree: Path, relative: str) -> str | None:
+    """Blocking (a worker thread): a file of a laid-out commit, for ``changes.judge``; None
+    unless it is a regular file inside the tree (a link leading out is not followed; judge
+    counts links among the inputs as changes)."""
+    root = tree.resolve()
+    path = root / relative
+    try:
+        if path.is_symlink() or not path.resolve().is_relative_to(root) or not path.is_file():
+            return None
+        return path.read_text(encoding="utf-8", errors="replace")
+    except (OSError, ValueError):
+        return None
 
 
 def _remember_stored(state: SyncState, ref: ObjectRef, obj: JsonObject) -> None:

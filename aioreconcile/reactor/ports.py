@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Protocol
 
 from aioreconcile.engine.applying import ApplyOptions, ApplyResult
+from aioreconcile.engine.changes import TreeDiff
 from aioreconcile.engine.changeset import ChangeSet, ChangeSetEntry
 from aioreconcile.engine.inventory import Inventory
 from aioreconcile.engine.model import JsonObject, Manifest, ObjectRef
@@ -87,8 +88,17 @@ class GitSource(Protocol):
         """The ref's head on the server now (``ls-remote``, nothing fetched): a cheap poll."""
         ...
 
-    async def fetch(self) -> str:
-        """Fetch the ref itself; returns the commit it pointed at when the server answered."""
+    async def fetch(self, *, not_before: float | None = None) -> str:
+        """Fetch the ref itself; returns the commit it pointed at when the server answered.
+
+        ``not_before`` (``time.monotonic()`` when the caller's trigger arrived): a fetch of the
+        same repository and ref that started at or after it may answer instead, so the syncs
+        one push triggers share one fetch."""
+        ...
+
+    async def diff(self, old: str, new: str) -> TreeDiff | None:
+        """The paths changed between two fetched commits and the symbolic links of ``new``;
+        None when they cannot be compared."""
         ...
 
     async def is_ancestor(self, ancestor: str, commit: str) -> bool | None:

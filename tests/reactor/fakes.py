@@ -11,6 +11,7 @@ import anyio
 import anyio.lowlevel
 
 from aioreconcile.engine.applying import ApplyOptions, ApplyResult
+from aioreconcile.engine.changes import TreeDiff
 from aioreconcile.engine.changeset import Action, ChangeSet, ChangeSetEntry
 from aioreconcile.engine.errors import VerificationError
 from aioreconcile.engine.model import JsonObject, Manifest, ObjectRef
@@ -80,9 +81,12 @@ class FakeGitSource:
     async def resolve(self) -> str:
         return self.head
 
-    async def fetch(self) -> str:
+    async def fetch(self, *, not_before: float | None = None) -> str:
         self.fetches += 1
         return self.head
+
+    async def diff(self, old: str, new: str) -> TreeDiff | None:
+        return None  # cannot compare: every sync renders (the real diff: tests/git, tests/e2e)
 
     async def is_ancestor(self, ancestor: str, commit: str) -> bool | None:
         return ancestor == commit or (ancestor, commit) in self.history

@@ -12,6 +12,7 @@ import anyio
 import pytest
 
 from aioreconcile.engine.applying import ApplyOptions, ApplyResult
+from aioreconcile.engine.changes import TreeDiff
 from aioreconcile.engine.changeset import Action, ChangeSet, ChangeSetEntry
 from aioreconcile.engine.config import GitSourceSpec, SyncSpec
 from aioreconcile.engine.events import EventType, WatchEvent
@@ -122,8 +123,11 @@ class Source:
     async def resolve(self) -> str:
         return self.head
 
-    async def fetch(self, sha: str | None = None) -> str:
-        return sha or self.head
+    async def fetch(self, *, not_before: float | None = None) -> str:
+        return self.head
+
+    async def diff(self, old: str, new: str) -> TreeDiff | None:
+        return None  # cannot compare: every commit renders
 
     async def is_ancestor(self, ancestor: str, commit: str) -> bool | None:
         return None

@@ -13,6 +13,14 @@ Layout under the cache root::
 ``<key>`` is ``sha256(url)[:16]`` of the URL without credentials, so no secret is ever part of
 a path. Network calls share one global limit; each repository has its own lock, so a hung server
 holds only its own repository (until the call's time limit) and at most one slot of the limit.
+
+Syncs of one repository and ref share a fetch of its head: ``fetch(not_before=t)`` returns the
+head of the last fetch of that ref that *started* at or after ``t`` (the moment the sync's
+trigger arrived) instead of fetching again; the server answered that fetch after the push the
+trigger announced, so its head is as new as a fetch of the sync's own would have been. A fetch
+that started earlier is never reused, even if it finished later: its ref advertisement may
+predate the push. The lock serialises fetches of a repository, so the syncs that a delivery
+triggers wait for the first one's fetch and then all take its head: one fetch per push.
 """
 
 import hashlib
@@ -21,6 +29,8 @@ import os
 import re
 import secrets
 import shutil
+import time
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Final, NamedTuple
@@ -38,6 +48,7 @@ from aioreconcile.adapters.git.running import (
     run_command,
     run_git,
 )
+from aioreconcile.engine.changes import TreeDiff
 from aioreconcile.engine.config import GitSourceSpec, VerifyMode
 from aioreconcile.engine.errors import FetchError, SourcePathMissing, VerificationError
 from aioreconcile.engine.redaction import SplitUrl, redact_url, split_userinfo
@@ -51,6 +62,16 @@ _FETCHED_REF: Final = "refs/aioreconcile/fetched"
 _HEADS: Final = "refs/aioreconcile/"  # + the full ref name: the last fetched head of that ref
 _REPOSITORY: Final = Path("<the cached repository>")  # default of GitSource._local
 _SHA: Final = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
+_DIFFS_KEPT: Final = 64
+_SYMLINK_MODE: Final = "120000"
+
+
+class HeadFetch(NamedTuple):
+    """The last fetch of one ref of one repository: when it started (``time.monotonic()``)
+    and the head it brought."""
+
+    started: float
+    sha: str
 
 
 class CommitInfo(NamedTuple):
@@ -100,6 +121,11 @@ class GitCache:
         self._locks: dict[str, anyio.Lock] = {}
         self._limiter: anyio.CapacityLimiter | None = None
         self._askpass: Path | None = None
+        # (repository key, configured ref) -> the last fetch of its head (shared by syncs).
+        self.heads: dict[tuple[str, str], HeadFetch] = {}
+        self.head_fetches = 0  # fetches of a ref's head sent to a server
+        self.shared_fetches = 0  # fetch() calls answered by another sync's fetch
+        self.diffs: OrderedDict[tuple[str, str, str], TreeDiff | None] = OrderedDict()
 
     @property
     def home(self) -> Path:
@@ -187,7 +213,7 @@ class GitSource:
         self._ref_name = None
         raise FetchError(f"{self.url} has no branch or tag named {ref!r}")
 
-    async def fetch(self, sha: str | None = None) -> str:
+    async def fetch(self, sha: str | None = None, *, not_before: float | None = None) -> str:
         """Make a commit present in the cache and return its SHA: without ``sha``, the head of
         ``spec.ref`` as the server holds it at this moment (what a sync applies); with ``sha``,
         that known commit (a pinned ref, a tree to lay out again, tests).
@@ -196,14 +222,56 @@ class GitSource:
         elsewhere: a webhook's SHA, a commit under ``refs/pull/*`` or a dangling object are all
         served by id (protocol v2 serves any object it holds), so fetching by id would apply
         whatever a sender names. See ``_fetch_head``.
+
+        ``not_before`` (a ``time.monotonic()`` value: when the caller's trigger arrived) lets
+        a fetch of the same ref that started at or after it answer instead (see the module).
         """
         async with self.cache.lock(self.key):
             await self._ensure_repository()
             if sha is None:
                 if not is_sha(self.spec.ref):
-                    return await self._fetch_head()
+                    head = (self.key, self.spec.ref)
+                    last = self.cache.heads.get(head)
+                    if not_before is not None and last is not None and last.started >= not_before:
+                        self.cache.shared_fetches += 1
+                        return last.sha
+                    started = time.monotonic()
+                    self.cache.head_fetches += 1
+                    fetched = await self._fetch_head()
+                    self.cache.heads[head] = HeadFetch(started, fetched)
+                    return fetched
                 sha = self.spec.ref
             return await self._fetch_commit(sha.lower(), ref=None)
+
+    async def diff(self, old: str, new: str) -> TreeDiff | None:
+        """The paths that differ between two fetched commits (``git diff --name-only``) and
+        the symbolic links of ``new``; None when the cache lacks ``old`` (shallow, or another
+        history), so nothing can be said. Kept per pair: the syncs of a push ask the same."""
+        if not (is_sha(old) and is_sha(new)):
+            raise ValueError("diff compares full commit ids")
+        memo = (self.key, old.lower(), new.lower())
+        if memo in self.cache.diffs:
+            self.cache.diffs.move_to_end(memo)
+            return self.cache.diffs[memo]
+        async with self.cache.lock(self.key):
+            await self._ensure_repository()
+            if not (await self._has_commit(memo[1]) and await self._has_commit(memo[2])):
+                return None
+            names = await self._local(
+                ["diff", "--no-renames", "--name-only", "-z", memo[1], memo[2], "--"]
+            )
+            tree = await self._local(["ls-tree", "-r", "-z", "--full-tree", memo[2]])
+        changed = tuple(n for n in names.decode("utf-8", "surrogateescape").split("\0") if n)
+        links = frozenset(
+            entry.partition("\t")[2]
+            for entry in tree.decode("utf-8", "surrogateescape").split("\0")
+            if entry.startswith(_SYMLINK_MODE + " ")
+        )
+        result = TreeDiff(changed, links)
+        self.cache.diffs[memo] = result
+        while len(self.cache.diffs) > _DIFFS_KEPT:
+            self.cache.diffs.popitem(last=False)
+        return result
 
     async def is_ancestor(self, ancestor: str, commit: str) -> bool | None:
         """Whether ``commit`` is ``ancestor`` or builds on it (``git merge-base --is-ancestor``);

@@ -19,7 +19,6 @@ from aioreconcile.engine.manifests import parse_documents
 from aioreconcile.engine.model import JsonObject, Manifest
 from aioreconcile.engine.sources import RenderError, RenderSpec
 
-CHART_FILE: Final = "Chart.yaml"
 HELM_ENV: Final = "AIORECONCILE_HELM"
 DEFAULT_NAMESPACE: Final = "default"
 _SOURCE_COMMENT: Final = "# Source: "

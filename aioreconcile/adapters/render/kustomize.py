@@ -12,7 +12,6 @@ from aioreconcile.engine.manifests import parse_documents
 from aioreconcile.engine.model import Manifest
 from aioreconcile.engine.sources import RenderError, RenderSpec
 
-KUSTOMIZATION_FILES: Final = ("kustomization.yaml", "kustomization.yml", "Kustomization")
 KUSTOMIZE_ENV: Final = "AIORECONCILE_KUSTOMIZE"
 
 

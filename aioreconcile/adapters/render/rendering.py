@@ -7,13 +7,19 @@ from typing import Protocol
 
 import anyio.to_thread
 
-from aioreconcile.adapters.render.helm import CHART_FILE, HelmRenderer
-from aioreconcile.adapters.render.kustomize import KUSTOMIZATION_FILES, KustomizeRenderer
+from aioreconcile.adapters.render.helm import HelmRenderer
+from aioreconcile.adapters.render.kustomize import KustomizeRenderer
 from aioreconcile.adapters.render.plain import PlainRenderer
 from aioreconcile.adapters.render.tools import DEFAULT_TIMEOUT_S
 from aioreconcile.engine.manifests import NamespaceScope, check_unique, default_namespace
 from aioreconcile.engine.model import Manifest, ObjectRef
-from aioreconcile.engine.sources import RenderError, RenderSpec, RenderType
+from aioreconcile.engine.sources import (
+    CHART_FILE,
+    KUSTOMIZATION_FILES,
+    RenderError,
+    RenderSpec,
+    RenderType,
+)
 
 
 class Renderer(Protocol):
