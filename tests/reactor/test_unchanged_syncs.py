@@ -1,0 +1,154 @@
+"""A push that changed nothing a sync reads is recorded without rendering or writing - unless
+the sync has no desired state yet or its last reconcile did not succeed (then: in full)."""
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+
+from aioreconcile.engine.applying import ApplyOptions, ApplyResult
+from aioreconcile.engine.changes import TreeDiff
+from aioreconcile.engine.changeset import Action, ChangeSet, ChangeSetEntry
+from aioreconcile.engine.config import GitSourceSpec, SyncSpec
+from aioreconcile.engine.metrics import Registry
+from aioreconcile.engine.model import Manifest, ObjectRef
+from aioreconcile.engine.outcomes import Reason
+from aioreconcile.engine.sources import RenderSpec
+from aioreconcile.engine.triggers import Push
+from aioreconcile.reactor.controlling import Controller
+from tests.reactor.fakes import FakeCluster, FakeGitSource, FakeRenderer, NoWatcher
+
+A, B, C = "a" * 40, "b" * 40, "c" * 40
+
+
+def config_map(value: str) -> Manifest:
+    body = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "settings", "namespace": "shop"},
+        "data": {"v": value},
+    }
+    return Manifest(ObjectRef.of(body), body, origin="settings.yaml")
+
+
+class Source(FakeGitSource):
+    """The diff between any two commits touches only ``changed`` (outside the sync's path)."""
+
+    def __init__(self, head: str) -> None:
+        super().__init__(head, history=[(A, B), (B, C), (A, C)])
+        self.refuse = False
+        self.changed: tuple[str, ...] = ("elsewhere/x.yaml",)
+        self.not_before: list[float | None] = []
+
+    async def fetch(self, *, not_before: float | None = None) -> str:
+        self.not_before.append(not_before)
+        return await super().fetch(not_before=not_before)
+
+    async def diff(self, old: str, new: str) -> TreeDiff | None:
+        return TreeDiff(self.changed)
+
+
+class CountingRenderer(FakeRenderer):
+    def __init__(self) -> None:
+        super().__init__({A: [config_map("x")], B: [config_map("x")], C: [config_map("x")]})
+        self.rendered: list[str] = []
+
+    async def __call__(self, directory: Path, spec: RenderSpec, **kwargs: object) -> list[Manifest]:
+        self.rendered.append(directory.parent.name)
+        return await super().__call__(directory, spec, **kwargs)  # type: ignore[arg-type]
+
+
+class FailingCluster(FakeCluster):
+    """Every apply fails while ``failing`` (as an apiserver refusing the object would)."""
+
+    failing = False
+
+    async def apply(self, manifests: Sequence[Manifest], options: ApplyOptions) -> ApplyResult:
+        if self.failing:
+            return ApplyResult(
+                ChangeSet.of(
+                    ChangeSetEntry(m.ref, Action.FAILED, error="refused") for m in manifests
+                ),
+                {},
+            )
+        return await super().apply(manifests, options)
+
+
+@asynccontextmanager
+async def running(
+    cluster: FakeCluster, source: Source, renderer: CountingRenderer
+) -> AsyncIterator[Controller]:
+    spec = SyncSpec(name="app", source=GitSourceSpec(url="git://example/x", path="deploy"))
+    made = Controller(
+        [spec],
+        cluster=cluster,
+        render=renderer,
+        sources={"app": source},
+        inventories={},
+        watcher=NoWatcher(),
+        registry=Registry(),
+    )
+    async with anyio.create_task_group() as tasks:
+        await tasks.start(made.run)
+        try:
+            yield made
+        finally:
+            tasks.cancel_scope.cancel()
+
+
+async def attempted(made: Controller, sha: str, *, reason: Reason) -> None:
+    state = made.states["app"]
+    with anyio.fail_after(5):
+        while not (state.last_attempted_revision == sha and state.reason == reason.value):
+            await anyio.sleep(0.005)
+
+
+async def test_a_head_that_changed_nothing_under_the_path_is_recorded_without_rendering() -> None:
+    cluster, source, renderer = FakeCluster(), Source(A), CountingRenderer()
+    async with running(cluster, source, renderer) as made:
+        await attempted(made, A, reason=Reason.SUCCEEDED)
+        writes = len(cluster.writes)
+        source.head = B
+        made.push(Push("app", B))
+        await attempted(made, B, reason=Reason.SUCCEEDED)
+        state = made.states["app"]
+        assert renderer.rendered == [A]
+        assert len(cluster.writes) == writes
+        assert state.last_applied_revision == B
+        assert state.message.startswith("unchanged: no file under deploy changed")
+        assert state.revision == A  # the objects (and their annotation) are A's
+        assert source.not_before[-1] is not None  # the push's arrival bounds a shared fetch
+
+
+async def test_a_fresh_start_renders_even_when_nothing_changed() -> None:
+    cluster, source, renderer = FakeCluster(), Source(B), CountingRenderer()
+    async with running(cluster, source, renderer) as made:
+        await attempted(made, B, reason=Reason.SUCCEEDED)
+        assert renderer.rendered == [B]
+
+
+async def test_a_failed_sync_is_rendered_and_applied_in_full_on_the_next_push() -> None:
+    cluster, source, renderer = FailingCluster(), Source(A), CountingRenderer()
+    cluster.failing = True
+    async with running(cluster, source, renderer) as made:
+        await attempted(made, A, reason=Reason.APPLY_FAILED)
+        cluster.failing = False
+        source.head = B
+        made.push(Push("app", B))
+        await attempted(made, B, reason=Reason.SUCCEEDED)
+        assert renderer.rendered[-1] == B
+        assert cluster.writes[-1][1] == B
+        assert made.states["app"].revision == B
+
+
+async def test_a_change_under_the_path_renders_and_applies() -> None:
+    cluster, source, renderer = FakeCluster(), Source(A), CountingRenderer()
+    async with running(cluster, source, renderer) as made:
+        await attempted(made, A, reason=Reason.SUCCEEDED)
+        source.changed = ("deploy/settings.yaml",)
+        source.head = C
+        made.push(Push("app", C))
+        await attempted(made, C, reason=Reason.SUCCEEDED)
+        assert renderer.rendered == [A, C]
+        assert cluster.writes[-1] == (config_map("").ref, C)
