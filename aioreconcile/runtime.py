@@ -275,7 +275,7 @@ async def run_controller(
     )
     secrets = {receiver.name: load_secret(receiver) for receiver in config.receivers}
     registry = Registry()
-    cache = GitCache(_git_cache_dir(settings))
+    cache = GitCache(_git_cache_dir(settings), registry=registry)
     handle = start_tracing(settings.tracing)
     install_log_correlation()
     try:

@@ -51,6 +51,7 @@ from aioreconcile.adapters.git.running import (
 from aioreconcile.engine.changes import TreeDiff
 from aioreconcile.engine.config import GitSourceSpec, VerifyMode
 from aioreconcile.engine.errors import FetchError, SourcePathMissing, VerificationError
+from aioreconcile.engine.metrics import Counter, Registry
 from aioreconcile.engine.redaction import SplitUrl, redact_url, split_userinfo
 
 logger = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ _FETCHED_REF: Final = "refs/aioreconcile/fetched"
 _HEADS: Final = "refs/aioreconcile/"  # + the full ref name: the last fetched head of that ref
 _REPOSITORY: Final = Path("<the cached repository>")  # default of GitSource._local
 _SHA: Final = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
-_DIFFS_KEPT: Final = 64
+_ANSWERS_KEPT: Final = 256
 _SYMLINK_MODE: Final = "120000"
 
 
@@ -113,6 +114,7 @@ class GitCache:
         max_concurrent: int = DEFAULT_MAX_CONCURRENT,
         keep_trees: int = DEFAULT_KEEP_TREES,
         config: Mapping[str, str] | None = None,
+        registry: Registry | None = None,
     ) -> None:
         self.root = root.absolute()
         self.max_concurrent = max_concurrent
@@ -123,9 +125,15 @@ class GitCache:
         self._askpass: Path | None = None
         # (repository key, configured ref) -> the last fetch of its head (shared by syncs).
         self.heads: dict[tuple[str, str], HeadFetch] = {}
-        self.head_fetches = 0  # fetches of a ref's head sent to a server
-        self.shared_fetches = 0  # fetch() calls answered by another sync's fetch
-        self.diffs: OrderedDict[tuple[str, str, str], TreeDiff | None] = OrderedDict()
+        self.head_fetches = Counter(
+            "aioreconcile_git_head_fetches_total",
+            "Heads of a ref asked for by a sync: fetched from the server, or shared (answered "
+            "by another sync's fetch of the same ref that started after its trigger).",
+            ["result"],
+            registry=registry if registry is not None else Registry(),
+        )
+        # Answers about pairs of commits (is-ancestor, diff), oldest first.
+        self.answers: OrderedDict[tuple[str, str, str, str], bool | TreeDiff] = OrderedDict()
 
     @property
     def home(self) -> Path:
@@ -233,10 +241,10 @@ class GitSource:
                     head = (self.key, self.spec.ref)
                     last = self.cache.heads.get(head)
                     if not_before is not None and last is not None and last.started >= not_before:
-                        self.cache.shared_fetches += 1
+                        self.cache.head_fetches.labels(result="shared").inc()
                         return last.sha
                     started = time.monotonic()
-                    self.cache.head_fetches += 1
+                    self.cache.head_fetches.labels(result="fetched").inc()
                     fetched = await self._fetch_head()
                     self.cache.heads[head] = HeadFetch(started, fetched)
                     return fetched
@@ -249,18 +257,19 @@ class GitSource:
         history), so nothing can be said. Kept per pair: the syncs of a push ask the same."""
         if not (is_sha(old) and is_sha(new)):
             raise ValueError("diff compares full commit ids")
-        memo = (self.key, old.lower(), new.lower())
-        if memo in self.cache.diffs:
-            self.cache.diffs.move_to_end(memo)
-            return self.cache.diffs[memo]
-        async with self.cache.lock(self.key):
-            await self._ensure_repository()
-            if not (await self._has_commit(memo[1]) and await self._has_commit(memo[2])):
-                return None
+        memo = ("diff", self.key, old.lower(), new.lower())
+        known = self.cache.answers.get(memo)
+        if isinstance(known, TreeDiff):
+            return known
+        if not self.repository.is_dir():
+            return None
+        try:  # no lock, as is_ancestor
             names = await self._local(
-                ["diff", "--no-renames", "--name-only", "-z", memo[1], memo[2], "--"]
+                ["diff", "--no-renames", "--name-only", "-z", memo[2], memo[3], "--"]
             )
-            tree = await self._local(["ls-tree", "-r", "-z", "--full-tree", memo[2]])
+            tree = await self._local(["ls-tree", "-r", "-z", "--full-tree", memo[3]])
+        except GitCommandError:
+            return None  # a commit the cache does not hold
         changed = tuple(n for n in names.decode("utf-8", "surrogateescape").split("\0") if n)
         links = frozenset(
             entry.partition("\t")[2]
@@ -268,9 +277,7 @@ class GitSource:
             if entry.startswith(_SYMLINK_MODE + " ")
         )
         result = TreeDiff(changed, links)
-        self.cache.diffs[memo] = result
-        while len(self.cache.diffs) > _DIFFS_KEPT:
-            self.cache.diffs.popitem(last=False)
+        self._remember(memo, result)
         return result
 
     async def is_ancestor(self, ancestor: str, commit: str) -> bool | None:
@@ -284,15 +291,28 @@ class GitSource:
         """
         if not (is_sha(ancestor) and is_sha(commit)):
             raise ValueError("is_ancestor compares full commit ids")
-        async with self.cache.lock(self.key):
-            await self._ensure_repository()
-            try:
-                await self._local(["merge-base", "--is-ancestor", ancestor.lower(), commit.lower()])
-            except GitCommandError as e:
-                if e.returncode == 1:
-                    return False
-                return None  # 128: a commit the cache does not hold
+        memo = ("is-ancestor", self.key, ancestor.lower(), commit.lower())
+        if memo in self.cache.answers:
+            return bool(self.cache.answers[memo])
+        # No lock: a read of immutable objects, safe beside a fetch (git's readers never see a
+        # half-written pack); the syncs of one push ask this together.
+        if not self.repository.is_dir():
+            return None
+        try:
+            await self._local(["merge-base", "--is-ancestor", memo[2], memo[3]])
+        except GitCommandError as e:
+            if e.returncode != 1:
+                return None  # 128: a commit the cache does not hold (not remembered)
+            self._remember(memo, False)
+            return False
+        self._remember(memo, True)
         return True
+
+    def _remember(self, memo: tuple[str, str, str, str], answer: bool | TreeDiff) -> None:
+        """Keep the answer about two commits: it cannot change (the ids name the content)."""
+        self.cache.answers[memo] = answer
+        while len(self.cache.answers) > _ANSWERS_KEPT:
+            self.cache.answers.popitem(last=False)
 
     async def checkout(self, sha: str) -> Path:
         """The directory holding the files of commit ``sha`` (fetched first if missing); raises
