@@ -75,7 +75,6 @@ STAGES = (
     "prune",
     "inventory write",
     "watch sync",
-    "status update",
 )
 
 
