@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 import anyio
 
 from aioreconcile.adapters.git import GitCache
-from aioreconcile.engine.config import GitSourceSpec
+from aioreconcile.engine.config import GitAuth, GitSourceSpec
 from tests.git.conftest import Upstream
 
 MakeUpstream = Callable[[str], Upstream]
@@ -81,3 +81,23 @@ async def test_diff_lists_changed_paths_and_symlinks_of_the_newer_commit(
     # A commit the cache does not hold cannot be compared with.
     missing = "0" * 40
     assert await src.diff(missing, second) is None
+
+
+async def test_sources_with_other_credentials_never_share_a_fetch(
+    upstream: MakeUpstream, git_daemon: str, cache: GitCache, spawned: list[tuple[str, ...]]
+) -> None:
+    repo = upstream("credentials")
+    repo.commit({"a/x.yaml": "1\n"})
+    url = git_daemon + "credentials.git"
+    plain = cache.source(GitSourceSpec(url=url, ref="main"))
+    other = cache.source(
+        GitSourceSpec(url=url, ref="main", auth=GitAuth(known_hosts_file="/nonexistent"))
+    )
+    await plain.fetch()
+    head = repo.commit({"a/x.yaml": "2\n"})
+    trigger = time.monotonic()
+    spawned.clear()
+
+    assert await plain.fetch(not_before=trigger) == head
+    assert await other.fetch(not_before=trigger) == head
+    assert fetch_count(spawned) == 2

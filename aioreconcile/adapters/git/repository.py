@@ -49,7 +49,7 @@ from aioreconcile.adapters.git.running import (
     run_git,
 )
 from aioreconcile.engine.changes import TreeDiff
-from aioreconcile.engine.config import GitSourceSpec, VerifyMode
+from aioreconcile.engine.config import GitAuth, GitSourceSpec, VerifyMode
 from aioreconcile.engine.errors import FetchError, SourcePathMissing, VerificationError
 from aioreconcile.engine.metrics import Counter, Registry
 from aioreconcile.engine.redaction import SplitUrl, redact_url, split_userinfo
@@ -123,8 +123,8 @@ class GitCache:
         self._locks: dict[str, anyio.Lock] = {}
         self._limiter: anyio.CapacityLimiter | None = None
         self._askpass: Path | None = None
-        # (repository key, configured ref) -> the last fetch of its head (shared by syncs).
-        self.heads: dict[tuple[str, str], HeadFetch] = {}
+        # (repository key, configured ref, credentials) -> the last fetch of its head.
+        self.heads: dict[tuple[str, str, GitAuth, str], HeadFetch] = {}
         self.head_fetches = Counter(
             "aioreconcile_git_head_fetches_total",
             "Heads of a ref asked for by a sync: fetched from the server, or shared (answered "
@@ -186,6 +186,15 @@ class GitSource:
         )
         self._keyring = Path(verify.keyring_file).absolute() if verify.keyring_file else None
         self._ref_name: str | None = None  # spec.ref's full name, once the server told it
+        # Whose fetches of the head this source may take: same repository and ref, and the same
+        # credentials (by reference, and the URL as written, userinfo included, hashed), so a
+        # sync never sees a head fetched with access it was not given.
+        self._head_key = (
+            self.key,
+            spec.ref,
+            spec.auth,
+            hashlib.sha256(spec.url.encode()).hexdigest(),
+        )
 
     @property
     def url(self) -> str:
@@ -238,7 +247,7 @@ class GitSource:
             await self._ensure_repository()
             if sha is None:
                 if not is_sha(self.spec.ref):
-                    head = (self.key, self.spec.ref)
+                    head = self._head_key
                     last = self.cache.heads.get(head)
                     if not_before is not None and last is not None and last.started >= not_before:
                         self.cache.head_fetches.labels(result="shared").inc()
