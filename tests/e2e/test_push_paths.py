@@ -167,6 +167,18 @@ async def test_a_push_changing_one_path_fetches_once_and_applies_only_that_sync(
         b = await running.core.read_namespaced_config_map("b", namespace)
         assert b.metadata.annotations["aioreconcile.dev/revision"] == first  # as rendered
 
+        # Drift of an unchanged sync's object is still judged and healed, as of ``first``.
+        await running.core.patch_namespaced_config_map("b", namespace, {"data": {"v": "edited"}})
+
+        async def healed() -> bool:
+            cm = await running.core.read_namespaced_config_map("b", namespace)
+            return bool(cm.data == {"v": "1"})
+
+        await running.wait_for(healed)
+        b = await running.core.read_namespaced_config_map("b", namespace)
+        assert b.metadata.annotations["aioreconcile.dev/revision"] == first
+        assert (await running.sync_state("b"))["driftHeals"] == 1
+
 
 async def test_a_change_to_a_kustomize_base_outside_the_path_reapplies_that_sync(
     kube: Kube,

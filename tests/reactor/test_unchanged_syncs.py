@@ -1,11 +1,13 @@
 """A push that changed nothing a sync reads is recorded without rendering or writing - unless
 the sync has no desired state yet or its last reconcile did not succeed (then: in full)."""
 
+import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
+import pytest
 
 from aioreconcile.engine.applying import ApplyOptions, ApplyResult
 from aioreconcile.engine.changes import TreeDiff
@@ -152,3 +154,22 @@ async def test_a_change_under_the_path_renders_and_applies() -> None:
         await attempted(made, C, reason=Reason.SUCCEEDED)
         assert renderer.rendered == [A, C]
         assert cluster.writes[-1] == (config_map("").ref, C)
+
+
+async def test_the_reconciled_line_carries_the_stages_of_its_own_reconcile(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cluster, source, renderer = FakeCluster(), Source(A), CountingRenderer()
+    caplog.set_level(logging.INFO, logger="aioreconcile.reactor.controlling")
+    async with running(cluster, source, renderer) as made:
+        await attempted(made, A, reason=Reason.SUCCEEDED)
+        source.head = B
+        made.push(Push("app", B))
+        await attempted(made, B, reason=Reason.SUCCEEDED)
+    lines = [r for r in caplog.records if r.getMessage() == "reconciled"]
+    applied, unchanged = (r.__dict__["stages_ms"] for r in lines)
+    assert {"ref fetch", "git fetch", "render", "apply"} <= applied.keys()
+    assert "queue wait" not in applied  # a poll: no webhook arrival to count from
+    assert {"queue wait", "ref fetch", "git diff"} <= unchanged.keys()
+    assert "render" not in unchanged
+    assert lines[1].__dict__["detail"].startswith("unchanged: ")
