@@ -4,6 +4,7 @@ promises (restricted securityContext, probes on the ops port, RBAC scope, no sec
 ConfigMap, optional objects only when asked for)."""
 
 import json
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -343,3 +344,26 @@ def test_an_unknown_rbac_scope_is_refused_naming_it() -> None:
     result = helm("template", RELEASE, str(CHART), values={"rbac": {"scope": "global"}})
     assert result.returncode != 0
     assert 'rbac.scope must be cluster or namespaced, not "global"' in result.stderr
+
+
+def _leaves(values: dict[str, Any], prefix: str = "") -> Iterator[str]:
+    for key, value in values.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            yield from _leaves(value, f"{path}.")
+        else:
+            yield path
+
+
+def test_every_value_is_in_the_readme_table_and_every_row_is_a_value() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    readme = (CHART / "README.md").read_text()
+    rows = set(re.findall(r"^\| `([A-Za-z.*]+)` \|", readme, flags=re.MULTILINE))
+    documented = {row.removesuffix(".*") for row in rows}
+    leaves = set(_leaves(values))
+    for leaf in leaves:
+        parts = leaf.split(".")
+        ancestors = {".".join(parts[: i + 1]) for i in range(len(parts))}
+        assert ancestors & documented, f"{leaf} is not in the README's values table"
+    for row in documented:
+        assert any(leaf == row or leaf.startswith(f"{row}.") for leaf in leaves), row
