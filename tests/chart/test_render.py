@@ -3,22 +3,16 @@ values: `helm lint --strict` is clean, and the rendered objects say what docs/in
 promises (restricted securityContext, probes on the ops port, RBAC scope, no secret value in a
 ConfigMap, optional objects only when asked for)."""
 
-import json
 import re
-import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
 from aioreconcile.engine.configuration import parse_config
-from aioreconcile.testing.toolchain import require
+from tests.chart.rendering import CHART, NAMESPACE, RELEASE, helm, render
 
-CHART = Path(__file__).resolve().parents[2] / "charts" / "aioreconcile"
-NAMESPACE = "gitops"
-RELEASE = "r"
 FULLNAME = "r-aioreconcile"
 
 FILE_MODE: dict[str, Any] = {
@@ -80,21 +74,6 @@ THREE = {
 }
 MATRIX = {"default": {}, "file-mode": FILE_MODE, "namespaced": NAMESPACED}
 MATRIX |= {"ingress+serviceMonitor": EXPOSED, "replicas-3": THREE}
-
-
-def helm(*args: str, values: dict[str, Any] | None = None) -> subprocess.CompletedProcess[str]:
-    argv = [str(require("helm")), *args]
-    if values is not None:
-        argv += ["--values", "-"]
-    return subprocess.run(
-        argv, input=json.dumps(values or {}), capture_output=True, text=True, timeout=60
-    )
-
-
-def render(values: dict[str, Any]) -> list[dict[str, Any]]:
-    result = helm("template", RELEASE, str(CHART), "--namespace", NAMESPACE, values=values)
-    assert result.returncode == 0, result.stderr
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
 def one(objects: list[dict[str, Any]], kind: str, name: str = FULLNAME) -> dict[str, Any]:
