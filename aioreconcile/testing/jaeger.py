@@ -71,9 +71,13 @@ def _config(
     query_grpc: int,
     health: int,
     ui_assets: Path | None = None,
+    otlp_host: str = "127.0.0.1",
 ) -> dict[str, object]:
     def loopback(port: int) -> dict[str, str]:
         return {"endpoint": f"127.0.0.1:{port}"}
+
+    def otlp(port: int) -> dict[str, str]:
+        return {"endpoint": f"{otlp_host}:{port}"}
 
     query: dict[str, object] = {
         "storage": {"traces": "memstore"},
@@ -102,7 +106,7 @@ def _config(
             "jaeger_storage": {"backends": {"memstore": {"memory": {"max_traces": 100000}}}},
         },
         "receivers": {
-            "otlp": {"protocols": {"grpc": loopback(otlp_grpc), "http": loopback(otlp_http)}}
+            "otlp": {"protocols": {"grpc": otlp(otlp_grpc), "http": otlp(otlp_http)}}
         },
         "processors": {"batch": {"timeout": "200ms"}},
         "exporters": {"jaeger_storage_exporter": {"trace_storage": "memstore"}},
@@ -115,8 +119,12 @@ async def start_jaeger(
     *,
     startup_timeout: float = 60.0,
     ui_assets: Path | None = None,
+    otlp_host: str = "127.0.0.1",
 ) -> AsyncIterator[Jaeger]:
     """Start Jaeger v2 (all-in-one, memory storage) on free loopback ports; stop it on exit.
+
+    ``otlp_host``: the address its OTLP receivers bind instead of loopback (the node tests give
+    the node address, so pods can export to it); the query API stays on loopback.
 
     ``ui_assets`` (default ``$AIORECONCILE_JAEGER_UI_ASSETS``): a jaeger-ui build to serve on
     ``query_url``; without it ``/`` is Jaeger's "not the Jaeger UI" placeholder.
@@ -131,13 +139,15 @@ async def start_jaeger(
         for name in ("otlp_grpc", "otlp_http", "query_http", "query_grpc", "health")
     }
     config_path = root / "jaeger.yaml"
-    config_path.write_text(yaml.safe_dump(_config(**ports, ui_assets=assets), sort_keys=False))
+    config_path.write_text(
+        yaml.safe_dump(_config(**ports, ui_assets=assets, otlp_host=otlp_host), sort_keys=False)
+    )
     process = ManagedProcess(
         "jaeger", [str(binary), f"--config={config_path}"], log_path=root / "jaeger.log"
     )
     jaeger = Jaeger(
-        otlp_http_endpoint=f"http://127.0.0.1:{ports['otlp_http']}",
-        otlp_grpc_endpoint=f"127.0.0.1:{ports['otlp_grpc']}",
+        otlp_http_endpoint=f"http://{otlp_host}:{ports['otlp_http']}",
+        otlp_grpc_endpoint=f"{otlp_host}:{ports['otlp_grpc']}",
         query_url=f"http://127.0.0.1:{ports['query_http']}",
         process=process,
         workdir=root,

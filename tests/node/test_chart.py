@@ -1,15 +1,18 @@
 """The Helm chart on the real node: `helm install` of charts/aioreconcile with the freshly built
 image, in file mode, syncing from a git daemon on this machine's node address; pods Running and
-Ready; a signed webhook sent to the webhook Service's ClusterIP (kube-proxy routes this machine to
-it) applies the commit; drift is healed; the pod is non-root on a read-only root filesystem;
-`helm upgrade` to a re-tagged image rolls the pod; `helm uninstall` leaves the CRDs and the
-managed objects."""
+Ready; a signed webhook sent to the webhook Service's ClusterIP (kube-proxy routes this machine
+to it) applies the commit, and its trace reaches a Jaeger whose OTLP receiver listens on the
+node address (the chart's `otel` values); drift is healed; the pod is non-root on a read-only
+root filesystem; `helm upgrade` to a re-tagged image rolls the pod; `helm uninstall` leaves the
+CRDs and the managed objects."""
 
 import hashlib
 import hmac
 import json
 import socket
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ import anyio
 import pytest
 import yaml
 
+from aioreconcile.testing.jaeger import Jaeger, start_jaeger
 from aioreconcile.testing.node import Node
 from aioreconcile.testing.processes import ManagedProcess
 from aioreconcile.testing.toolchain import require
@@ -32,6 +36,7 @@ RELEASE = "gitops"
 DEPLOYMENT = f"{RELEASE}-aioreconcile"
 WEBHOOK_SECRET = "chart-test-webhook-secret"
 UPGRADED_TAG = "upgraded"
+SERVICE_NAME = "aioreconcile-chart-test"
 
 
 def settings(greeting: str) -> str:
@@ -146,6 +151,22 @@ def ready(pod: dict[str, Any]) -> bool:
     )
 
 
+@pytest.fixture
+async def jaeger_on_node(node: Node) -> AsyncIterator[Jaeger]:
+    """Jaeger with its OTLP receivers on the node address (pods export there); query on
+    loopback."""
+    async with start_jaeger(otlp_host=node.address) as jaeger:
+        yield jaeger
+
+
+def traces_of(jaeger: Jaeger, revision: str) -> list[dict[str, Any]]:
+    tags = json.dumps({"vcs.ref.head.revision": revision})
+    query = urllib.parse.urlencode({"service": SERVICE_NAME, "tags": tags, "limit": "20"})
+    with urllib.request.urlopen(f"{jaeger.query_url}/api/traces?{query}", timeout=10) as answer:
+        found: list[dict[str, Any]] = json.loads(answer.read())["data"] or []
+        return found
+
+
 async def push_webhook(cluster_ip: str, url: str, sha: str) -> tuple[int, dict[str, Any]]:
     body = json.dumps({"repository": url, "ref": "refs/heads/main", "after": sha}).encode()
     signature = hmac.new(WEBHOOK_SECRET.encode(), body, hashlib.sha256).hexdigest()
@@ -168,6 +189,7 @@ async def test_chart_installs_serves_webhooks_heals_upgrades_and_uninstalls_leav
     node_namespace: str,
     product_image: str,
     served: tuple[Repository, str],
+    jaeger_on_node: Jaeger,
 ) -> None:
     namespace = node_namespace
     repository, url = served
@@ -204,6 +226,13 @@ async def test_chart_installs_serves_webhooks_heals_upgrades_and_uninstalls_leav
             ],
         },
         "existingSecrets": [{"name": repository_secret}],
+        "otel": {
+            "endpoint": jaeger_on_node.otlp_http_endpoint,
+            "serviceName": SERVICE_NAME,
+            "resourceAttributes": "k8s.cluster.name=testenv",
+        },
+        # Spans leave the pod within half a second (the SDK's default batch delay is 5 s).
+        "env": [{"name": "OTEL_BSP_SCHEDULE_DELAY", "value": "500"}],
         "terminationGracePeriodSeconds": 5,
         "readinessProbe": {"periodSeconds": 1, "initialDelaySeconds": 0},
         "resources": {"requests": {"cpu": "10m", "memory": "64Mi"}},
@@ -240,6 +269,14 @@ async def test_chart_installs_serves_webhooks_heals_upgrades_and_uninstalls_leav
     assert answer["triggered"] == ["app"], answer
     pushed_s = await wait_greeting(kubectl, namespace, "two", within_s=30)
     print(f"webhook to {cluster_ip} -> commit {second[:7]} applied in {pushed_s:.2f} s")
+    with anyio.fail_after(20):
+        while not (traces := await anyio.to_thread.run_sync(traces_of, jaeger_on_node, second)):
+            await anyio.sleep(0.3)
+    (process,) = {json.dumps(p, sort_keys=True) for t in traces for p in t["processes"].values()}
+    resource = {tag["key"]: tag["value"] for tag in json.loads(process)["tags"]}
+    assert json.loads(process)["serviceName"] == SERVICE_NAME
+    assert resource["k8s.cluster.name"] == "testenv"
+    print(f"trace of {second[:7]} in Jaeger: {traces[0]['traceID']}")
 
     # Drift on a managed object is healed.
     await kubectl(
