@@ -346,3 +346,27 @@ def test_every_value_is_in_the_readme_table_and_every_row_is_a_value() -> None:
         assert ancestors & documented, f"{leaf} is not in the README's values table"
     for row in documented:
         assert any(leaf == row or leaf.startswith(f"{row}.") for leaf in leaves), row
+
+
+def test_without_rbac_and_service_account_creation_it_uses_the_named_account() -> None:
+    objects = render(
+        {"rbac": {"create": False}, "serviceAccount": {"create": False, "name": "ops"}}
+    )
+    assert not kinds(objects) & {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role"}
+    assert "RoleBinding" not in kinds(objects)
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "ops"
+
+
+def test_optional_objects_can_be_switched_off() -> None:
+    objects = render(
+        {
+            "podDisruptionBudget": {"enabled": False},
+            "networkPolicy": {"enabled": False},
+            "metrics": {"service": {"enabled": False}, "serviceMonitor": {"enabled": True}},
+        }
+    )
+    assert not kinds(objects) & {"PodDisruptionBudget", "NetworkPolicy", "ServiceMonitor"}
+    assert [o["metadata"]["name"] for o in objects if o["kind"] == "Service"] == [
+        f"{FULLNAME}-webhook"
+    ]
