@@ -105,9 +105,7 @@ def _config(
             "jaeger_query": query,
             "jaeger_storage": {"backends": {"memstore": {"memory": {"max_traces": 100000}}}},
         },
-        "receivers": {
-            "otlp": {"protocols": {"grpc": otlp(otlp_grpc), "http": otlp(otlp_http)}}
-        },
+        "receivers": {"otlp": {"protocols": {"grpc": otlp(otlp_grpc), "http": otlp(otlp_http)}}},
         "processors": {"batch": {"timeout": "200ms"}},
         "exporters": {"jaeger_storage_exporter": {"trace_storage": "memstore"}},
     }
