@@ -14,8 +14,9 @@ import yaml
 from aioreconcile import __version__, logs, runtime
 from aioreconcile.engine import reports
 from aioreconcile.engine.changeset import ChangeSetEntry
-from aioreconcile.engine.configuration import ConfigError, parse_config
+from aioreconcile.engine.configuration import ConfigError, duration_seconds, parse_config
 from aioreconcile.engine.errors import AioreconcileError
+from aioreconcile.engine.leadership import LeaseTimings
 from aioreconcile.engine.naming import is_valid_label_value
 from aioreconcile.engine.redaction import printable, redact_text, redact_url
 from aioreconcile.engine.sources import RenderSpec, RenderType
@@ -134,6 +135,7 @@ def _parser() -> argparse.ArgumentParser:
         help="JSON logs on stderr from this level: debug, info, warning, error "
         "(default: %(default)s)",
     )
+    _add_leader_election_flags(run)
     _add_tracing_flags(run)
 
     status = commands.add_parser("status", help="print each sync's state from a running controller")
@@ -475,6 +477,73 @@ def _host_port(flag: str, value: str) -> tuple[str, int]:
     return host.removeprefix("[").removesuffix("]"), int(port)
 
 
+def _add_leader_election_flags(run: argparse.ArgumentParser) -> None:
+    """Flux's and controller-runtime's names and client-go's defaults (docs/install.md)."""
+    run.add_argument(
+        "--leader-elect",
+        action="store_true",
+        help="run as one of several replicas: only the holder of a Lease writes to the cluster; "
+        "the others watch and stand by (default: off, this replica always writes)",
+    )
+    run.add_argument(
+        "--leader-election-id",
+        default="aioreconcile",
+        metavar="NAME",
+        help="the Lease's name (default: %(default)s)",
+    )
+    run.add_argument(
+        "--leader-election-namespace",
+        default=None,
+        metavar="NAMESPACE",
+        help="the Lease's namespace (default: the pod's, else 'default')",
+    )
+    run.add_argument(
+        "--leader-election-identity",
+        default="",
+        metavar="NAME",
+        help="this replica's name in the Lease (default: <hostname>_<random>)",
+    )
+    for flag, default, text in (
+        ("lease-duration", "15s", "a standby takes over a leader silent this long (whole s)"),
+        ("renew-deadline", "10s", "a leader that could not renew for this long stops"),
+        ("retry-period", "2s", "how often leaders renew and standbys try to acquire"),
+    ):
+        run.add_argument(
+            f"--leader-election-{flag}",
+            default=default,
+            metavar="DURATION",
+            help=f"{text} (default: %(default)s)",
+        )
+
+
+def _leader_election(args: argparse.Namespace) -> runtime.LeaderElectionSettings | None:
+    if not args.leader_elect:
+        return None
+    durations: dict[str, float] = {}
+    for flag in ("lease-duration", "renew-deadline", "retry-period"):
+        text = getattr(args, f"leader_election_{flag.replace('-', '_')}")
+        seconds = duration_seconds(text)
+        if seconds is None or seconds <= 0:
+            raise SystemExit(f"aioreconcile run: --leader-election-{flag}: {text!r} is no duration")
+        durations[flag] = seconds
+    if not durations["lease-duration"].is_integer():
+        raise SystemExit("aioreconcile run: --leader-election-lease-duration: whole seconds only")
+    try:
+        timings = LeaseTimings(
+            lease_duration_s=int(durations["lease-duration"]),
+            renew_deadline_s=durations["renew-deadline"],
+            retry_period_s=durations["retry-period"],
+        )
+    except ValueError as e:
+        raise SystemExit(f"aioreconcile run: leader election: {e}") from None
+    return runtime.LeaderElectionSettings(
+        namespace=args.leader_election_namespace,
+        name=args.leader_election_id,
+        identity=args.leader_election_identity,
+        timings=timings,
+    )
+
+
 def _run_controller(args: argparse.Namespace) -> int:
     host, port = _host_port("--listen", args.listen)
     ops_host, ops_port = _host_port("--ops-listen", args.ops_listen)
@@ -487,6 +556,7 @@ def _run_controller(args: argparse.Namespace) -> int:
     ):
         if number <= 0:
             raise SystemExit(f"aioreconcile run: {flag} must be positive")
+    election = _leader_election(args)
     logs.configure(args.log_level)
     settings = runtime.RunSettings(
         config=args.config,
@@ -503,6 +573,7 @@ def _run_controller(args: argparse.Namespace) -> int:
         namespace=args.namespace,
         cache_dir=args.cache_dir,
         concurrency=args.concurrency,
+        leader_election=election,
         tracing=runtime.tracing_settings(
             endpoint=getattr(args, "otlp_endpoint", None),
             service_name=getattr(args, "service_name", None),

@@ -11,18 +11,23 @@ import hashlib
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator, Callable
+import socket
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import anyio
 import anyio.abc
 
 from aioreconcile.adapters.git import GitCache
+from aioreconcile.adapters.kube.access import pod_namespace
 from aioreconcile.adapters.kube.cluster import KubeCluster, ManagedKindsWatcher
 from aioreconcile.adapters.kube.inventories import ConfigMapInventoryStore
+from aioreconcile.adapters.kube.leasing import LeaseElector
 from aioreconcile.adapters.kube.watching import WatchManager
 from aioreconcile.adapters.render import render
 from aioreconcile.adapters.serving.endpoints import build_ops_app
@@ -35,17 +40,22 @@ from aioreconcile.engine.changeset import ChangeSetEntry
 from aioreconcile.engine.config import ControllerConfig
 from aioreconcile.engine.configuration import parse_config
 from aioreconcile.engine.diffing import unified_diff
-from aioreconcile.engine.errors import AioreconcileError
+from aioreconcile.engine.errors import AioreconcileError, LeadershipLost
 from aioreconcile.engine.inventory import Inventory, allow_prune, stale
+from aioreconcile.engine.leadership import LeaseTimings
 from aioreconcile.engine.metrics import Registry
 from aioreconcile.engine.model import Manifest, ObjectRef
 from aioreconcile.engine.outcomes import SyncOutcome
 from aioreconcile.engine.sources import RenderSpec
 from aioreconcile.reactor.controlling import Controller
+from aioreconcile.reactor.leading import lead, warm_watches
 from aioreconcile.reactor.syncing import SyncRequest, sync_once
 from aioreconcile.reactor.tracing import CommitInfo, NoTracing
 
 logger = logging.getLogger(__name__)
+
+# How often a standby re-reads the inventories to follow the kinds the leader manages.
+_STANDBY_REFRESH_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -221,6 +231,21 @@ def default_sync_name(path: Path, inventory: str | None) -> str:
 
 
 @dataclass(frozen=True)
+class LeaderElectionSettings:
+    """``run --leader-elect``: the Lease ``namespace/name`` and how this replica is known."""
+
+    namespace: str | None = None  # None: the pod's namespace, else "default"
+    name: str = "aioreconcile"
+    identity: str = ""  # empty: <hostname>_<random>, as client-go users name candidates
+    timings: LeaseTimings = field(default_factory=LeaseTimings)
+
+
+def candidate_identity() -> str:
+    """Unique per process: a pod's hostname is its name; the suffix tells restarts apart."""
+    return f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(frozen=True)
 class RunSettings:
     """``aioreconcile run --config FILE`` in plain data."""
 
@@ -236,6 +261,7 @@ class RunSettings:
     concurrency: int = 16
     drain_timeout_s: float = 30.0
     tracing: TracingSettings = field(default_factory=TracingSettings.from_environ)
+    leader_election: LeaderElectionSettings | None = None  # None: this replica always writes
 
 
 def release_memory() -> None:
@@ -310,21 +336,23 @@ async def _run_controller(
             cluster.discovery,
             on_event=lambda event: controller_ref[0].on_watch_event(event),
         )
+        inventories = {
+            spec.name: ConfigMapInventoryStore(
+                cluster.transport,
+                namespace=settings.namespace,
+                name=f"aioreconcile-inventory-{spec.name}",
+            )
+            for spec in config.syncs
+        }
+        watcher = ManagedKindsWatcher(manager, cluster.discovery)
         controller = Controller(
             config.syncs,
             cluster=cluster,
             clusters=_sync_clusters(cluster, config),
             render=render,
             sources={spec.name: cache.source(spec.source) for spec in config.syncs},
-            inventories={
-                spec.name: ConfigMapInventoryStore(
-                    cluster.transport,
-                    namespace=settings.namespace,
-                    name=f"aioreconcile-inventory-{spec.name}",
-                )
-                for spec in config.syncs
-            },
-            watcher=ManagedKindsWatcher(manager, cluster.discovery),
+            inventories=inventories,
+            watcher=watcher,
             registry=registry,
             concurrency=settings.concurrency,
             after_reconcile=release_memory,
@@ -339,12 +367,16 @@ async def _run_controller(
             body_timeout_s=settings.limits.body_timeout_s,
             tracing=tracing.tracing,
         )
+        elector = _elector(cluster, settings.leader_election, registry)
+        warm = anyio.Event()  # a standby's watches have listed: ready to take over
         ops = build_ops_app(
-            status=lambda: {"syncs": controller.status()},
+            status=lambda: {"syncs": controller.status()} | _leadership_view(elector),
             metrics=registry.exposition,
-            ready=controller.ready.is_set,
+            ready=lambda: controller.ready.is_set() or warm.is_set(),
+            role=None if elector is None else lambda: "leader" if elector.leading else "standby",
         )
         limits = settings.limits
+        lost: list[LeadershipLost] = []
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with anyio.create_task_group() as tasks:
                 async with (
@@ -356,7 +388,19 @@ async def _run_controller(
                     ) as port,
                 ):
                     await tasks.start(manager.run)
-                    await tasks.start(controller.run)
+                    if elector is None:
+                        await tasks.start(controller.run)
+                    else:
+                        standby = partial(
+                            warm_watches,
+                            inventories,
+                            watcher,
+                            every_s=_STANDBY_REFRESH_S,
+                            on_warm=warm.set,
+                        )
+                        tasks.start_soon(
+                            _lead, elector, controller.run, standby, tasks.cancel_scope, lost
+                        )
                     logger.info(
                         "controller running",
                         extra={"port": port, "ops_port": ops_port, "syncs": len(config.syncs)},
@@ -365,10 +409,67 @@ async def _run_controller(
                     async for received in signals:
                         logger.info("stopping", extra={"signal": signal.Signals(received).name})
                         break
-                # Both listeners are closed: no new webhooks. Let in-flight work finish.
-                drained = await controller.drain(timeout_s=settings.drain_timeout_s)
-                logger.info("drained" if drained else "drain timed out; stopping anyway")
+                # Both listeners are closed: no new webhooks. Let in-flight work finish (a
+                # standby has none: its queue never ran). Cancelling then ends the leader's
+                # work before ``lead`` releases the Lease.
+                if controller.ready.is_set():
+                    drained = await controller.drain(timeout_s=settings.drain_timeout_s)
+                    logger.info("drained" if drained else "drain timed out; stopping anyway")
                 tasks.cancel_scope.cancel()
+        if lost:
+            raise lost[0]
+
+
+def _elector(
+    cluster: KubeCluster, election: LeaderElectionSettings | None, registry: Registry
+) -> LeaseElector | None:
+    """The Lease candidate of ``--leader-elect``, its ``aioreconcile_leader`` gauge kept."""
+    if election is None:
+        return None
+    identity = election.identity or candidate_identity()
+    gauge = registry.gauge(
+        "aioreconcile_leader",
+        "1 while this replica holds the leader Lease, else 0.",
+        ["identity"],
+    ).labels(identity=identity)
+    gauge.set(0)
+    return LeaseElector(
+        cluster.transport,
+        namespace=election.namespace or pod_namespace(),
+        name=election.name,
+        identity=identity,
+        timings=election.timings,
+        on_change=lambda leading: gauge.set(1 if leading else 0),
+    )
+
+
+async def _lead(
+    elector: LeaseElector,
+    work: Callable[[], Awaitable[None]],
+    standby: Callable[[], Coroutine[Any, Any, None]],
+    scope: anyio.CancelScope,
+    lost: list[LeadershipLost],
+) -> None:
+    """Standby until elected (watches warm, webhooks kept), then the controller's work; a lost
+    Lease stops the whole process (``run`` exits non-zero, as controller-runtime's managers)."""
+    try:
+        await lead(elector, work, standby=standby)
+    except LeadershipLost as e:
+        lost.append(e)
+        scope.cancel()
+
+
+def _leadership_view(elector: LeaseElector | None) -> dict[str, object]:
+    if elector is None:
+        return {}
+    return {
+        "leadership": {
+            "lease": f"{elector.namespace}/{elector.name}",
+            "identity": elector.identity,
+            "role": "leader" if elector.leading else "standby",
+            "holder": elector.holder or None,
+        }
+    }
 
 
 def _sync_clusters(cluster: KubeCluster, config: ControllerConfig) -> dict[str, KubeCluster]:
@@ -412,6 +513,7 @@ def tracing_settings(
 __all__ = [
     "ClusterSettings",
     "DirectorySettings",
+    "LeaderElectionSettings",
     "ListenerLimits",
     "ObjectDiff",
     "Ports",

@@ -4,6 +4,7 @@ lists every problem with its field path and the file, e.g.
 silently turns a policy off. Pure: the caller reads the file.
 """
 
+import math
 import re
 from collections.abc import Callable, Mapping
 from typing import Any, Final, TypeVar
@@ -114,9 +115,8 @@ class _Reader:
             return default
         if isinstance(raw, (int, float)) and not isinstance(raw, bool):
             seconds = float(raw)
-        elif isinstance(raw, str) and raw and (match := _DURATION.match(raw.strip())):
-            hours, minutes, secs = (float(g) if g else 0.0 for g in match.groups())
-            seconds = hours * 3600 + minutes * 60 + secs
+        elif isinstance(raw, str) and (parsed := duration_seconds(raw)) is not None:
+            seconds = parsed
         else:
             self.fail(where, f"{raw!r} is not a duration (e.g. 30s, 5m, 1h)")
             return default
@@ -124,6 +124,21 @@ class _Reader:
             self.fail(where, "must be positive")
             return default
         return seconds
+
+
+def duration_seconds(text: str) -> float | None:
+    """Seconds from ``90``, ``0.5``, ``30s``, ``5m``, ``1h30m``; None if ``text`` is none of
+    these. The one reading of a duration: the config file's fields and the CLI's flags."""
+    value = text.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        match = _DURATION.match(value) if value else None
+        if match is None:
+            return None
+        hours, minutes, secs = (float(g) if g else 0.0 for g in match.groups())
+        return hours * 3600 + minutes * 60 + secs
+    return seconds if math.isfinite(seconds) else None
 
 
 def _auth(reader: _Reader, value: object, path: str) -> GitAuth:

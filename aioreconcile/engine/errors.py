@@ -66,3 +66,9 @@ class SourcePathMissing(AioreconcileError):
     """The commit has no directory at the source's ``path``. Final for that commit (a commit
     never changes): reported once, in the user's terms, and not retried until another commit.
     """
+
+
+class LeadershipLost(AioreconcileError):
+    """The leader could not renew its Lease within the renew deadline, or saw another holder:
+    it has stopped writing. The controller exits (non-zero) and comes back as a standby, as
+    controller-runtime's managers do."""

@@ -124,3 +124,29 @@ class Watcher(Protocol):
     async def wait_synced(self) -> None:
         """Return once every watched kind has done its first LIST (events after it are seen)."""
         ...
+
+
+class Elector(Protocol):
+    """A leader election (a Lease, ``adapters.kube.leasing``): only its leader may write."""
+
+    identity: str
+
+    @property
+    def leading(self) -> bool: ...
+
+    @property
+    def holder(self) -> str:
+        """The holder last seen ("" when none or unknown)."""
+        ...
+
+    async def acquire(self) -> None:
+        """Return once this candidate leads."""
+        ...
+
+    async def hold(self) -> None:
+        """Keep renewing; return once leadership is lost (``leading`` is then False)."""
+        ...
+
+    async def release(self) -> bool:
+        """Give leadership up at once so a standby need not wait for expiry; never raises."""
+        ...

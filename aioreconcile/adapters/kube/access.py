@@ -259,6 +259,16 @@ def in_cluster(
     return TokenAccess(server, tls, _TokenSource(token_file=root / "token"))
 
 
+def pod_namespace(root: Path = _SERVICE_ACCOUNT) -> str:
+    """The namespace this pod runs in (its service account's mounted ``namespace`` file), or
+    ``default`` outside a pod, as client-go's in-cluster config and controller-runtime's
+    leader election default it."""
+    try:
+        return (root / "namespace").read_text().strip() or "default"
+    except OSError:
+        return "default"
+
+
 class KubernetesAsyncioAccess:
     """The fallback for kubeconfigs only kubernetes_asyncio understands (auth-provider)."""
 

@@ -1,11 +1,13 @@
 """Operational endpoints, on their own listener (``--ops-listen``, loopback by default).
 
 ``/healthz`` answers while the process serves at all (liveness); ``/readyz`` once the controller
-has started its queue and watches (readiness); ``/metrics`` is Prometheus text; ``/status`` is
-the JSON view of every sync (last applied and attempted revision, result, error, inventory size,
-drift heals) that ``aioreconcile status`` prints. None of them is served on the webhook
-listener, which is the one exposed to the internet (Argo CD and Flux keep metrics and health on
-a port apart from their webhook receivers for the same reason).
+has started its queue and watches, or, as a standby under leader election, once its watches have
+listed (readiness: a standby accepts webhooks, so it belongs behind the Service too);
+``/metrics`` is Prometheus text; ``/status`` is the JSON view of every sync (last applied and
+attempted revision, result, error, inventory size, drift heals) that ``aioreconcile status``
+prints, and of the leadership (leader or standby, the holder seen). None of them is served on
+the webhook listener, which is the one exposed to the internet (Argo CD and Flux keep metrics
+and health on a port apart from their webhook receivers for the same reason).
 """
 
 from collections.abc import Callable
@@ -18,6 +20,7 @@ from aioreconcile.adapters.serving.listening import json_errors
 _STATUS: web.AppKey[Callable[[], object]] = web.AppKey("status")
 _METRICS: web.AppKey[Callable[[], str]] = web.AppKey("metrics")
 _READY: web.AppKey[Callable[[], bool]] = web.AppKey("ready")
+_ROLE: web.AppKey[Callable[[], str] | None] = web.AppKey("role")
 
 
 async def _healthz(_: web.Request) -> web.Response:
@@ -26,7 +29,8 @@ async def _healthz(_: web.Request) -> web.Response:
 
 async def _readyz(request: web.Request) -> web.Response:
     if request.app[_READY]():
-        return web.Response(text="ok\n")
+        role = request.app[_ROLE]
+        return web.Response(text="ok\n" if role is None else f"ok: {role()}\n")
     return web.Response(status=503, text="starting\n")
 
 
@@ -49,10 +53,13 @@ def build_ops_app(
     status: Callable[[], object],
     metrics: Callable[[], str],
     ready: Callable[[], bool],
+    role: Callable[[], str] | None = None,
 ) -> web.Application:
-    """The application of the operational listener: GET /healthz, /readyz, /metrics, /status."""
+    """The application of the operational listener: GET /healthz, /readyz, /metrics, /status.
+    With leader election, ``role`` ("leader" or "standby") is named in /readyz's answer."""
     app = web.Application(middlewares=[json_errors])
     app[_STATUS], app[_METRICS], app[_READY] = status, metrics, ready
+    app[_ROLE] = role
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
