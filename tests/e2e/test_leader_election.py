@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -119,10 +120,8 @@ async def two_replicas(
     }
     repo.commit({"deploy/settings.yaml": yaml.safe_dump(manifest)})
     config = tmp_path / "config.yaml"
-    sync = {"name": "app", "source": {"url": f"{git_daemon}app.git", "path": "deploy"}}
-    config.write_text(
-        yaml.safe_dump({"syncs": [{**sync, "source": {**sync["source"], "interval": "1h"}}]})
-    )
+    source = {"url": f"{git_daemon}app.git", "path": "deploy", "interval": "1h"}
+    config.write_text(yaml.safe_dump({"syncs": [{"name": "app", "source": source}]}))
     cluster = Cluster(kube, namespace, config, tmp_path, [])
     try:
         yield cluster
@@ -141,6 +140,10 @@ async def _until(check: Callable[[], bool], *, seconds: float, what: str) -> flo
             pytest.fail(f"timed out after {seconds} s waiting for {what}")
         await anyio.sleep(0.02)
     return time.monotonic() - started
+
+
+def _is(replica: Replica, readyz: str) -> bool:
+    return replica.readyz() == readyz
 
 
 async def _greeting(core: client.CoreV1Api, namespace: str) -> str | None:
@@ -236,15 +239,13 @@ async def test_kill_9_of_the_leader_the_standby_takes_over_after_the_lease_and_h
         await _wait_greeting(core, namespace, seconds=30)
         for kill in range(1, KILLS + 1):
             standby = await cluster.start(f"r{kill}")
-            await _until(lambda s=standby: s.readyz() == "ok: standby", seconds=30, what="standby")
+            await _until(partial(_is, standby, "ok: standby"), seconds=30, what="standby")
             await anyio.sleep(RETRY_S * 2)  # the standby has seen a renewal since it started
 
             leader.process.kill()
             killed = time.monotonic()
             await _drift(core, namespace)
-            await _until(
-                lambda s=standby: s.readyz() == "ok: leader", seconds=LEASE_S + 5, what="takeover"
-            )
+            await _until(partial(_is, standby, "ok: leader"), seconds=LEASE_S + 5, what="takeover")
             leads.append(time.monotonic() - killed)
             await _wait_greeting(core, namespace, seconds=30)
             heals.append(time.monotonic() - killed)
