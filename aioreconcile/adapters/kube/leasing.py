@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 
 LEASE_API_VERSION: Final = "coordination.k8s.io/v1"
 DEFAULT_TIMINGS: Final = LeaseTimings()  # client-go's 15 s / 10 s / 2 s
-_CONFLICT_REREADS: Final = 1  # a 409 re-reads and decides again once within one attempt
+_CONFLICT_REREADS: Final = 1  # 409s re-read and decided again within one attempt (+1 fast)
 
 
 def _utc_now() -> datetime:
@@ -177,9 +177,14 @@ class LeaseElector:
         Errors are logged and count as a failed attempt."""
         sent = self._clock()
         try:
-            fast = self._leading and self._observed is not None and self._lease is not None
-            fast = fast and not expired(self._observed, now=sent)  # type: ignore[arg-type]
-            for attempt in range(1 + _CONFLICT_REREADS + 1):
+            # Renewing our own valid Lease: write with our last resourceVersion, no GET first.
+            fast = (
+                self._leading
+                and self._lease is not None
+                and self._observed is not None
+                and not expired(self._observed, now=sent)
+            )
+            for attempt in range(2 + _CONFLICT_REREADS):
                 if attempt or not fast:
                     await self._read()
                 record = claim(
