@@ -146,6 +146,10 @@ def _is(replica: Replica, readyz: str) -> bool:
     return replica.readyz() == readyz
 
 
+def _applied(replica: Replica) -> bool:
+    return replica.status()["syncs"][0]["lastAppliedRevision"] is not None
+
+
 async def _greeting(core: client.CoreV1Api, namespace: str) -> str | None:
     config_map = await core.read_namespaced_config_map("settings", namespace)
     data = config_map.data or {}
@@ -249,7 +253,7 @@ async def test_kill_9_of_the_leader_the_standby_takes_over_after_the_lease_and_h
             leads.append(time.monotonic() - killed)
             await _wait_greeting(core, namespace, seconds=30)
             heals.append(time.monotonic() - killed)
-            assert standby.status()["syncs"][0]["lastAppliedRevision"] is not None
+            await _until(partial(_applied, standby), seconds=10, what="the reconcile recorded")
             await leader.process.wait()
             leader = standby
     print(
