@@ -266,3 +266,28 @@ async def test_kill_9_of_the_leader_the_standby_takes_over_after_the_lease_and_h
     assert min(leads) >= LEASE_S - RETRY_S - 0.1, leads
     assert max(leads) < LEASE_S + RETRY_S * 1.2 + 2.0, leads
     assert max(heals) < max(leads) + 5.0, heals
+
+
+async def test_a_leader_that_loses_its_lease_stops_and_exits_non_zero(
+    kube: Kube,
+    namespace: str,
+    upstream: Callable[[str], Upstream],
+    git_daemon: str,
+    tmp_path: Path,
+) -> None:
+    async with two_replicas(kube, namespace, upstream, git_daemon, tmp_path) as cluster:
+        a = await cluster.start("a")
+        await _until(partial(_is, a, "ok: leader"), seconds=30, what="a to lead")
+        # Another holder writes itself in (an operator, or a replica whose clock ran fast).
+        await client.CoordinationV1Api(kube.api).patch_namespaced_lease(
+            "aioreconcile", namespace, {"spec": {"holderIdentity": "intruder"}}
+        )
+        with anyio.fail_after(RENEW_S + 5):
+            await a.process.wait()
+    stderr = a.log.read_text()
+    assert a.process.returncode == 2, stderr[-2000:]
+    assert "lost the leadership of Lease/" in stderr
+    lease = await client.CoordinationV1Api(kube.api).read_namespaced_lease(
+        "aioreconcile", namespace
+    )
+    assert lease.spec.holder_identity == "intruder"  # not released: it was not ours any more
