@@ -189,6 +189,8 @@ async def test_only_the_leader_writes_and_a_graceful_stop_hands_over_within_a_re
         await _wait_greeting(core, namespace, seconds=30)
         b = await cluster.start("b")
         await _until(lambda: b.readyz() == "ok: standby", seconds=30, what="b to stand by")
+        # Warm: the standby watches the kinds the leader's inventory lists before it leads.
+        assert "starting the watch of ConfigMap" in b.log.read_text()
 
         # A drift while both run: healed by the leader alone.
         await _drift(core, namespace)
