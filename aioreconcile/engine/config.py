@@ -12,6 +12,21 @@ class AuthKind(StrEnum):
     NONE = "none"
     BASIC = "basic"  # HTTPS username + password/token
     SSH = "ssh"  # private key + known_hosts
+    # A Kubernetes Secret (CRD mode): username/password or identity/known_hosts, by its keys.
+    SECRET = "secret"
+
+
+@dataclass(frozen=True)
+class DataRef:
+    """A Secret or ConfigMap whose data the adapters read at each use (CRD mode), so a rotated
+    value is taken by the next call without a restart and never copied into a spec."""
+
+    kind: str  # "Secret" or "ConfigMap"
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.namespace}/{self.name}"
 
 
 @dataclass(frozen=True)
@@ -25,6 +40,7 @@ class GitAuth:
     password_file: str | None = None
     private_key_file: str | None = None
     known_hosts_file: str | None = None
+    secret: DataRef | None = None  # kind SECRET
 
 
 class VerifyMode(StrEnum):
@@ -38,6 +54,9 @@ class CommitVerification:
     mode: VerifyMode = VerifyMode.NONE
     keyring_file: str | None = None  # gpg: armored public keys
     allowed_signers_file: str | None = None  # ssh: gpg.ssh.allowedSignersFile format
+    # CRD mode: the keys from a Secret or ConfigMap (gpg: every data key holds armored public
+    # keys; ssh: the key ``allowed_signers``), read at each verification.
+    keys: DataRef | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +122,9 @@ class SyncSpec:
     wait: bool = False
     wait_timeout_s: float = 300.0
     labels: Mapping[str, str] = field(default_factory=dict)
+    # CRD mode: the syncs (by their label value, ``resources.sync_identity``) that must be Ready
+    # before this one is applied (Flux Kustomization ``dependsOn``).
+    depends_on: tuple[str, ...] = ()
 
 
 class Provider(StrEnum):

@@ -28,7 +28,8 @@ from aioreconcile.engine.redaction import ambiguous_userinfo
 from aioreconcile.engine.sources import RenderSpec, RenderType
 
 _DURATION: Final = re.compile(
-    r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?$"
+    r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?"
+    r"(?:(\d+(?:\.\d+)?)ms)?$"
 )
 _DNS_LABEL: Final = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _DNS_SUBDOMAIN: Final = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
@@ -108,7 +109,8 @@ class _Reader:
             return default
 
     def duration(self, data: Mapping[str, Any], path: str, key: str, default: float) -> float:
-        """Seconds from ``90``, ``30s``, ``5m``, ``1h30m``; must be positive."""
+        """Seconds from ``90``, ``30s``, ``5m``, ``1h30m``, ``1m500ms`` (the Go durations a
+        Sync's fields take); must be positive."""
         raw = data.get(key)
         where = f"{path}.{key}"
         if raw is None:
@@ -136,8 +138,8 @@ def duration_seconds(text: str) -> float | None:
         match = _DURATION.match(value) if value else None
         if match is None:
             return None
-        hours, minutes, secs = (float(g) if g else 0.0 for g in match.groups())
-        return hours * 3600 + minutes * 60 + secs
+        hours, minutes, secs, millis = (float(g) if g else 0.0 for g in match.groups())
+        return hours * 3600 + minutes * 60 + secs + millis / 1000
     return seconds if math.isfinite(seconds) else None
 
 

@@ -17,6 +17,7 @@ class Reason(StrEnum):
     PRUNE_FAILED = "PruneFailed"
     INVENTORY_FAILED = "InventoryFailed"
     HEALTH_CHECK_FAILED = "HealthCheckFailed"
+    DEPENDENCY_NOT_READY = "DependencyNotReady"  # a dependsOn sync is not Ready yet
     # Applied; waiting for the objects to become healthy (``wait``). Not a result: the health
     # check that follows ends in SUCCEEDED or HEALTH_CHECK_FAILED (Flux's "Progressing").
     PROGRESSING = "Progressing"

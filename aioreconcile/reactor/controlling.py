@@ -206,6 +206,9 @@ class SyncState:
     # (sha, path) of a commit that lacks the sync's path: a commit never changes, so it is
     # reported once and not looked at again until another commit arrives.
     missing_path: tuple[str, str] | None = None
+    spec_changed: bool = False  # SpecChanged: reconcile even if the head is already applied
+    reconciling: bool = False  # a ("sync", name) work item is running (``remove`` waits)
+    idle: anyio.Event | None = None  # set when it ends
 
     def view(self) -> dict[str, object]:
         return {
@@ -300,20 +303,25 @@ class Controller:
         drift_debounce_s: float = 0.02,
         tracing: Tracing | None = None,
         after_reconcile: Callable[[], None] | None = None,
+        on_change: Callable[[SyncState], None] | None = None,
     ) -> None:
         self._cluster = cluster
         # Per sync, the cluster as its service account (impersonated); others use ``cluster``.
         self._clusters = dict(clusters or {})
         self._render = render
-        self._sources = sources
-        self._inventories = inventories
+        self._sources = dict(sources)
+        self._inventories = dict(inventories)
         self._watcher = watcher
         self._clock = clock
         self._apply_concurrency = apply_concurrency
         self._drift_debounce_s = drift_debounce_s
         self._tracing: Tracing = _TimedTracing(tracing or NoTracing())
         self._after_reconcile = after_reconcile
+        # Told after every recorded result and heal (CRD mode writes the Sync's status).
+        self._on_change = on_change
         self.states = {spec.name: SyncState(spec) for spec in syncs}
+        self._pollers: dict[str, anyio.CancelScope] = {}
+        self._tasks: anyio.abc.TaskGroup | None = None
         self._owners: dict[ObjectRef, str] = {}  # which sync declares each object
         self._fights = FightGuard()
         self._metrics = _Metrics(registry)
@@ -410,18 +418,110 @@ class Controller:
         """Run the queue and one poller per sync until cancelled."""
         async with anyio.create_task_group() as tasks:
             await tasks.start(self.queue.run)
-            for name, state in self.states.items():
-                if not state.spec.suspend:
-                    tasks.start_soon(self._poll_forever, name, state.spec.source.interval_s)
+            self._tasks = tasks
+            for state in self.states.values():
+                self._start_poller(state.spec)
             task_status.started()
             self.ready.set()
 
-    async def _poll_forever(self, name: str, interval_s: float) -> None:
+    def _start_poller(self, spec: SyncSpec) -> None:
+        if self._tasks is None or spec.suspend:
+            return
+        scope = anyio.CancelScope()
+        self._pollers[spec.name] = scope
+        self._tasks.start_soon(self._poll_forever, spec.name, spec.source.interval_s, scope)
+
+    async def _poll_forever(self, name: str, interval_s: float, scope: anyio.CancelScope) -> None:
         """Reconcile at start, then every interval (jittered so syncs do not poll in step)."""
-        while True:
-            self.poll(name)
-            jitter = 1 + _POLL_JITTER * (2 * random.random() - 1)
-            await anyio.sleep(interval_s * jitter)
+        with scope:
+            while True:
+                self.poll(name)
+                jitter = 1 + _POLL_JITTER * (2 * random.random() - 1)
+                await anyio.sleep(interval_s * jitter)
+
+    # --- the registry of syncs (CRD mode adds, edits and deletes them live) ----------------------
+
+    def upsert(
+        self,
+        spec: SyncSpec,
+        *,
+        source: GitSource,
+        inventory: InventoryStore | None,
+        cluster: Cluster | None = None,
+    ) -> None:
+        """Add a sync or change one: a SpecChanged trigger. The new spec takes effect at its
+        next reconcile, enqueued now, which applies the head even if that commit is already
+        applied (a new path or render options give other objects). What the sync applied is
+        kept, so its next apply prunes what the new spec no longer declares."""
+        name = spec.name
+        state = self.states.get(name)
+        if state is not None and state.spec == spec:
+            return
+        if state is None:
+            state = self.states[name] = SyncState(spec)
+        else:
+            state.spec = spec
+            state.spec_changed = True
+            state.health = None  # a wait for the old spec's objects no longer decides
+        self._sources[name] = source
+        if inventory is not None:
+            self._inventories[name] = inventory
+        if cluster is not None:
+            self._clusters[name] = cluster
+        else:
+            self._clusters.pop(name, None)
+        poller = self._pollers.pop(name, None)
+        if poller is not None:
+            poller.cancel()
+        self._start_poller(spec)  # polls at once (unless suspended)
+        logger.info("sync spec changed", extra={"sync": name, "suspended": spec.suspend})
+
+    def request(self, name: str) -> None:
+        """Reconcile now as if the spec had changed (a ``requestedAt`` annotation): the head
+        is applied again even if it is already applied."""
+        state = self.states.get(name)
+        if state is not None and not state.spec.suspend:
+            state.spec_changed = True
+            self.queue.put(("sync", name))
+
+    async def remove(self, name: str) -> SyncState | None:
+        """Forget a sync; return its last state once no reconcile or heal of it runs any more
+        (a reconcile under way finishes its writes first), so the caller may prune or release
+        what it applied without racing it."""
+        state = self.states.pop(name, None)
+        poller = self._pollers.pop(name, None)
+        if poller is not None:
+            poller.cancel()
+        if state is None:
+            return None
+        while state.reconciling or state.heals_running:
+            idle = anyio.Event()
+            state.idle = idle
+            if state.heals_running:
+                state.heals_idle = idle
+            await idle.wait()
+        self._index(name, state.desired, {})
+        self._sources.pop(name, None)
+        self._inventories.pop(name, None)
+        self._clusters.pop(name, None)
+        self._watch_all()
+        return state
+
+    def _require_dependencies(self, state: SyncState) -> None:
+        """``dependsOn``: every named sync last applied its head successfully. Otherwise the
+        sync is not Ready with DependencyNotReady and retried with backoff (Flux requeues a
+        Kustomization whose dependency is not ready the same way)."""
+        waiting = [
+            name
+            for name in state.spec.depends_on
+            if (other := self.states.get(name)) is None or other.reason != Reason.SUCCEEDED
+        ]
+        if not waiting:
+            return
+        message = f"dependencies not ready: {', '.join(waiting)}"
+        if state.reason != Reason.DEPENDENCY_NOT_READY or state.message != message:
+            self._record_failure(state, Reason.DEPENDENCY_NOT_READY, message)
+        raise RetryLater(message)
 
     async def drain(self, *, timeout_s: float) -> bool:
         return await self.queue.drain(timeout_s=timeout_s)
@@ -434,7 +534,17 @@ class Controller:
 
     async def _process(self, key: WorkKey) -> None:
         if key[0] == "sync":
-            await self._reconcile(key[1])
+            state = self.states.get(key[1])
+            if state is None or state.spec.suspend:
+                return  # removed or suspended meanwhile
+            state.reconciling = True
+            try:
+                self._require_dependencies(state)
+                await self._reconcile(key[1])
+            finally:
+                state.reconciling = False
+                if state.idle is not None:
+                    state.idle.set()
         elif key[0] == "health":
             await self._check_health(key[1])
         else:
@@ -450,10 +560,10 @@ class Controller:
         commit's trace opens: a push that finds the head already applied (a replay, a
         redelivery) changes nothing and leaves no trace that ``aioreconcile trace`` could take
         for the commit's deployment."""
-        state = self.states[name]
-        spec = state.spec
-        if spec.suspend:
+        state = self.states.get(name)
+        if state is None or state.spec.suspend:
             return
+        spec = state.spec
         source = self._sources[name]
         hint, state.pending_hint = state.pending_hint, None
         parent, state.pending_traceparent = state.pending_traceparent, None
@@ -760,6 +870,8 @@ class Controller:
     def _record(self, state: SyncState, outcome: SyncOutcome, *, seconds: float) -> None:
         name = state.spec.name
         progressing = outcome.reason is Reason.PROGRESSING
+        state.spec_changed = False
+        self._changed(state)
         if not progressing:  # a health check's reconcile is counted once, with its result
             state.reconciles += 1
             state.last_reconcile_at = time.time()
@@ -861,9 +973,16 @@ class Controller:
         )
         self._record(state, outcome, seconds=time.monotonic() - wait.started)
 
+    def _changed(self, state: SyncState) -> None:
+        """Tell ``on_change`` that the sync's state moved. It may be told before the state's
+        fields are all set: the status writer batches and reads the state when it writes."""
+        if self._on_change is not None:
+            self._on_change(state)
+
     def _record_failure(self, state: SyncState, reason: Reason, message: str) -> None:
         state.reconciles += 1
         state.reason, state.message, state.last_error = reason.value, message, message
+        self._changed(state)
         self._metrics.reconciles.labels(sync=state.spec.name, reason=reason.value).inc()
         logger.warning(
             "reconcile failed",
@@ -1036,12 +1155,16 @@ class Controller:
         if entry.action not in (Action.UNCHANGED, Action.SKIPPED):
             state.heals += 1
             self._metrics.heals.labels(sync=sync, result=entry.action.value).inc()
+            self._changed(state)
 
 
 def _up_to_date(state: SyncState, sha: str) -> bool:
     """Whether there is nothing to do for ``sha``: the sync last applied it successfully, or
     applied it and its health check is under way (it ends on its own deadline), or already
-    reported that it lacks the sync's path."""
+    reported that it lacks the sync's path. Never after a spec change: the same commit may give
+    other objects."""
+    if state.spec_changed:
+        return False
     if sha == state.last_applied_revision and state.reason == Reason.SUCCEEDED:
         return True
     if state.missing_path == (sha, state.spec.source.path):

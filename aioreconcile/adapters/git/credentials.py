@@ -8,15 +8,24 @@ SSH uses a key file and a known_hosts file with strict host key checking. A URL 
 userinfo (``https://user:token@host/repo``) is stripped before use
 (``engine.redaction.split_userinfo``, percent-decoded); its userinfo becomes basic credentials
 unless the auth block names its own.
+
+In CRD mode the credentials are the data of a Kubernetes Secret (``AuthKind.SECRET``), read
+by a ``DataReader`` at each call (the Kubernetes adapter reads the Secret then), so a rotated
+Secret is used by the next fetch; nothing of it is kept. Its keys decide the kind, as Flux's
+GitRepository ``secretRef`` does: ``identity`` (+ ``known_hosts``) is ssh, ``password``
+(+ ``username``, default ``git``) is basic auth through the askpass script. ssh reads a key
+only from a file: ``ssh_files`` writes the two into a fresh 0700 directory for the one call and
+the caller removes it afterwards.
 """
 
 import os
 import shlex
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from aioreconcile.engine.config import AuthKind, GitAuth
+from aioreconcile.engine.config import AuthKind, DataRef, GitAuth
 from aioreconcile.engine.errors import FetchError
 from aioreconcile.engine.redaction import SplitUrl, redact_url
 
@@ -29,6 +38,10 @@ case "$1" in
   *) printf '%s\\n' "${PASSWORD_ENV}" ;;
 esac
 """
+
+
+DataReader = Callable[[DataRef], Awaitable[Mapping[str, bytes] | None]]
+"""Reads a Secret's or ConfigMap's data now (None: it does not exist)."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +88,33 @@ def resolve_credentials(auth: GitAuth, url: SplitUrl, *, askpass: Path) -> GitCr
         }
         return GitCredentials(env=env, secrets=(password,))
     return GitCredentials()
+
+
+def credentials_from_data(
+    ref: DataRef,
+    data: Mapping[str, bytes] | None,
+    url: SplitUrl,
+    *,
+    askpass: Path,
+    ssh_files: Callable[[bytes, bytes], tuple[Path, Path]],
+) -> GitCredentials:
+    """The environment for git from a Secret's data, read just now. Errors name the Secret
+    and its missing key, never a value."""
+    if data is None:
+        raise FetchError(f"the {ref} holding the git credentials does not exist")
+    if "identity" in data:
+        if "known_hosts" not in data:
+            raise FetchError(f"the {ref} has identity but no known_hosts (hosts are checked)")
+        key, hosts = ssh_files(data["identity"], data["known_hosts"])
+        return _ssh(
+            GitAuth(kind=AuthKind.SSH, private_key_file=str(key), known_hosts_file=str(hosts))
+        )
+    if "password" not in data:
+        raise FetchError(f"the {ref} has neither password nor identity")
+    password = data["password"].decode("utf-8", errors="replace").rstrip("\r\n")
+    username = data.get("username", b"git").decode("utf-8", errors="replace").strip()
+    env = {"GIT_ASKPASS": str(askpass), USERNAME_ENV: username, PASSWORD_ENV: password}
+    return GitCredentials(env=env, secrets=(password,))
 
 
 def _password(auth: GitAuth) -> str | None:

@@ -31,14 +31,17 @@ import secrets
 import shutil
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Final, NamedTuple
 
 import anyio
 
 from aioreconcile.adapters.git.credentials import (
+    DataReader,
     GitCredentials,
+    credentials_from_data,
     resolve_credentials,
     write_askpass,
 )
@@ -49,8 +52,13 @@ from aioreconcile.adapters.git.running import (
     run_git,
 )
 from aioreconcile.engine.changes import TreeDiff
-from aioreconcile.engine.config import GitAuth, GitSourceSpec, VerifyMode
-from aioreconcile.engine.errors import FetchError, SourcePathMissing, VerificationError
+from aioreconcile.engine.config import AuthKind, GitAuth, GitSourceSpec, VerifyMode
+from aioreconcile.engine.errors import (
+    AioreconcileError,
+    FetchError,
+    SourcePathMissing,
+    VerificationError,
+)
 from aioreconcile.engine.metrics import Counter, Registry
 from aioreconcile.engine.redaction import SplitUrl, redact_url, split_userinfo
 
@@ -139,8 +147,9 @@ class GitCache:
     def home(self) -> Path:
         return self.root / "home"
 
-    def source(self, spec: GitSourceSpec) -> "GitSource":
-        return GitSource(spec, cache=self)
+    def source(self, spec: GitSourceSpec, *, data: DataReader | None = None) -> "GitSource":
+        """``data`` reads the Secrets and ConfigMaps a CRD-mode spec refers to."""
+        return GitSource(spec, cache=self, data=data)
 
     def lock(self, key: str) -> anyio.Lock:
         """The lock of one repository; created on first use (inside the event loop)."""
@@ -171,9 +180,12 @@ class GitSource:
     """One ``GitSourceSpec`` backed by the cache: resolve a ref, fetch a commit, read its tree,
     verify its signature."""
 
-    def __init__(self, spec: GitSourceSpec, *, cache: GitCache) -> None:
+    def __init__(
+        self, spec: GitSourceSpec, *, cache: GitCache, data: DataReader | None = None
+    ) -> None:
         self.spec = spec
         self.cache = cache
+        self._data = data
         self.remote: SplitUrl = split_userinfo(spec.url)
         self._shown = redact_url(spec.url)
         self.key = url_key(spec.url)
@@ -393,7 +405,7 @@ class GitSource:
                 raise VerificationError(f"commit {sha} of {self.url} is not signed")
             env = self._local_env()
             if mode is VerifyMode.SSH:
-                signers = self._signers
+                signers = self._signers or await self._signers_from_data()
                 if signers is None:
                     raise VerificationError("ssh verification needs allowedSignersFile")
                 args = [
@@ -518,37 +530,82 @@ class GitSource:
                 await anyio.to_thread.run_sync(_remove, staging)
             raise
 
+    async def _keys_from_data(self) -> Mapping[str, bytes]:
+        """The verification keys of a CRD-mode spec, read now from its Secret or ConfigMap."""
+        ref = self.spec.verify.keys
+        if ref is None or self._data is None:
+            raise VerificationError("verification keys are by reference but no reader was given")
+        try:
+            data = await self._data(ref)
+        except AioreconcileError as e:
+            raise VerificationError(f"the {ref} with the trusted keys cannot be read: {e}") from e
+        if not data:
+            raise VerificationError(f"the {ref} with the trusted keys does not exist or is empty")
+        return data
+
+    async def _signers_from_data(self) -> Path | None:
+        """git reads allowed signers from a file: public keys, kept by content."""
+        if self.spec.verify.keys is None:
+            return None
+        data = await self._keys_from_data()
+        content = data.get("allowed_signers")
+        if content is None:
+            raise VerificationError(f"the {self.spec.verify.keys} has no allowed_signers key")
+        path = self.cache.root / "signers" / hashlib.sha256(content).hexdigest()[:16]
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = path.with_name(f".tmp-{secrets.token_hex(4)}")
+            temporary.write_bytes(content)
+            temporary.replace(path)
+        return path
+
     async def _gnupg_home(self) -> Path:
         """A private GNUPGHOME with the keyring imported, keyed by the keyring's content."""
         keyring = self._keyring
-        if keyring is None:
+        blocks: list[bytes]
+        if keyring is not None:
+            try:
+                blocks = [await anyio.Path(keyring).read_bytes()]
+            except OSError as e:
+                raise VerificationError(
+                    f"the keyring {keyring} cannot be read: {e.strerror}"
+                ) from None
+            shown = str(keyring)
+        elif self.spec.verify.keys is not None:
+            blocks = [v for _, v in sorted((await self._keys_from_data()).items())]
+            shown = str(self.spec.verify.keys)
+        else:
             raise VerificationError("gpg verification needs keyringFile")
-        try:
-            content = await anyio.Path(keyring).read_bytes()
-        except OSError as e:
-            raise VerificationError(f"the keyring {keyring} cannot be read: {e.strerror}") from None
-        home = self.cache.root / "gnupg" / hashlib.sha256(content).hexdigest()[:16]
+        home = self.cache.root / "gnupg" / hashlib.sha256(b"\0".join(blocks)).hexdigest()[:16]
         if home.is_dir():
             return home
         staging = home.with_name(f".tmp-{home.name}-{secrets.token_hex(4)}")
         staging.mkdir(parents=True, mode=0o700)
         # Trust is decided by which keys are in this keyring, not by gpg's web of trust. The
         # keys become the legacy pubring.gpg instead of being imported: an import wants
-        # gpg-agent, whose socket path under a deep cache root is too long.
+        # gpg-agent, whose socket path under a deep cache root is too long. Each block (a
+        # keyring file, or each data key of a Secret/ConfigMap) is dearmored on its own.
         (staging / "gpg.conf").write_text("trust-model always\nno-autostart\n")
         try:
-            if content.lstrip().startswith(b"-----BEGIN PGP"):
-                await run_command(
-                    ["gpg", "--batch", "--quiet", "--dearmor", "-o", "pubring.gpg", str(keyring)],
-                    cwd=staging,
-                    env={"HOME": str(self.cache.home), "GNUPGHOME": str(staging)},
-                    time_limit=self.spec.timeout_s,
-                )
-            else:
-                (staging / "pubring.gpg").write_bytes(content)
+            binary: list[bytes] = []
+            for index, content in enumerate(blocks):
+                if content.lstrip().startswith(b"-----BEGIN PGP"):
+                    armored = staging / f"block-{index}.asc"
+                    armored.write_bytes(content)
+                    dearmor = ["gpg", "--batch", "--quiet", "--dearmor"]
+                    await run_command(
+                        [*dearmor, "-o", f"block-{index}.gpg", armored.name],
+                        cwd=staging,
+                        env={"HOME": str(self.cache.home), "GNUPGHOME": str(staging)},
+                        time_limit=self.spec.timeout_s,
+                    )
+                    binary.append((staging / f"block-{index}.gpg").read_bytes())
+                else:
+                    binary.append(content)
+            (staging / "pubring.gpg").write_bytes(b"".join(binary))
             staging.rename(home)
         except GitCommandError as e:
-            raise VerificationError(f"the keyring {keyring} cannot be read by gpg: {e}") from None
+            raise VerificationError(f"the keyring {shown} cannot be read by gpg: {e}") from None
         finally:
             if staging.exists():
                 await anyio.to_thread.run_sync(_remove, staging)
@@ -600,10 +657,9 @@ class GitSource:
     ) -> bytes:
         """A git command that talks to the server: within the global limit, with credentials
         in the environment only; every failure becomes a FetchError naming the repository."""
-        credentials = self._credentials()
-        env = {**self._local_env(), **credentials.env}
         prefix = [f"--git-dir={self.repository}"] if in_repository else []
-        async with self.cache.limiter:
+        async with self._credentials() as credentials, self.cache.limiter:
+            env = {**self._local_env(), **credentials.env}
             try:
                 return await run_git(
                     [*self._config_args(), *prefix, *args],
@@ -617,9 +673,36 @@ class GitSource:
             except GitCommandError as e:
                 raise FetchError(f"{doing} from {self.url} failed: {e.stderr}") from None
 
-    def _credentials(self) -> GitCredentials:
+    @asynccontextmanager
+    async def _credentials(self) -> AsyncIterator[GitCredentials]:
+        """The credentials for one call, read now; ssh key files written for a Secret's
+        identity live only as long as the call."""
         askpass = self.cache.prepare()
-        return resolve_credentials(self.spec.auth, self.remote, askpass=askpass)
+        auth = self.spec.auth
+        if auth.kind is not AuthKind.SECRET:
+            yield resolve_credentials(auth, self.remote, askpass=askpass)
+            return
+        if auth.secret is None or self._data is None:
+            raise FetchError("the git credentials are in a Secret but no reader was given")
+        data = await self._data(auth.secret)
+        directory = self.cache.root / "ssh" / secrets.token_hex(8)
+
+        def ssh_files(identity: bytes, known_hosts: bytes) -> tuple[Path, Path]:
+            directory.mkdir(parents=True, mode=0o700)
+            key, hosts = directory / "identity", directory / "known_hosts"
+            for path, content in ((key, identity), (hosts, known_hosts)):
+                descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(descriptor, "wb") as file:
+                    file.write(content if content.endswith(b"\n") else content + b"\n")
+            return key, hosts
+
+        try:
+            yield credentials_from_data(
+                auth.secret, data, self.remote, askpass=askpass, ssh_files=ssh_files
+            )
+        finally:
+            if directory.exists():
+                await anyio.to_thread.run_sync(_remove, directory)
 
 
 def _remove(path: Path) -> None:

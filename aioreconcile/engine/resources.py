@@ -1,0 +1,252 @@
+"""The Sync custom resource as the one model: a Sync object (a dict as the API server returns
+it) becomes the ``SyncSpec`` that ``run --config`` builds, through the same parser, and a
+sync's state becomes the Sync's ``status`` (kstatus conditions). Pure: the adapters read and
+write the objects.
+
+The CRD's spec is translated into the file format's keys and read by
+``configuration``'s reader under the path ``spec``, so one set of rules checks both forms and a
+problem names the CRD's field (``spec.source.url: required``). What only the CRD has (secrets
+and keys by reference, ``dependsOn``) is added to the parsed spec afterwards.
+
+In CRD mode a sync is identified by ``namespace/name``; the ``aioreconcile.dev/sync`` label on
+its objects holds ``sync_identity``: ``<namespace>.<name>`` (both are DNS labels, so the dot
+cannot be ambiguous), or, when that is longer than the 63 characters a label value may have,
+the name's first 40 characters, ``-`` and 16 hex digits of a SHA-256 of ``namespace/name``
+(no dot: never equal to the first form).
+"""
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import replace
+from functools import partial
+from typing import Any, Final
+
+from aioreconcile.engine.config import AuthKind, DataRef, GitAuth, SyncSpec, VerifyMode
+from aioreconcile.engine.configuration import ConfigError, _Reader, _sync
+from aioreconcile.engine.model import JsonObject
+from aioreconcile.engine.naming import DOMAIN
+from aioreconcile.engine.outcomes import Reason
+
+REQUESTED_AT_ANNOTATION: Final = f"reconcile.{DOMAIN}/requestedAt"
+FINALIZER: Final = f"{DOMAIN}/finalizer"
+_LABEL_MAX: Final = 63
+
+_SPEC_KEYS: Final = frozenset(
+    {
+        "source",
+        "render",
+        "targetNamespace",
+        "serviceAccountName",
+        "prune",
+        "selfHeal",
+        "suspend",
+        "allowEmpty",
+        "wait",
+        "timeout",
+        "dependsOn",
+    }
+)
+_SOURCE_KEYS: Final = frozenset(
+    {"url", "ref", "path", "interval", "timeout", "secretRef", "verify"}
+)
+# Shared with the file format under the same names.
+_PLAIN_SPEC_KEYS: Final = ("render", "targetNamespace", "prune", "selfHeal", "suspend")
+_PLAIN_SPEC_KEYS_2: Final = ("allowEmpty", "wait", "timeout")
+_PLAIN_SOURCE_KEYS: Final = ("url", "ref", "path", "interval", "timeout")
+
+# Reasons a retry (backoff) may fix: Reconciling. The others wait for a change: Stalled.
+_RETRIED: Final = frozenset(
+    {
+        Reason.FETCH_FAILED.value,
+        Reason.APPLY_FAILED.value,
+        Reason.PRUNE_FAILED.value,
+        Reason.INVENTORY_FAILED.value,
+        Reason.DEPENDENCY_NOT_READY.value,
+    }
+)
+
+
+def sync_identity(namespace: str, name: str) -> str:
+    """The sync label value (and the controller's key) of the Sync ``namespace/name``."""
+    joined = f"{namespace}.{name}"
+    if len(joined) <= _LABEL_MAX:
+        return joined
+    digest = hashlib.sha256(f"{namespace}/{name}".encode()).hexdigest()[:16]
+    return f"{name[:40].rstrip('-')}-{digest}"
+
+
+def inventory_name(name: str) -> str:
+    """The inventory ConfigMap of a Sync, in the Sync's own namespace."""
+    return f"aioreconcile-inventory-{name}"
+
+
+def _metadata(obj: Mapping[str, Any]) -> tuple[str, str]:
+    metadata = obj.get("metadata") or {}
+    return str(metadata.get("namespace") or ""), str(metadata.get("name") or "")
+
+
+def _name_ref(reader: _Reader, value: object, path: str) -> str | None:
+    data = reader.mapping(value, path, {"name"})
+    if not data:
+        return None
+    return reader.field(data, path, "name", str, required=True)
+
+
+def sync_from_resource(obj: Mapping[str, Any]) -> SyncSpec:
+    """The ``SyncSpec`` of a Sync object; raise ConfigError naming every bad ``spec.*`` field.
+
+    The API server has already applied the CRD's schema (defaults, CEL rules); this checks
+    again with the file format's rules, so a Sync written before a rule existed is refused
+    here with the same message instead of being half-applied."""
+    namespace, name = _metadata(obj)
+    reader = _Reader()
+    spec = reader.mapping(obj.get("spec"), "spec", set(_SPEC_KEYS))
+    source = reader.mapping(spec.get("source"), "spec.source", set(_SOURCE_KEYS))
+    verify = reader.mapping(
+        source.get("verify"), "spec.source.verify", {"mode", "secretRef", "configMapRef"}
+    )
+    file_source: dict[str, object] = {k: source[k] for k in _PLAIN_SOURCE_KEYS if k in source}
+    if "mode" in verify:
+        # Checked here; the keys are by reference below, not the file format's files.
+        file_source["verify"] = {"mode": "none"} if verify["mode"] == "none" else None
+    file_sync: dict[str, object] = {"name": name, "source": file_source or None}
+    file_sync |= {k: spec[k] for k in (*_PLAIN_SPEC_KEYS, *_PLAIN_SPEC_KEYS_2) if k in spec}
+    labels = (obj.get("metadata") or {}).get("labels")
+    if labels:
+        file_sync["labels"] = labels
+    account = reader.field(spec, "spec", "serviceAccountName", str)
+    if account:
+        file_sync["serviceAccount"] = f"{namespace}/{account}"
+    parsed = _sync(reader, file_sync, "spec")
+
+    secret = _name_ref(reader, source.get("secretRef"), "spec.source.secretRef")
+    auth = (
+        GitAuth(kind=AuthKind.SECRET, secret=DataRef("Secret", namespace, secret))
+        if secret
+        else GitAuth()
+    )
+    mode = reader.choice(verify, "spec.source.verify", "mode", str, "none")
+    keys: DataRef | None = None
+    key_secret = _name_ref(reader, verify.get("secretRef"), "spec.source.verify.secretRef")
+    key_map = _name_ref(reader, verify.get("configMapRef"), "spec.source.verify.configMapRef")
+    if key_secret and key_map:
+        reader.fail("spec.source.verify", "give secretRef or configMapRef, not both")
+    if key_secret or key_map:
+        keys = DataRef(
+            "Secret" if key_secret else "ConfigMap", namespace, str(key_secret or key_map)
+        )
+    if mode not in ("none", "gpg", "ssh"):
+        reader.fail("spec.source.verify.mode", f"{mode!r} is not one of none, gpg, ssh")
+    elif mode != "none" and keys is None:
+        reader.fail(
+            "spec.source.verify", "mode gpg or ssh needs secretRef or configMapRef naming the keys"
+        )
+    depends = _depends_on(reader, spec.get("dependsOn"), namespace, name)
+    if reader.problems:
+        raise ConfigError(f"Sync {namespace}/{name}", reader.problems)
+    verification = parsed.source.verify
+    if mode != "none":
+        verification = replace(verification, mode=VerifyMode(mode), keys=keys)
+    return replace(
+        parsed,
+        name=sync_identity(namespace, name),
+        source=replace(parsed.source, auth=auth, verify=verification),
+        depends_on=depends,
+    )
+
+
+def _depends_on(reader: _Reader, value: object, namespace: str, name: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        reader.fail("spec.dependsOn", f"must be a list, not {type(value).__name__}")
+        return ()
+    found: list[str] = []
+    for index, item in enumerate(value):
+        path = f"spec.dependsOn[{index}]"
+        data = reader.mapping(item, path, {"name", "namespace"})
+        other = reader.field(data, path, "name", str, required=True)
+        other_namespace = reader.field(data, path, "namespace", str) or namespace
+        if other is None:
+            continue
+        if (other_namespace, other) == (namespace, name):
+            reader.fail(path, "a Sync cannot depend on itself")
+            continue
+        found.append(sync_identity(other_namespace, other))
+    return tuple(found)
+
+
+def _condition(
+    kind: str,
+    status: str,
+    reason: str,
+    message: str,
+    *,
+    generation: int,
+    now: str,
+    previous: Mapping[str, Mapping[str, Any]],
+) -> JsonObject:
+    before = previous.get(kind) or {}
+    same = before.get("status") == status
+    return {
+        "type": kind,
+        "status": status,
+        "observedGeneration": generation,
+        "lastTransitionTime": before.get("lastTransitionTime", now) if same else now,
+        "reason": reason,
+        "message": message[:32768],
+    }
+
+
+def sync_status(
+    view: Mapping[str, Any],
+    *,
+    generation: int,
+    handled_at: str | None,
+    previous: Mapping[str, Any] | None,
+    now: str,
+) -> JsonObject:
+    """The Sync's ``status`` for a sync's state (``SyncState.view()``, already redacted).
+
+    kstatus: ``Ready`` True/False/Unknown; ``Reconciling`` True while work is under way or a
+    retry is coming; ``Stalled`` True when only a change (a new commit, an edit) can help.
+    ``lastTransitionTime`` moves only when a condition's status changes, so an unchanged state
+    yields an equal status and the writer has nothing to write."""
+    previous = previous or {}
+    before = {
+        str(c.get("type")): c for c in previous.get("conditions") or [] if isinstance(c, Mapping)
+    }
+    reason = view.get("reason")
+    message = str(view.get("message") or "")
+    condition = partial(_condition, generation=generation, now=now, previous=before)
+    conditions: list[JsonObject]
+    if reason is None or reason == Reason.PROGRESSING.value:
+        waiting = message or "reconciliation in progress"
+        conditions = [
+            condition("Ready", "Unknown", Reason.PROGRESSING.value, waiting),
+            condition("Reconciling", "True", Reason.PROGRESSING.value, waiting),
+        ]
+    elif reason == Reason.SUCCEEDED.value:
+        conditions = [condition("Ready", "True", reason, message)]
+    elif reason in _RETRIED:
+        conditions = [
+            condition("Ready", "False", str(reason), message),
+            condition("Reconciling", "True", str(reason), message),
+        ]
+    else:
+        conditions = [
+            condition("Ready", "False", str(reason), message),
+            condition("Stalled", "True", str(reason), message),
+        ]
+    status: JsonObject = {"observedGeneration": generation, "conditions": conditions}
+    for key in ("lastAppliedRevision", "lastAttemptedRevision", "inventorySize", "driftHeals"):
+        if view.get(key) is not None:
+            status[key] = view[key]
+    if handled_at is not None:
+        status["lastHandledReconcileAt"] = handled_at
+    return status
+
+
+def status_changed(previous: Mapping[str, Any] | None, current: Mapping[str, Any]) -> bool:
+    """Whether writing ``current`` would change anything the Sync's status shows."""
+    return {k: (previous or {}).get(k) for k in current} != dict(current)
