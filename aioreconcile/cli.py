@@ -68,7 +68,18 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run", help="run the controller: webhooks, pollers, watches, drift healing"
     )
-    run.add_argument("--config", type=Path, required=True, help="syncs and receivers (YAML)")
+    run.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="syncs and receivers (YAML); without it the controller runs in CRD mode: its syncs "
+        "are the Sync objects of the cluster",
+    )
+    run.add_argument(
+        "--watch-namespace",
+        default="",
+        help="CRD mode: act on the Syncs of this namespace only (default: all namespaces)",
+    )
     run.add_argument(
         "--listen",
         default="127.0.0.1:8080",
@@ -115,7 +126,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--namespace",
         default="default",
-        help="where inventories of the syncs are kept (default: %(default)s)",
+        help="file mode: where inventories of the syncs are kept (default: %(default)s; CRD "
+        "mode: beside each Sync)",
     )
     run.add_argument(
         "--cache-dir",
@@ -571,6 +583,7 @@ def _run_controller(args: argparse.Namespace) -> int:
             max_connections=args.max_connections,
         ),
         namespace=args.namespace,
+        watch_namespace=args.watch_namespace,
         cache_dir=args.cache_dir,
         concurrency=args.concurrency,
         leader_election=election,

@@ -13,7 +13,7 @@ import os
 import signal
 import socket
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -23,11 +23,18 @@ from typing import Any, NamedTuple
 import anyio
 import anyio.abc
 
-from aioreconcile.adapters.git import GitCache
+from aioreconcile.adapters.git import GitCache, GitSource
 from aioreconcile.adapters.kube.access import pod_namespace
 from aioreconcile.adapters.kube.cluster import KubeCluster, ManagedKindsWatcher
 from aioreconcile.adapters.kube.inventories import ConfigMapInventoryStore
 from aioreconcile.adapters.kube.leasing import LeaseElector
+from aioreconcile.adapters.kube.resources import (
+    SYNCS,
+    KubeSyncResources,
+    read_data,
+    run_watch,
+    watch_resources,
+)
 from aioreconcile.adapters.kube.watching import WatchManager
 from aioreconcile.adapters.render import render
 from aioreconcile.adapters.serving.endpoints import build_ops_app
@@ -37,7 +44,7 @@ from aioreconcile.adapters.telemetry.setup import TracingHandle, TracingSettings
 from aioreconcile.adapters.webhook.receiving import build_app, load_secret
 from aioreconcile.engine.applying import ApplyOptions
 from aioreconcile.engine.changeset import ChangeSetEntry
-from aioreconcile.engine.config import ControllerConfig
+from aioreconcile.engine.config import ControllerConfig, DataRef, SyncSpec
 from aioreconcile.engine.configuration import parse_config
 from aioreconcile.engine.diffing import unified_diff
 from aioreconcile.engine.errors import AioreconcileError, LeadershipLost
@@ -49,6 +56,7 @@ from aioreconcile.engine.outcomes import SyncOutcome
 from aioreconcile.engine.sources import RenderSpec
 from aioreconcile.reactor.controlling import Controller
 from aioreconcile.reactor.leading import lead, warm_watches
+from aioreconcile.reactor.resources import SyncResources
 from aioreconcile.reactor.syncing import SyncRequest, sync_once
 from aioreconcile.reactor.tracing import CommitInfo, NoTracing
 
@@ -247,9 +255,10 @@ def candidate_identity() -> str:
 
 @dataclass(frozen=True)
 class RunSettings:
-    """``aioreconcile run --config FILE`` in plain data."""
+    """``aioreconcile run [--config FILE]`` in plain data. Without ``config`` the controller
+    runs in CRD mode: its syncs are the Sync objects in ``watch_namespace`` (all if empty)."""
 
-    config: Path
+    config: Path | None
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
     listen_host: str = "127.0.0.1"  # webhooks: the listener to expose
     listen_port: int = 8080
@@ -262,6 +271,9 @@ class RunSettings:
     drain_timeout_s: float = 30.0
     tracing: TracingSettings = field(default_factory=TracingSettings.from_environ)
     leader_election: LeaderElectionSettings | None = None  # None: this replica always writes
+    watch_namespace: str = ""  # CRD mode: "" watches Syncs in every namespace
+    status_period_s: float = 1.0  # CRD mode: at most one status write per Sync per period
+    event_window_s: float = 30.0  # CRD mode: Events per Sync and reason aggregated this long
 
 
 def release_memory() -> None:
@@ -296,9 +308,12 @@ async def run_controller(
 ) -> None:
     """Run the controller until SIGTERM/SIGINT (or cancellation): webhooks, pollers, watches,
     queue workers and the operational endpoints in one task group; then drain and exit."""
-    config = parse_config(
-        await anyio.Path(settings.config).read_text(), origin=str(settings.config)
-    )
+    if settings.config is None:
+        config = ControllerConfig()
+    else:
+        config = parse_config(
+            await anyio.Path(settings.config).read_text(), origin=str(settings.config)
+        )
     secrets = {receiver.name: load_secret(receiver) for receiver in config.receivers}
     registry = Registry()
     cache = GitCache(_git_cache_dir(settings), registry=registry)
@@ -331,6 +346,7 @@ async def _run_controller(
     async with open_cluster(settings.cluster) as cluster:
         await cluster.refresh_discovery()
         controller_ref: list[Controller] = []
+        crds: list[SyncResources] = []
         manager = WatchManager(
             cluster.transport,
             cluster.discovery,
@@ -357,8 +373,21 @@ async def _run_controller(
             concurrency=settings.concurrency,
             after_reconcile=release_memory,
             tracing=tracing.tracing or NoTracing(),
+            on_change=lambda state: crds[0].on_change(state) if crds else None,
         )
         controller_ref.append(controller)
+        if settings.config is None:
+            crds.append(
+                SyncResources(
+                    controller=controller,
+                    client=KubeSyncResources(cluster.transport, cluster.discovery),
+                    parts=_CrdParts(cluster, cache),
+                    cluster=cluster,
+                    registry=registry,
+                    status_period_s=settings.status_period_s,
+                    event_window_s=settings.event_window_s,
+                )
+            )
         app = build_app(
             config.receivers,
             secrets=secrets,
@@ -388,9 +417,34 @@ async def _run_controller(
                     ) as port,
                 ):
                     await tasks.start(manager.run)
+
+                    async def crd_mode(
+                        *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+                    ) -> None:
+                        """CRD mode's writers: Sync status, finalizers, Events; and the Sync
+                        watch that feeds the controller. Only a leader runs them."""
+                        async with anyio.create_task_group() as crd_tasks:
+                            if crds:
+                                await crd_tasks.start(crds[0].run)
+                                syncs = watch_resources(
+                                    cluster.transport,
+                                    SYNCS,
+                                    namespace=settings.watch_namespace,
+                                    on_event=crds[0].on_event,
+                                )
+                                await crd_tasks.start(run_watch, syncs)
+                            task_status.started()
+
                     if elector is None:
                         await tasks.start(controller.run)
+                        await tasks.start(crd_mode)
                     else:
+
+                        async def work() -> None:
+                            async with anyio.create_task_group() as leading:
+                                await leading.start(controller.run)
+                                await leading.start(crd_mode)
+
                         standby = partial(
                             warm_watches,
                             inventories,
@@ -398,12 +452,16 @@ async def _run_controller(
                             every_s=_STANDBY_REFRESH_S,
                             on_warm=warm.set,
                         )
-                        tasks.start_soon(
-                            _lead, elector, controller.run, standby, tasks.cancel_scope, lost
-                        )
+                        tasks.start_soon(_lead, elector, work, standby, tasks.cancel_scope, lost)
                     logger.info(
                         "controller running",
-                        extra={"port": port, "ops_port": ops_port, "syncs": len(config.syncs)},
+                        extra={
+                            "port": port,
+                            "ops_port": ops_port,
+                            "syncs": len(controller.states),
+                            "mode": "file" if settings.config is not None else "crd",
+                            "watch_namespace": settings.watch_namespace or "(all)",
+                        },
                     )
                     task_status.started(Ports(webhooks=port, ops=ops_port))
                     async for received in signals:
@@ -470,6 +528,30 @@ def _leadership_view(elector: LeaseElector | None) -> dict[str, object]:
             "holder": elector.holder or None,
         }
     }
+
+
+class _CrdParts:
+    """``reactor.ports.SyncParts`` for CRD mode: Git credentials and verification keys are
+    read from the Sync's namespace at each use (``adapters.kube.resources.read_data``); the
+    inventory is a ConfigMap beside the Sync; a ``serviceAccountName`` is impersonated."""
+
+    def __init__(self, cluster: KubeCluster, cache: GitCache) -> None:
+        self._cluster = cluster
+        self._cache = cache
+
+    async def _read(self, ref: DataRef) -> Mapping[str, bytes] | None:
+        return await read_data(self._cluster.transport, ref)
+
+    def source(self, spec: SyncSpec) -> GitSource:
+        return self._cache.source(spec.source, data=self._read)
+
+    def inventory(self, namespace: str, name: str) -> ConfigMapInventoryStore:
+        return ConfigMapInventoryStore(self._cluster.transport, namespace=namespace, name=name)
+
+    def cluster(self, spec: SyncSpec) -> KubeCluster | None:
+        if spec.service_account is None:
+            return None
+        return self._cluster.impersonating(spec.service_account)
 
 
 def _sync_clusters(cluster: KubeCluster, config: ControllerConfig) -> dict[str, KubeCluster]:

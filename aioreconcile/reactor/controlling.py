@@ -206,6 +206,9 @@ class SyncState:
     # (sha, path) of a commit that lacks the sync's path: a commit never changes, so it is
     # reported once and not looked at again until another commit arrives.
     missing_path: tuple[str, str] | None = None
+    summary: str = ""  # the last reconcile's changes ("2 created, 1 configured"), for Events
+    pruned: int = 0  # objects the last reconcile pruned
+    last_healed: str = ""  # the last object healed and who changed it, for Events
     spec_changed: bool = False  # SpecChanged: reconcile even if the head is already applied
     reconciling: bool = False  # a ("sync", name) work item is running (``remove`` waits)
     idle: anyio.Event | None = None  # set when it ends
@@ -463,6 +466,9 @@ class Controller:
             state.spec = spec
             state.spec_changed = True
             state.health = None  # a wait for the old spec's objects no longer decides
+            if not spec.suspend:
+                # Not Ready until the new spec is applied (what dependsOn and status read).
+                state.reason, state.message = None, ""
         self._sources[name] = source
         if inventory is not None:
             self._inventories[name] = inventory
@@ -904,6 +910,10 @@ class Controller:
         self._metrics.reconcile_seconds.labels(sync=name).observe(seconds)
         self._metrics.objects.labels(sync=name).set(len(state.desired))
         totals = {a.value: n for a, n in outcome.changeset.totals().items() if n}
+        state.summary = ", ".join(
+            f"{n} {action}" for action, n in totals.items() if action != Action.UNCHANGED
+        )
+        state.pruned = sum(1 for e in outcome.pruned.entries if e.action is Action.DELETED)
         log = logger.info if outcome.ok else logger.warning
         log(
             "reconciled" if outcome.ok else "reconcile failed",
@@ -1154,6 +1164,8 @@ class Controller:
             raise RetryLater(f"heal of {ref} failed: {entry.error}")
         if entry.action not in (Action.UNCHANGED, Action.SKIPPED):
             state.heals += 1
+            writers = ", ".join(verdict.writers) or "unknown writer"
+            state.last_healed = f"{ref} ({entry.action.value}; changed by {writers})"
             self._metrics.heals.labels(sync=sync, result=entry.action.value).inc()
             self._changed(state)
 

@@ -8,6 +8,7 @@ from typing import Protocol
 from aioreconcile.engine.applying import ApplyOptions, ApplyResult
 from aioreconcile.engine.changes import TreeDiff
 from aioreconcile.engine.changeset import ChangeSet, ChangeSetEntry
+from aioreconcile.engine.config import SyncSpec
 from aioreconcile.engine.inventory import Inventory
 from aioreconcile.engine.model import JsonObject, Manifest, ObjectRef
 from aioreconcile.engine.sources import RenderSpec
@@ -150,3 +151,38 @@ class Elector(Protocol):
     async def release(self) -> bool:
         """Give leadership up at once so a standby need not wait for expiry; never raises."""
         ...
+
+
+class SyncResourceClient(Protocol):
+    """The Sync custom resources as CRD mode writes them: status, finalizer, Events, and what
+    a deleted Sync leaves behind. Every method raises AioreconcileError on failure."""
+
+    async def write_status(self, namespace: str, name: str, status: JsonObject) -> None:
+        """Merge-patch the status subresource (never the spec: no new generation)."""
+        ...
+
+    async def set_finalizer(self, namespace: str, name: str, *, present: bool) -> None: ...
+
+    async def record_event(self, namespace: str, name: str, event: JsonObject) -> None:
+        """Create an events.k8s.io/v1 Event regarding the Sync (``event``: reason, note,
+        type, action, series)."""
+        ...
+
+    async def release(self, refs: Sequence[ObjectRef], *, sync: str) -> int:
+        """Remove our labels from these objects (a Sync deleted with ``prune: false``), as
+        far as they still carry ``sync``'s label; returns how many were released."""
+        ...
+
+    async def delete_inventory(self, namespace: str, name: str) -> None: ...
+
+
+class SyncParts(Protocol):
+    """Builds what the controller needs for one sync (CRD mode): its Git source (credentials
+    read through the Kubernetes API), its inventory store and, with a service account, its
+    impersonating cluster."""
+
+    def source(self, spec: SyncSpec) -> GitSource: ...
+
+    def inventory(self, namespace: str, name: str) -> InventoryStore: ...
+
+    def cluster(self, spec: SyncSpec) -> Cluster | None: ...

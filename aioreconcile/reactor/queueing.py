@@ -194,7 +194,8 @@ class WorkQueue(Generic[K]):
                 task_status.started()
                 while True:
                     self._start_due(tg)
-                    delay = self._heap[0][0] - self._clock.now() if self._heap else None
+                    # The clock moved since _start_due read it: a key may be due already.
+                    delay = max(self._heap[0][0] - self._clock.now(), 0.0) if self._heap else None
                     await self._wait_for_change(delay)
         finally:
             self._started = False

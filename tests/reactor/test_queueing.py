@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from aioreconcile.engine.metrics import Registry
@@ -484,3 +485,36 @@ async def test_two_queues_share_a_registry_told_apart_by_name(
     text = registry.exposition()
     assert 'aioreconcile_queue_depth{queue="sources"} 1.0' in text
     assert 'aioreconcile_queue_depth{queue="objects"} 2.0' in text
+
+
+class SteppingClock:
+    """A clock that moves on at every reading, as a busy loop's does between two readings;
+    ``sleep`` refuses a negative delay, as ``anyio.sleep`` does."""
+
+    def __init__(self) -> None:
+        self.readings = itertools.count()
+
+    def now(self) -> float:
+        return next(self.readings) * 0.01
+
+    async def sleep(self, seconds: float) -> None:
+        if seconds < 0:
+            raise ValueError("delay must be a non-negative number")
+        await anyio.lowlevel.checkpoint()
+
+
+async def test_a_key_falling_due_between_two_clock_readings_never_means_a_negative_wait() -> None:
+    ran: list[str] = []
+
+    async def process(key: str) -> None:
+        ran.append(key)
+
+    queue: WorkQueue[str] = WorkQueue(process, clock=SteppingClock(), registry=Registry())
+    with anyio.fail_after(5):
+        async with running(queue):
+            # Due one reading after the dispatcher's "now": it is not started, and the next
+            # reading (for the wait) is already past it.
+            queue.put("a", delay_s=0.015)
+            while not ran:
+                await anyio.lowlevel.checkpoint()
+    assert ran == ["a"]

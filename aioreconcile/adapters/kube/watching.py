@@ -139,15 +139,17 @@ async def stream_events(
     resource_version: str,
     timeout_s: int = MIN_WATCH_TIMEOUT_S,
     read_timeout_s: float | None = WATCH_READ_TIMEOUT_S,
+    namespace: str = "",
 ) -> AsyncGenerator[RawEvent, None]:
-    """Events of one watch request across all namespaces, until the server ends it.
+    """Events of one watch request across all namespaces (or ``namespace``), until the server
+    ends it.
 
     Raises ``ResourceVersionExpired`` when ``resource_version`` is too old (410, as an ERROR
     event or as the response status), another ``ApiError`` for other ERROR events,
     ``ReadTimedOut`` when nothing (not even a bookmark) arrived for ``read_timeout_s``, and
     ``TransientError`` when the connection drops; a normal end (``timeoutSeconds``) just stops.
     """
-    path = resource.collection_path()
+    path = resource.collection_path(namespace)
     params = {
         "watch": "1",
         "allowWatchBookmarks": "true",
@@ -236,9 +238,11 @@ class KindWatch:
         read_timeout_s: float | None = WATCH_READ_TIMEOUT_S,
         page_size: int = LIST_PAGE_SIZE,
         stats: WatchStats | None = None,
+        namespace: str = "",
     ) -> None:
         self.transport = transport
         self.resource = resource
+        self.namespace = namespace  # "" for all namespaces
         self.on_event = on_event
         self.label_selector = label_selector
         self.emit_initial = emit_initial
@@ -330,6 +334,7 @@ class KindWatch:
             resource_version=self.resource_version,
             timeout_s=timeout_s,
             read_timeout_s=self.read_timeout_s,
+            namespace=self.namespace,
         )
         async with aclosing(stream) as events:
             async for event in events:
@@ -422,7 +427,7 @@ class KindWatch:
         Bodies of ``unchanged`` objects are dropped page by page, so a relist of many large
         objects holds only what it will emit. Sets ``resource_version`` to the listing's own.
         """
-        path = self.resource.collection_path()
+        path = self.resource.collection_path(self.namespace)
         versions: dict[ObjectRef, str] = {}
         bodies: dict[ObjectRef, JsonObject] = {}
         list_rv = ""
