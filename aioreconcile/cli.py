@@ -150,6 +150,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_leader_election_flags(run)
     _add_tracing_flags(run)
 
+    _add_sync_verbs(commands)
+
     status = commands.add_parser("status", help="print each sync's state from a running controller")
     status.add_argument(
         "--url",
@@ -641,6 +643,62 @@ def _run_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_sync_verbs(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """``reconcile|suspend|resume sync NAME [-n NS]``: verbs on Sync objects (CRD mode)."""
+    helps = {
+        "reconcile": "reconcile a Sync now and wait for the result (CRD mode)",
+        "suspend": "suspend a Sync: nothing is applied or healed until resumed (CRD mode)",
+        "resume": "resume a suspended Sync (CRD mode)",
+    }
+    for verb, text in helps.items():
+        command = commands.add_parser(verb, help=text, description=text)
+        command.add_argument("kind", choices=["sync"], help="what to act on")
+        command.add_argument("name")
+        command.add_argument("-n", "--namespace", default="default")
+        command.add_argument("--kubeconfig", type=Path, default=None)
+        command.add_argument("--context", default=None)
+        if verb == "reconcile":
+            command.add_argument(
+                "--timeout",
+                type=float,
+                default=300.0,
+                metavar="SECONDS",
+                help="how long to wait for the controller (default %(default)g)",
+            )
+
+
+def _run_sync_verb(args: argparse.Namespace) -> int:
+    cluster = runtime.ClusterSettings(kubeconfig=args.kubeconfig, context=args.context)
+    where = f"sync/{args.name} in {args.namespace}"
+    try:
+        if args.command != "reconcile":
+            suspend = args.command == "suspend"
+            anyio.run(
+                lambda: runtime.suspend_sync(cluster, args.namespace, args.name, suspend=suspend)
+            )
+            print(f"{where} {'suspended' if suspend else 'resumed'}")
+            return 0
+        result = anyio.run(
+            lambda: runtime.reconcile_sync(
+                cluster, args.namespace, args.name, timeout_s=args.timeout
+            )
+        )
+    except TimeoutError:
+        print(
+            f"aioreconcile reconcile: {where} was not reconciled within {args.timeout:g}s "
+            "(is the controller running in CRD mode, and the Sync not suspended?)",
+            file=sys.stderr,
+        )
+        return 3
+    except AioreconcileError as e:
+        print(f"aioreconcile {args.command}: {redact_text(str(e))}", file=sys.stderr)
+        return 2
+    print(f"{where}: Ready={result.ready} {result.reason}")
+    print(f"revision: {result.revision or '-'}")
+    print(redact_text(result.message))
+    return 0 if result.ready == "True" else 1
+
+
 def _add_trace_command(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     trace = commands.add_parser(
         "trace", help="find the trace of a commit in Jaeger and print its span tree"
@@ -723,6 +781,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_status(args)
     if args.command == "trace":
         return _run_trace(args)
+    if args.command in ("reconcile", "suspend", "resume"):
+        return _run_sync_verb(args)
     if args.command == "check-config":
         return _run_check_config(args.config)
     if args.command in ("apply", "diff"):

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -31,7 +32,9 @@ from aioreconcile.adapters.kube.leasing import LeaseElector
 from aioreconcile.adapters.kube.resources import (
     SYNCS,
     KubeSyncResources,
+    patch_sync,
     read_data,
+    read_sync,
     run_watch,
     watch_resources,
 )
@@ -53,6 +56,7 @@ from aioreconcile.engine.leadership import LeaseTimings
 from aioreconcile.engine.metrics import Registry
 from aioreconcile.engine.model import Manifest, ObjectRef
 from aioreconcile.engine.outcomes import SyncOutcome
+from aioreconcile.engine.resources import REQUESTED_AT_ANNOTATION
 from aioreconcile.engine.sources import RenderSpec
 from aioreconcile.reactor.controlling import Controller
 from aioreconcile.reactor.leading import lead, warm_watches
@@ -574,6 +578,59 @@ def _sync_clusters(cluster: KubeCluster, config: ControllerConfig) -> dict[str, 
     return clusters
 
 
+@dataclass(frozen=True)
+class SyncResult:
+    """What ``aioreconcile reconcile sync`` prints: the Sync's status once it handled the
+    request."""
+
+    ready: str  # the Ready condition's status: True, False or Unknown
+    reason: str
+    message: str
+    revision: str | None
+
+
+async def reconcile_sync(
+    settings: ClusterSettings,
+    namespace: str,
+    name: str,
+    *,
+    timeout_s: float,
+    poll_s: float = 0.5,
+    requested_at: str | None = None,
+) -> SyncResult:
+    """Ask the controller to reconcile a Sync now (the ``reconcile.aioreconcile.dev/requestedAt``
+    annotation, as ``flux reconcile`` sets Flux's) and wait until its status says it handled
+    that request. Raises TimeoutError after ``timeout_s``."""
+    value = requested_at or datetime.now(UTC).isoformat()
+    annotations = {REQUESTED_AT_ANNOTATION: value}
+    async with open_cluster(settings) as cluster:
+        await patch_sync(
+            cluster.transport, namespace, name, {"metadata": {"annotations": annotations}}
+        )
+        with anyio.fail_after(timeout_s):
+            while True:
+                status = (await read_sync(cluster.transport, namespace, name)).get("status") or {}
+                if status.get("lastHandledReconcileAt") == value:
+                    break
+                await anyio.sleep(poll_s)
+    conditions = [c for c in status.get("conditions") or [] if c.get("type") == "Ready"]
+    ready: dict[str, object] = conditions[0] if conditions else {}
+    return SyncResult(
+        ready=str(ready.get("status", "Unknown")),
+        reason=str(ready.get("reason", "")),
+        message=str(ready.get("message", "")),
+        revision=str(status["lastAppliedRevision"]) if status.get("lastAppliedRevision") else None,
+    )
+
+
+async def suspend_sync(
+    settings: ClusterSettings, namespace: str, name: str, *, suspend: bool
+) -> None:
+    """Set a Sync's ``spec.suspend`` (the controller sees the new generation at once)."""
+    async with open_cluster(settings) as cluster:
+        await patch_sync(cluster.transport, namespace, name, {"spec": {"suspend": suspend}})
+
+
 def tracing_settings(
     *,
     endpoint: str | None,
@@ -600,11 +657,14 @@ __all__ = [
     "ObjectDiff",
     "Ports",
     "RunSettings",
+    "SyncResult",
     "apply_directory",
     "default_sync_name",
     "diff_directory",
     "directory_revision",
+    "reconcile_sync",
     "release_memory",
     "run_controller",
+    "suspend_sync",
     "tracing_settings",
 ]

@@ -227,6 +227,10 @@ def sync_status(
             condition("Reconciling", "True", Reason.PROGRESSING.value, waiting),
         ]
     elif reason == Reason.SUCCEEDED.value:
+        # The last apply's change summary, for ``kubectl get`` and ``aioreconcile reconcile``.
+        changes = view.get("changes")
+        if isinstance(changes, str):
+            message = f"{message} ({changes or 'no changes'})"
         conditions = [condition("Ready", "True", reason, message)]
     elif reason in _RETRIED:
         conditions = [

@@ -227,6 +227,7 @@ class SyncState:
             "inventorySize": self.inventory_size,
             "objects": len(self.desired),
             "driftHeals": self.heals,
+            "changes": self.summary,
             "driftDetected": self.drifts_detected,
             "driftReported": self.drifts_reported,
             "driftFightPauses": self.fight_pauses,

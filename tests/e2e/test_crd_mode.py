@@ -4,6 +4,7 @@ smart-HTTP server with a password), the controller in-process watching the test'
 
 import base64
 import json
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -465,3 +466,47 @@ async def test_status_writes_do_not_trigger_reconciles(
         await anyio.sleep(3)
         assert await cluster.metric("aioreconcile_reconcile_total") == reconciles
         assert await cluster.metric("aioreconcile_sync_status_writes_total") == writes
+
+
+async def cli(kube: Kube, *args: str) -> tuple[int, str, str]:
+    done = await anyio.run_process(
+        [sys.executable, "-m", "aioreconcile", *args, "--kubeconfig", str(kube.kubeconfig)],
+        check=False,
+    )
+    return done.returncode, done.stdout.decode(), done.stderr.decode()
+
+
+async def test_reconcile_suspend_and_resume_verbs(
+    crds: Kube, namespace: str, upstream: MakeUpstream, git_daemon: str, tmp_path: Path
+) -> None:
+    repo = upstream("verbs")
+    repo.commit(config_maps(namespace, "verbs"))
+    async with crd_controller(crds, namespace, tmp_path) as cluster:
+        await cluster.apply(sync("verbs", namespace, git_daemon + "verbs.git"))
+        await cluster.wait_sync("verbs", ready())
+        newer = repo.commit(config_maps(namespace, "verbs", value="v2"))  # no poll for 1h
+
+        code, out, err = await cli(crds, "reconcile", "sync", "verbs", "-n", namespace)
+        assert code == 0, err
+        assert f"revision: {newer}" in out
+        assert "1 configured" in out
+        found = await cluster.get_sync("verbs")
+        handled = found["status"]["lastHandledReconcileAt"]
+        assert found["metadata"]["annotations"]["reconcile.aioreconcile.dev/requestedAt"] == handled
+
+        code, out, err = await cli(crds, "suspend", "sync", "verbs", "-n", namespace)
+        assert code == 0, err
+        assert (await cluster.get_sync("verbs"))["spec"]["suspend"] is True
+        code, _, err = await cli(
+            crds, "reconcile", "sync", "verbs", "-n", namespace, "--timeout", "3"
+        )
+        assert code == 3, err  # a suspended Sync handles no request
+        code, out, err = await cli(crds, "resume", "sync", "verbs", "-n", namespace)
+        assert code == 0, err
+        assert (await cluster.get_sync("verbs"))["spec"]["suspend"] is False
+        code, out, err = await cli(crds, "reconcile", "sync", "verbs", "-n", namespace)
+        assert code == 0, err
+
+        code, _, err = await cli(crds, "reconcile", "sync", "absent", "-n", namespace)
+        assert code == 2
+        assert "absent" in err

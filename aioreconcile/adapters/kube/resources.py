@@ -170,3 +170,16 @@ async def run_watch(
         await tasks.start(watch.run)
         await watch.synced.wait()
         task_status.started()
+
+
+async def read_sync(transport: KubeTransport, namespace: str, name: str) -> JsonObject:
+    return (await transport.request("GET", SYNCS.object_path(name, namespace))).body
+
+
+async def patch_sync(
+    transport: KubeTransport, namespace: str, name: str, patch: JsonObject
+) -> None:
+    """A merge patch of the Sync (spec or metadata; a missing Sync raises NotFoundError)."""
+    await transport.request(
+        "PATCH", SYNCS.object_path(name, namespace), body=patch, content_type=MERGE_PATCH
+    )
