@@ -30,6 +30,8 @@ from aioreconcile.adapters.kube.cluster import KubeCluster, ManagedKindsWatcher
 from aioreconcile.adapters.kube.inventories import ConfigMapInventoryStore
 from aioreconcile.adapters.kube.leasing import LeaseElector
 from aioreconcile.adapters.kube.resources import (
+    RECEIVERS,
+    SECRETS,
     SYNCS,
     KubeSyncResources,
     patch_sync,
@@ -44,13 +46,14 @@ from aioreconcile.adapters.serving.endpoints import build_ops_app
 from aioreconcile.adapters.serving.listening import ListenerLimits, serve
 from aioreconcile.adapters.telemetry.correlating import install_log_correlation
 from aioreconcile.adapters.telemetry.setup import TracingHandle, TracingSettings, start_tracing
-from aioreconcile.adapters.webhook.receiving import build_app, load_secret
+from aioreconcile.adapters.webhook.receiving import LiveReceivers, build_app, load_secret
 from aioreconcile.engine.applying import ApplyOptions
 from aioreconcile.engine.changeset import ChangeSetEntry
 from aioreconcile.engine.config import ControllerConfig, DataRef, SyncSpec
 from aioreconcile.engine.configuration import parse_config
 from aioreconcile.engine.diffing import unified_diff
 from aioreconcile.engine.errors import AioreconcileError, LeadershipLost
+from aioreconcile.engine.events import WatchEvent
 from aioreconcile.engine.inventory import Inventory, allow_prune, stale
 from aioreconcile.engine.leadership import LeaseTimings
 from aioreconcile.engine.metrics import Registry
@@ -60,7 +63,7 @@ from aioreconcile.engine.resources import REQUESTED_AT_ANNOTATION
 from aioreconcile.engine.sources import RenderSpec
 from aioreconcile.reactor.controlling import Controller
 from aioreconcile.reactor.leading import lead, warm_watches
-from aioreconcile.reactor.resources import SyncResources
+from aioreconcile.reactor.resources import ReceiverResources, SyncResources
 from aioreconcile.reactor.syncing import SyncRequest, sync_once
 from aioreconcile.reactor.tracing import CommitInfo, NoTracing
 
@@ -395,7 +398,7 @@ async def _run_controller(
         app = build_app(
             config.receivers,
             secrets=secrets,
-            syncs=lambda: config.syncs,
+            syncs=lambda: [state.spec for state in controller.states.values()],
             enqueue=controller.push,
             body_timeout_s=settings.limits.body_timeout_s,
             tracing=tracing.tracing,
@@ -425,18 +428,15 @@ async def _run_controller(
                     async def crd_mode(
                         *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
                     ) -> None:
-                        """CRD mode's writers: Sync status, finalizers, Events; and the Sync
-                        watch that feeds the controller. Only a leader runs them."""
+                        """CRD mode: the Sync, Receiver and Secret watches and their writers
+                        (status, finalizers, Events). With leader election only the leader
+                        runs them, so a standby serves no Receiver paths yet."""
                         async with anyio.create_task_group() as crd_tasks:
                             if crds:
-                                await crd_tasks.start(crds[0].run)
-                                syncs = watch_resources(
-                                    cluster.transport,
-                                    SYNCS,
-                                    namespace=settings.watch_namespace,
-                                    on_event=crds[0].on_event,
+                                routes = LiveReceivers(app)
+                                await _start_crd_mode(
+                                    crd_tasks, settings, cluster, crds[0], routes, registry
                                 )
-                                await crd_tasks.start(run_watch, syncs)
                             task_status.started()
 
                     if elector is None:
@@ -532,6 +532,40 @@ def _leadership_view(elector: LeaseElector | None) -> dict[str, object]:
             "holder": elector.holder or None,
         }
     }
+
+
+async def _start_crd_mode(
+    tasks: anyio.abc.TaskGroup,
+    settings: RunSettings,
+    cluster: KubeCluster,
+    syncs: SyncResources,
+    routes: LiveReceivers,
+    registry: Registry,
+) -> None:
+    """Watch Syncs, Receivers and Secrets (in ``watch_namespace`` or all) and act on them.
+    Secrets are watched so that a Receiver's rotated token moves its path at once and a sync
+    failing for want of a credential looks again as soon as it is fixed; their values are
+    read when used, never kept from the watch."""
+    receivers = ReceiverResources(
+        client=KubeSyncResources(cluster.transport, cluster.discovery),
+        routes=routes,
+        registry=registry,
+    )
+    await tasks.start(syncs.run)
+    await tasks.start(receivers.run)
+
+    def on_secret(event: WatchEvent) -> None:
+        syncs.on_secret(event.ref.namespace, event.ref.name)
+        receivers.on_secret(event.ref.namespace, event.ref.name)
+
+    namespace = settings.watch_namespace
+    for resource, on_event in (
+        (SYNCS, syncs.on_event),
+        (RECEIVERS, receivers.on_event),
+        (SECRETS, on_secret),
+    ):
+        watch = watch_resources(cluster.transport, resource, namespace=namespace, on_event=on_event)
+        await tasks.start(run_watch, watch)
 
 
 class _CrdParts:

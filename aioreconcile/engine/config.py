@@ -125,6 +125,7 @@ class SyncSpec:
     # CRD mode: the syncs (by their label value, ``resources.sync_identity``) that must be Ready
     # before this one is applied (Flux Kustomization ``dependsOn``).
     depends_on: tuple[str, ...] = ()
+    namespace: str | None = None  # CRD mode: the Sync's namespace (a Receiver's scope)
 
 
 class Provider(StrEnum):
@@ -153,6 +154,8 @@ class ReceiverSpec:
     max_body_bytes: int = 5 * 1024 * 1024
     syncs: tuple[str, ...] = ()
     selector: Mapping[str, str] = field(default_factory=dict)
+    # CRD mode: the Receiver's namespace; it triggers only Syncs of that namespace.
+    namespace: str | None = None
 
 
 @dataclass(frozen=True)

@@ -79,7 +79,10 @@ def tracks(ref: str, event: PushEvent) -> bool:
 
 def in_scope(receiver: ReceiverSpec, sync: SyncSpec) -> bool:
     """Whether ``receiver`` may trigger ``sync``: named in ``receiver.syncs``, or carrying every
-    label of ``receiver.selector``. A receiver that names nothing triggers nothing."""
+    label of ``receiver.selector``. A receiver that names nothing triggers nothing. A Receiver
+    resource (CRD mode) triggers only Syncs of its own namespace, as Flux's does."""
+    if receiver.namespace is not None and sync.namespace != receiver.namespace:
+        return False
     if sync.name in receiver.syncs:
         return True
     selector = receiver.selector

@@ -21,11 +21,20 @@ from dataclasses import replace
 from functools import partial
 from typing import Any, Final
 
-from aioreconcile.engine.config import AuthKind, DataRef, GitAuth, SyncSpec, VerifyMode
-from aioreconcile.engine.configuration import ConfigError, _Reader, _sync
+from aioreconcile.engine.config import (
+    AuthKind,
+    DataRef,
+    GitAuth,
+    Provider,
+    ReceiverSpec,
+    SyncSpec,
+    VerifyMode,
+)
+from aioreconcile.engine.configuration import ConfigError, _labels, _Reader, _sync
 from aioreconcile.engine.model import JsonObject
 from aioreconcile.engine.naming import DOMAIN
 from aioreconcile.engine.outcomes import Reason
+from aioreconcile.engine.receivers import WEBHOOK_PATH_PREFIX, webhook_path
 
 REQUESTED_AT_ANNOTATION: Final = f"reconcile.{DOMAIN}/requestedAt"
 FINALIZER: Final = f"{DOMAIN}/finalizer"
@@ -150,6 +159,7 @@ def sync_from_resource(obj: Mapping[str, Any]) -> SyncSpec:
     return replace(
         parsed,
         name=sync_identity(namespace, name),
+        namespace=namespace,
         source=replace(parsed.source, auth=auth, verify=verification),
         depends_on=depends,
     )
@@ -254,3 +264,78 @@ def sync_status(
 def status_changed(previous: Mapping[str, Any] | None, current: Mapping[str, Any]) -> bool:
     """Whether writing ``current`` would change anything the Sync's status shows."""
     return {k: (previous or {}).get(k) for k in current} != dict(current)
+
+
+def receiver_from_resource(obj: Mapping[str, Any], *, token: str) -> ReceiverSpec:
+    """The ``ReceiverSpec`` of a Receiver object whose Secret's ``token`` is ``token``.
+
+    Its name (the route's last path segment) is the digest of ``receivers.webhook_path``;
+    ``syncs`` become sync identities in the Receiver's namespace, and ``namespace`` keeps a
+    selector inside it. ``matchExpressions`` are refused, not ignored: the model has
+    ``matchLabels`` only (a receiver must never trigger more than it says)."""
+    namespace, name = _metadata(obj)
+    reader = _Reader()
+    spec = reader.mapping(
+        obj.get("spec"), "spec", {"provider", "secretRef", "syncs", "selector", "maxBodyBytes"}
+    )
+    provider = reader.choice(spec, "spec", "provider", Provider, Provider.GENERIC_HMAC)
+    if "provider" not in spec:
+        reader.fail("spec.provider", "required")
+    max_body = reader.field(spec, "spec", "maxBodyBytes", int, 5 * 1024 * 1024) or 0
+    if max_body <= 0:
+        reader.fail("spec.maxBodyBytes", "must be positive")
+    names = reader.field(spec, "spec", "syncs", list) or []
+    syncs: list[str] = []
+    for index, item in enumerate(names):
+        if isinstance(item, str):
+            syncs.append(sync_identity(namespace, item))
+        else:
+            reader.fail(f"spec.syncs[{index}]", "must be a Sync name")
+    selector_data = reader.mapping(
+        spec.get("selector"), "spec.selector", {"matchLabels", "matchExpressions"}
+    )
+    if selector_data.get("matchExpressions"):
+        reader.fail(
+            "spec.selector.matchExpressions",
+            "not supported yet: select Syncs with matchLabels or name them in syncs",
+        )
+    selector = _labels(reader, selector_data.get("matchLabels"), "spec.selector.matchLabels")
+    if not syncs and not selector:
+        reader.fail("spec", "names no Syncs: set syncs or selector.matchLabels")
+    if reader.problems:
+        raise ConfigError(f"Receiver {namespace}/{name}", reader.problems)
+    path = webhook_path(name, namespace, token=token)
+    return ReceiverSpec(
+        name=path.removeprefix(WEBHOOK_PATH_PREFIX),
+        provider=provider,
+        max_body_bytes=max_body,
+        syncs=tuple(syncs),
+        selector=selector,
+        namespace=namespace,
+    )
+
+
+def receiver_status(
+    *,
+    generation: int,
+    path: str | None,
+    problem: str | None,
+    reason: str,
+    previous: Mapping[str, Any] | None,
+    now: str,
+) -> JsonObject:
+    """A Receiver's status: Ready True with its path, or False with why it is not served."""
+    before = {
+        str(c.get("type")): c
+        for c in (previous or {}).get("conditions") or []
+        if isinstance(c, Mapping)
+    }
+    message = f"serving {path}" if problem is None else problem
+    status = "True" if problem is None else "False"
+    ready = _condition(
+        "Ready", status, reason, message, generation=generation, now=now, previous=before
+    )
+    result: JsonObject = {"observedGeneration": generation, "conditions": [ready]}
+    if path is not None:
+        result["webhookPath"] = path
+    return result

@@ -1,14 +1,14 @@
 """What the reactor needs from the outside world, as Protocols. Adapters implement them; the
 composition root passes them in; unit tests pass fakes through the same constructors."""
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
 from aioreconcile.engine.applying import ApplyOptions, ApplyResult
 from aioreconcile.engine.changes import TreeDiff
 from aioreconcile.engine.changeset import ChangeSet, ChangeSetEntry
-from aioreconcile.engine.config import SyncSpec
+from aioreconcile.engine.config import DataRef, ReceiverSpec, SyncSpec
 from aioreconcile.engine.inventory import Inventory
 from aioreconcile.engine.model import JsonObject, Manifest, ObjectRef
 from aioreconcile.engine.sources import RenderSpec
@@ -174,6 +174,22 @@ class SyncResourceClient(Protocol):
         ...
 
     async def delete_inventory(self, namespace: str, name: str) -> None: ...
+
+    async def write_receiver_status(
+        self, namespace: str, name: str, status: JsonObject
+    ) -> None: ...
+
+    async def read_data(self, ref: DataRef) -> Mapping[str, bytes] | None:
+        """A Secret's or ConfigMap's data now (None: it does not exist)."""
+        ...
+
+
+class ReceiverRoutes(Protocol):
+    """The webhook listener's table of receivers, changed while it serves."""
+
+    def serve(self, key: str, spec: ReceiverSpec, secret: bytes) -> None: ...
+
+    def stop(self, key: str) -> None: ...
 
 
 class SyncParts(Protocol):

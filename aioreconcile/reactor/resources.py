@@ -36,24 +36,28 @@ import anyio.abc
 
 from aioreconcile.engine.applying import ApplyOptions
 from aioreconcile.engine.changeset import Action
+from aioreconcile.engine.config import DataRef
 from aioreconcile.engine.configuration import ConfigError
 from aioreconcile.engine.errors import AioreconcileError
 from aioreconcile.engine.events import EventType, WatchEvent
 from aioreconcile.engine.metrics import Counter, Registry
 from aioreconcile.engine.model import JsonObject, ObjectRef
 from aioreconcile.engine.outcomes import Reason
+from aioreconcile.engine.receivers import WEBHOOK_PATH_PREFIX
 from aioreconcile.engine.redaction import redact_text
 from aioreconcile.engine.resources import (
     FINALIZER,
     REQUESTED_AT_ANNOTATION,
     inventory_name,
+    receiver_from_resource,
+    receiver_status,
     status_changed,
     sync_from_resource,
     sync_identity,
     sync_status,
 )
 from aioreconcile.reactor.controlling import Controller, SyncState
-from aioreconcile.reactor.ports import Cluster, SyncParts, SyncResourceClient
+from aioreconcile.reactor.ports import Cluster, ReceiverRoutes, SyncParts, SyncResourceClient
 from aioreconcile.reactor.queueing import WorkQueue
 
 logger = logging.getLogger(__name__)
@@ -153,6 +157,18 @@ class SyncResources:
         known = self._syncs.get(key)
         if known is None or known.signature != _signature(event.object):
             self.queue.put(key)
+
+    def on_secret(self, namespace: str, name: str) -> None:
+        """A Secret or ConfigMap changed: a sync that uses it and is not Ready looks again now
+        (the value itself is read at the next call anyway; this only saves the backoff)."""
+        for key, sync in self._syncs.items():
+            state = self.controller.states.get(sync.identity)
+            if key[0] != namespace or state is None or state.reason == Reason.SUCCEEDED:
+                continue
+            source = state.spec.source
+            used = {r.name for r in (source.auth.secret, source.verify.keys) if r is not None}
+            if name in used:
+                self.controller.poll(sync.identity)
 
     def on_change(self, state: SyncState) -> None:
         """The controller recorded something for a sync: its status and Events are due."""
@@ -425,4 +441,92 @@ def _signature(obj: JsonObject) -> tuple[object, ...]:
     )
 
 
-__all__ = ["EVENT_WINDOW_S", "STATUS_PERIOD_S", "SyncResources"]
+@dataclass
+class _Receiver:
+    generation: int = 0
+    secret: str = ""  # the name of its Secret
+    written: JsonObject | None = None
+
+
+@dataclass
+class ReceiverResources:
+    """Serves each Receiver object at its derived path (``/hooks/<sha256>``) and writes the
+    path and a Ready condition into its status. Its token is read from its Secret when the
+    Receiver or that Secret changes (``on_secret``), so a rotated token moves the path at once.
+    A Receiver without its Secret, or with a spec the model refuses, is not served."""
+
+    client: SyncResourceClient
+    routes: ReceiverRoutes
+    registry: Registry
+    _latest: dict[Key, JsonObject | None] = field(default_factory=dict)
+    _known: dict[Key, _Receiver] = field(default_factory=dict)
+    queue: WorkQueue[Key] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.queue = WorkQueue(self._process, registry=self.registry, name="receivers")
+
+    def on_event(self, event: WatchEvent) -> None:
+        key = (event.ref.namespace, event.ref.name)
+        body = None if event.type is EventType.DELETED else event.object
+        self._latest[key] = body
+        known = self._known.get(key)
+        generation = ((body or {}).get("metadata") or {}).get("generation")
+        if body is None or known is None or known.generation != generation:
+            self.queue.put(key)  # a status write of ours keeps the generation: ignored
+
+    def on_secret(self, namespace: str, name: str) -> None:
+        for key, known in self._known.items():
+            if key[0] == namespace and known.secret == name:
+                self.queue.put(key)
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        await self.queue.run(task_status=task_status)
+
+    async def _process(self, key: Key) -> None:
+        namespace, name = key
+        route = f"{namespace}/{name}"
+        obj = self._latest.get(key)
+        if obj is None:
+            self.routes.stop(route)
+            self._known.pop(key, None)
+            self._latest.pop(key, None)
+            return
+        known = self._known.setdefault(key, _Receiver(written=obj.get("status") or None))
+        known.generation = int((obj.get("metadata") or {}).get("generation") or 0)
+        secret_ref = (obj.get("spec") or {}).get("secretRef") or {}
+        known.secret = str(secret_ref.get("name") or "")
+        data = await self.client.read_data(DataRef("Secret", namespace, known.secret))
+        token = (data or {}).get("token")
+        path: str | None = None
+        problem: str | None = None
+        if not token:
+            reason = "SecretNotFound"
+            problem = f"the Secret {namespace}/{known.secret} has no token: not served"
+        else:
+            try:
+                spec = receiver_from_resource(obj, token=token.decode("utf-8", "replace"))
+            except ConfigError as e:
+                reason, problem = "InvalidSpec", str(e)
+            else:
+                reason, path = "Succeeded", f"{WEBHOOK_PATH_PREFIX}{spec.name}"
+                self.routes.serve(route, spec, token)
+                logger.info("receiver served", extra={"receiver": route, "path": path})
+        if problem is not None:
+            self.routes.stop(route)
+            logger.warning("receiver not served", extra={"receiver": route, "error": problem})
+        status = receiver_status(
+            generation=known.generation,
+            path=path,
+            problem=problem,
+            reason=reason,
+            previous=known.written,
+            now=_now(),
+        )
+        if status_changed(known.written, status):
+            await self.client.write_receiver_status(namespace, name, status)
+            known.written = status
+
+
+__all__ = ["EVENT_WINDOW_S", "STATUS_PERIOD_S", "ReceiverResources", "SyncResources"]

@@ -3,6 +3,8 @@ installed in the real apiserver, Syncs applied and read with kubectl, a real git
 smart-HTTP server with a password), the controller in-process watching the test's namespace."""
 
 import base64
+import hashlib
+import hmac
 import json
 import sys
 import time
@@ -20,6 +22,7 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
 from aioreconcile import runtime
+from aioreconcile.engine.receivers import webhook_path
 from aioreconcile.testing.pytest_plugin import Kube
 from tests.git.conftest import HttpGit, Upstream, git_http
 
@@ -91,11 +94,10 @@ class Cluster:
     core: Any
     custom: Any
     ops_port: int
+    port: int  # webhooks
 
     async def apply(self, *docs: dict[str, Any]) -> None:
-        await kubectl(
-            self.kube, "apply", "-f", "-", stdin="\n---\n".join(json.dumps(d) for d in docs)
-        )
+        await kubectl(self.kube, "apply", "-f", "-", stdin=yaml.safe_dump_all(docs))
 
     async def get_sync(self, name: str) -> dict[str, Any]:
         found: dict[str, Any] = await self.custom.get_namespaced_custom_object(
@@ -190,6 +192,7 @@ async def crd_controller(
             client.CoreV1Api(kube.api),
             client.CustomObjectsApi(kube.api),
             ports.ops,
+            ports.webhooks,
         )
         tasks.cancel_scope.cancel()
 
@@ -510,3 +513,108 @@ async def test_reconcile_suspend_and_resume_verbs(
         code, _, err = await cli(crds, "reconcile", "sync", "absent", "-n", namespace)
         assert code == 2
         assert "absent" in err
+
+
+def token_secret(namespace: str, token: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "hook-token", "namespace": namespace},
+        "data": {"token": base64.b64encode(token.encode()).decode()},
+    }
+
+
+def receiver(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "Receiver",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"provider": "github", "secretRef": {"name": "hook-token"}, **spec},
+    }
+
+
+async def deliver(port: int, path: str, token: str, url: str, sha: str) -> tuple[int, Any]:
+    body = json.dumps(
+        {
+            "ref": "refs/heads/main",
+            "before": "0" * 40,
+            "after": sha,
+            "repository": {"clone_url": url, "html_url": url},
+            "head_commit": {"id": sha, "message": "change"},
+            "commits": [],
+        }
+    ).encode()
+    signature = hmac.new(token.encode(), body, hashlib.sha256).hexdigest()
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"http://127.0.0.1:{port}{path}",
+            data=body,
+            headers={
+                "X-GitHub-Event": "push",
+                "X-GitHub-Delivery": f"d-{time.time()}",
+                "X-Hub-Signature-256": f"sha256={signature}",
+                "Content-Type": "application/json",
+            },
+        ) as response,
+    ):
+        return response.status, await response.json()
+
+
+async def test_receivers_are_served_at_their_derived_path_and_trigger_only_their_syncs(
+    crds: Kube, namespace: str, upstream: MakeUpstream, git_daemon: str, tmp_path: Path
+) -> None:
+    repo = upstream("hooked")
+    sha = repo.commit(config_maps(namespace, "hooked"))
+    url = git_daemon + "hooked.git"
+    token = "hook-t0ken-1"
+    async with crd_controller(crds, namespace, tmp_path) as cluster:
+        await cluster.apply(token_secret(namespace, token))
+        web, other = sync("web", namespace, url), sync("other", namespace, url)
+        web["metadata"]["labels"] = {"tier": "web"}
+        await cluster.apply(web, other, sync("api", namespace, url))
+        await cluster.apply(
+            receiver("named", namespace, syncs=["api"]),
+            receiver("selected", namespace, selector={"matchLabels": {"tier": "web"}}),
+        )
+        paths: dict[str, str] = {}
+        for name in ("named", "selected"):
+            with anyio.fail_after(30):
+                while True:
+                    found = await cluster.custom.get_namespaced_custom_object(
+                        GROUP, VERSION, namespace, "receivers", name
+                    )
+                    status = found.get("status") or {}
+                    if status.get("webhookPath") and status.get("observedGeneration") == 1:
+                        break
+                    await anyio.sleep(0.2)
+            paths[name] = status["webhookPath"]
+            assert paths[name] == webhook_path(name, namespace, token=token)
+            assert status["conditions"][0]["status"] == "True"
+        table = await kubectl(crds, "get", "receivers", "-n", namespace)
+        assert paths["named"] in table
+
+        code, answer = await deliver(cluster.port, paths["named"], token, url, sha)
+        assert code == 202, answer
+        assert answer["triggered"] == [f"{namespace}.api"]
+        code, answer = await deliver(cluster.port, paths["selected"], token, url, sha)
+        assert code == 202, answer
+        assert answer["triggered"] == [f"{namespace}.web"]
+        code, _ = await deliver(cluster.port, "/hooks/named", token, url, sha)
+        assert code == 404  # never by name
+
+        # A rotated token moves the path; the old one stops answering.
+        rotated = "hook-t0ken-2"
+        await cluster.apply(token_secret(namespace, rotated))
+        moved = webhook_path("named", namespace, token=rotated)
+        with anyio.fail_after(30):
+            while (
+                await cluster.custom.get_namespaced_custom_object(
+                    GROUP, VERSION, namespace, "receivers", "named"
+                )
+            )["status"]["webhookPath"] != moved:
+                await anyio.sleep(0.2)
+        code, _ = await deliver(cluster.port, paths["named"], token, url, sha)
+        assert code == 404
+        code, answer = await deliver(cluster.port, moved, rotated, url, sha)
+        assert code == 202, answer

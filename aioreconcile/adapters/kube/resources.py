@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 SYNCS: Final = Resource(API_GROUP, "v1alpha1", "Sync", "syncs", namespaced=True)
 RECEIVERS: Final = Resource(API_GROUP, "v1alpha1", "Receiver", "receivers", namespaced=True)
+SECRETS: Final = Resource("", "v1", "Secret", "secrets", namespaced=True)
 REPORTING_CONTROLLER: Final = f"{API_GROUP}/controller"
 
 
@@ -151,6 +152,18 @@ class KubeSyncResources:
                 continue
             released += 1
         return released
+
+    async def write_receiver_status(self, namespace: str, name: str, status: JsonObject) -> None:
+        path = RECEIVERS.object_path(name, namespace) + "/status"
+        try:
+            await self._transport.request(
+                "PATCH", path, body={"status": status}, content_type=MERGE_PATCH
+            )
+        except NotFoundError:
+            return
+
+    async def read_data(self, ref: DataRef) -> Mapping[str, bytes] | None:
+        return await read_data(self._transport, ref)
 
     async def delete_inventory(self, namespace: str, name: str) -> None:
         try:

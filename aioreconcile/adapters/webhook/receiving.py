@@ -146,7 +146,7 @@ class _Receiver:
 
 @dataclass(frozen=True)
 class _Hooks:
-    receivers: Mapping[str, _Receiver]
+    receivers: dict[str, _Receiver]  # by route name; CRD mode changes it while serving
     syncs: Callable[[], Iterable[SyncSpec]]
     enqueue: Callable[[Push], None]
     deliveries: DeliveryLog
@@ -214,6 +214,29 @@ def build_app(
     app[HOOKS] = _Hooks(table, syncs, enqueue, log, body_timeout_s, tracing or NoRequestTracing())
     app.router.add_post(ROUTE, _traced)
     return app
+
+
+class LiveReceivers:
+    """The receivers of a running app, changed as Receiver resources come and go (CRD mode).
+
+    Keyed by the Receiver's ``namespace/name``: a rotated token moves its route (the route
+    name is the digest of its path), and the old route stops answering at once."""
+
+    def __init__(self, app: web.Application) -> None:
+        self._table = app[HOOKS].receivers
+        self._routes: dict[str, str] = {}  # namespace/name -> route name
+
+    def serve(self, key: str, spec: ReceiverSpec, secret: bytes) -> None:
+        if not secret:
+            raise SecretError(f"receiver {key} has no secret")
+        self.stop(key)
+        self._table[spec.name] = _Receiver(spec, secret)
+        self._routes[key] = spec.name
+
+    def stop(self, key: str) -> None:
+        route = self._routes.pop(key, None)
+        if route is not None:
+            self._table.pop(route, None)
 
 
 def _answer(
