@@ -1,14 +1,25 @@
 """A Sync custom resource becomes the same SyncSpec as the file format, through the same rules;
 its identity is a valid label value; its status follows the sync's state (kstatus)."""
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
-from aioreconcile.engine.config import AuthKind, DataRef, ServiceAccountRef, VerifyMode
+from aioreconcile.engine.config import (
+    AuthKind,
+    DataRef,
+    GitSourceSpec,
+    ServiceAccountRef,
+    SyncSpec,
+    VerifyMode,
+)
 from aioreconcile.engine.configuration import ConfigError, parse_config
+from aioreconcile.engine.matching import in_scope
 from aioreconcile.engine.naming import is_valid_label_value
+from aioreconcile.engine.receivers import webhook_path
 from aioreconcile.engine.resources import (
+    receiver_from_resource,
     status_changed,
     sync_from_resource,
     sync_identity,
@@ -48,7 +59,7 @@ def test_a_sync_resource_and_the_file_entry_give_the_same_spec() -> None:
     from_crd = sync_from_resource(sync({"source": source, **shared}))
     assert from_crd.name == "team.shop"
     assert from_crd.source.interval_s == 90.0
-    assert from_crd == type(from_file)(**{**from_file.__dict__, "name": "team.shop"})
+    assert from_crd == replace(from_file, name="team.shop", namespace="team")
 
 
 def test_secrets_and_keys_are_references_into_the_syncs_namespace() -> None:
@@ -163,3 +174,39 @@ def test_an_unchanged_state_gives_an_equal_status_and_nothing_to_write() -> None
     )
     assert status_changed(first, failed)
     assert failed["conditions"][0]["lastTransitionTime"] == LATER
+
+
+def receiver(spec: dict[str, Any]) -> dict[str, Any]:
+    return {"metadata": {"name": "hooks", "namespace": "team"}, "spec": spec}
+
+
+def test_a_receiver_resource_is_routed_by_its_derived_path_and_scoped_to_its_namespace() -> None:
+    spec = receiver_from_resource(
+        receiver(
+            {
+                "provider": "github",
+                "secretRef": {"name": "t"},
+                "syncs": ["shop"],
+                "selector": {"matchLabels": {"tier": "web"}},
+            }
+        ),
+        token="s3cret",
+    )
+    assert f"/hooks/{spec.name}" == webhook_path("hooks", "team", token="s3cret")
+    assert spec.syncs == ("team.shop",)
+    assert spec.selector == {"tier": "web"}
+    mine = SyncSpec(
+        name="team.x", source=GitSourceSpec(url="u"), labels={"tier": "web"}, namespace="team"
+    )
+    theirs = replace(mine, name="other.x", namespace="other")
+    assert in_scope(spec, mine)
+    assert not in_scope(spec, theirs)  # same labels, another namespace
+
+
+def test_receiver_match_expressions_are_refused_not_ignored() -> None:
+    selector = {"matchExpressions": [{"key": "tier", "operator": "Exists"}]}
+    with pytest.raises(ConfigError, match=r"spec.selector.matchExpressions: not supported"):
+        receiver_from_resource(
+            receiver({"provider": "github", "secretRef": {"name": "t"}, "selector": selector}),
+            token="x",
+        )
