@@ -72,8 +72,8 @@ def _parser() -> argparse.ArgumentParser:
         "--config",
         type=Path,
         default=None,
-        help="syncs and receivers (YAML); without it the controller runs in CRD mode: its syncs "
-        "are the Sync objects of the cluster",
+        help="syncs and receivers (YAML) (default: none: the controller runs in CRD mode, its "
+        "syncs are the Sync objects of the cluster)",
     )
     run.add_argument(
         "--watch-namespace",
@@ -126,8 +126,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--namespace",
         default="default",
-        help="file mode: where inventories of the syncs are kept (default: %(default)s; CRD "
-        "mode: beside each Sync)",
+        help="file mode: where inventories of the syncs are kept (default: %(default)s); CRD "
+        "mode keeps them beside each Sync",
     )
     run.add_argument(
         "--cache-dir",
@@ -653,10 +653,19 @@ def _add_sync_verbs(commands: "argparse._SubParsersAction[argparse.ArgumentParse
     for verb, text in helps.items():
         command = commands.add_parser(verb, help=text, description=text)
         command.add_argument("kind", choices=["sync"], help="what to act on")
-        command.add_argument("name")
-        command.add_argument("-n", "--namespace", default="default")
-        command.add_argument("--kubeconfig", type=Path, default=None)
-        command.add_argument("--context", default=None)
+        command.add_argument("name", help="the Sync's name")
+        command.add_argument(
+            "-n", "--namespace", default="default", help="its namespace (default: %(default)s)"
+        )
+        command.add_argument(
+            "--kubeconfig",
+            type=Path,
+            default=None,
+            help="kubeconfig file (default: $KUBECONFIG, else ~/.kube/config, else in-cluster)",
+        )
+        command.add_argument(
+            "--context", default=None, help="kubeconfig context (default: its current-context)"
+        )
         if verb == "reconcile":
             command.add_argument(
                 "--timeout",
