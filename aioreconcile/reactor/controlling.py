@@ -42,7 +42,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Final
@@ -460,6 +460,9 @@ class Controller:
         name = spec.name
         state = self.states.get(name)
         if state is not None and state.spec == spec:
+            return
+        if state is not None and replace(state.spec, labels=spec.labels) == spec:
+            state.spec = spec  # only who may trigger it changed (a Receiver's selector)
             return
         if state is None:
             state = self.states[name] = SyncState(spec)

@@ -197,7 +197,7 @@ class SyncResources:
         while True:
             self._wake = anyio.Event()
             if not self._dirty and not self._events_due():
-                with anyio.move_on_after(self.event_window_s):
+                with anyio.move_on_after(self._next_event_in()):
                     await self._wake.wait()
             dirty, self._dirty = self._dirty, set()
             for key in dirty:
@@ -379,6 +379,16 @@ class SyncResources:
             p.count and (p.last_sent is None or now - p.last_sent >= self.event_window_s)
             for p in self._events.values()
         )
+
+    def _next_event_in(self) -> float:
+        """Seconds until the first counted Event's window ends (a window if none waits)."""
+        now = self.clock()
+        waits = [
+            p.last_sent + self.event_window_s - now
+            for p in self._events.values()
+            if p.count and p.last_sent is not None
+        ]
+        return max(min(waits, default=self.event_window_s), 0.0)
 
     async def _send_events(self) -> None:
         now = self.clock()

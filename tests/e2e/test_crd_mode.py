@@ -266,6 +266,9 @@ async def test_live_edit_suspend_and_resume_take_effect_without_restart(
         await cluster.wait_sync("live", ready(sha))
         assert await cluster.config_map("second") is not None
         assert await cluster.config_map("first") is None
+        with anyio.fail_after(30):
+            while not [e for e in await cluster.events("live") if e["reason"] == "Pruned"]:
+                await anyio.sleep(0.2)
 
         # Suspend: a new commit is not applied, even when asked.
         await cluster.apply(
@@ -384,6 +387,12 @@ async def test_a_rotated_git_password_is_used_without_restart_and_never_shown(
         )
         failed = await cluster.wait_sync("private", reason("FetchFailed"))
         assert wrong not in json.dumps(failed)
+        with anyio.fail_after(30):
+            while not [e for e in await cluster.events("private") if e["reason"] == "FetchFailed"]:
+                await anyio.sleep(0.2)
+        (event,) = [e for e in await cluster.events("private") if e["reason"] == "FetchFailed"]
+        assert event["type"] == "Warning"
+        assert "private.git" in event["note"]
         await cluster.apply(secret(git_http.password))
         found = await cluster.wait_sync("private", ready(sha))  # retried with backoff
         text = json.dumps(found) + json.dumps(await cluster.events("private"))

@@ -3,13 +3,13 @@
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
 
 from aioreconcile.adapters.git import GitCache, GitSource, VerificationError
-from aioreconcile.engine.config import CommitVerification, GitSourceSpec, VerifyMode
+from aioreconcile.engine.config import CommitVerification, DataRef, GitSourceSpec, VerifyMode
 from tests.git.conftest import Upstream
 
 MakeUpstream = Callable[[str], Upstream]
@@ -146,3 +146,75 @@ async def test_gpg_signed_commit_verifies_only_with_its_key(
     else:
         with pytest.raises(VerificationError, match="failed gpg signature verification"):
             await src.verify(sha)
+
+
+KEYS = DataRef("ConfigMap", "team", "release-keys")
+
+
+class KeysByReference:
+    """A Secret's or ConfigMap's data, as the Kubernetes adapter reads it at each use."""
+
+    def __init__(self, data: dict[str, bytes] | None) -> None:
+        self.data = data
+        self.reads = 0
+
+    async def __call__(self, ref: DataRef) -> Mapping[str, bytes] | None:
+        assert ref == KEYS
+        self.reads += 1
+        return self.data
+
+
+def referenced_source(
+    cache: GitCache, url: str, mode: VerifyMode, keys: KeysByReference
+) -> GitSource:
+    verify = CommitVerification(mode=mode, keys=KEYS)
+    return cache.source(GitSourceSpec(url=url, verify=verify), data=keys)
+
+
+async def test_ssh_allowed_signers_by_reference_are_read_at_each_verification(
+    upstream: MakeUpstream, git_daemon: str, cache: GitCache, ssh_keys: tuple[Path, Path]
+) -> None:
+    trusted, stranger = ssh_keys
+    sha = upstream("app").commit({"a.txt": "a\n"}, sign=ssh_signing(trusted))
+    only_stranger = allowed_signers(stranger.parent / "s", stranger).read_bytes()
+    keys = KeysByReference({"allowed_signers": only_stranger})
+    src = referenced_source(cache, git_daemon + "app.git", VerifyMode.SSH, keys)
+    await src.fetch(sha)
+    with pytest.raises(VerificationError):
+        await src.verify(sha)
+    keys.data = {"allowed_signers": allowed_signers(trusted.parent / "t", trusted).read_bytes()}
+    await src.verify(sha)  # the rotated keys, without a new source
+    assert keys.reads == 2
+
+
+async def test_gpg_keys_by_reference_one_armored_key_per_data_key(
+    upstream: MakeUpstream, git_daemon: str, cache: GitCache, gpg_homes: tuple[Path, Path]
+) -> None:
+    trusted, stranger = gpg_homes
+    sign, env = gpg_signing(trusted)
+    sha = upstream("app").commit({"a.txt": "a\n"}, sign=sign, env=env)
+    keys = KeysByReference(
+        {
+            "a-stranger.asc": gpg(stranger, "--armor", "--export"),
+            "b-trusted.asc": gpg(trusted, "--armor", "--export"),
+        }
+    )
+    src = referenced_source(cache, git_daemon + "app.git", VerifyMode.GPG, keys)
+    await src.fetch(sha)
+    await src.verify(sha)  # found among several keys
+
+
+@pytest.mark.parametrize("data", [None, {}, {"other": b"x"}])
+async def test_missing_keys_by_reference_fail_verification_naming_the_object(
+    upstream: MakeUpstream,
+    git_daemon: str,
+    cache: GitCache,
+    ssh_keys: tuple[Path, Path],
+    data: dict[str, bytes] | None,
+) -> None:
+    trusted, _ = ssh_keys
+    sha = upstream("app").commit({"a.txt": "a\n"}, sign=ssh_signing(trusted))
+    src = referenced_source(cache, git_daemon + "app.git", VerifyMode.SSH, KeysByReference(data))
+    await src.fetch(sha)
+    with pytest.raises(VerificationError, match="ConfigMap team/release-keys"):
+        await src.verify(sha)

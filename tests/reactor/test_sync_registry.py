@@ -178,3 +178,16 @@ async def test_a_sync_waits_for_the_syncs_it_depends_on() -> None:
         made.upsert(replace(spec("ns.base", path="base"), prune=False), source=base, inventory=None)
         await until(lambda: made.states["ns.app"].reason == Reason.SUCCEEDED)
     assert renderer.rendered == ["base", "app"]
+
+
+async def test_a_label_change_alone_reapplies_nothing() -> None:
+    cluster, renderer = FakeCluster(), ByDirectory()
+    async with running(cluster, renderer) as made:
+        made.upsert(spec("ns.app"), source=source(), inventory=None)
+        await until(lambda: made.states["ns.app"].reason == Reason.SUCCEEDED)
+        made.upsert(spec("ns.app", labels={"tier": "web"}), source=source(), inventory=None)
+        await anyio.sleep(0.05)
+        state = made.states["ns.app"]
+    assert renderer.rendered == ["one"]
+    assert state.reason == Reason.SUCCEEDED
+    assert state.spec.labels == {"tier": "web"}
