@@ -36,7 +36,7 @@ import anyio.abc
 
 from aioreconcile.engine.applying import ApplyOptions
 from aioreconcile.engine.changeset import Action
-from aioreconcile.engine.config import DataRef
+from aioreconcile.engine.config import DataRef, GitSourceSpec, ServiceAccountRef, SyncSpec
 from aioreconcile.engine.configuration import ConfigError
 from aioreconcile.engine.errors import AioreconcileError
 from aioreconcile.engine.events import EventType, WatchEvent
@@ -292,10 +292,9 @@ class SyncResources:
             refs |= set(stored.entries)
         ordered = sorted(refs, key=str)
         if prune:
-            cluster = self.cluster
-            if state is not None:
-                cluster = self.parts.cluster(state.spec) or self.cluster
-            options = ApplyOptions(sync=identity, revision=state.revision or "" if state else "")
+            cluster = self._cluster_of(key, obj, state)
+            revision = (state.revision if state is not None else None) or ""
+            options = ApplyOptions(sync=identity, revision=revision)
             changes = await cluster.delete(ordered, options)
             failed = changes.failed
             if failed:
@@ -310,6 +309,22 @@ class SyncResources:
         await self.client.set_finalizer(namespace, name, present=False)
         logger.info("Sync deleted", extra={"sync": f"{namespace}/{name}", "result": note})
         self._forget(key)
+
+    def _cluster_of(self, key: Key, obj: JsonObject, state: SyncState | None) -> Cluster:
+        """Who deletes a deleted Sync's objects: its service account when it names one, even
+        if its spec is refused now (it is forgotten then), else the controller."""
+        if state is not None:
+            return self.parts.cluster(state.spec) or self.cluster
+        account = (obj.get("spec") or {}).get("serviceAccountName")
+        if not account:
+            return self.cluster
+        identity = sync_identity(*key)
+        spec = SyncSpec(
+            name=identity,
+            source=GitSourceSpec(url=""),
+            service_account=ServiceAccountRef(key[0], str(account)),
+        )
+        return self.parts.cluster(spec) or self.cluster
 
     # --- out: status -----------------------------------------------------------------------------
 

@@ -8,6 +8,8 @@ from typing import Any
 
 import anyio
 
+from aioreconcile.engine.applying import ApplyOptions
+from aioreconcile.engine.changeset import ChangeSet
 from aioreconcile.engine.config import DataRef, SyncSpec
 from aioreconcile.engine.events import EventType, WatchEvent
 from aioreconcile.engine.inventory import Inventory
@@ -52,18 +54,34 @@ class Client:
         return None
 
 
+LEFT = ObjectRef("", "ConfigMap", "team", "left", "v1")
+
+
 class NoInventory:
+    """An inventory store holding one object (``LEFT``) from an earlier apply."""
+
     async def load(self) -> Inventory | None:
-        return None
+        return Inventory.of([LEFT])
 
     async def save(self, inventory: Inventory, *, revision: str) -> None:
         return None
+
+
+class Deletions(FakeCluster):
+    def __init__(self) -> None:
+        super().__init__()
+        self.deleted: list[ObjectRef] = []
+
+    async def delete(self, refs: Sequence[ObjectRef], options: ApplyOptions) -> ChangeSet:
+        self.deleted += refs
+        return await super().delete(refs, options)
 
 
 class Parts:
     def __init__(self) -> None:
         self.git = FakeGitSource(A)
         self.git.refuse = False
+        self.as_account = Deletions()
 
     def source(self, spec: SyncSpec) -> GitSource:
         return self.git
@@ -72,7 +90,7 @@ class Parts:
         return NoInventory()
 
     def cluster(self, spec: SyncSpec) -> Cluster | None:
-        return None
+        return self.as_account if spec.service_account is not None else None
 
 
 def sync_object(generation: int = 1, **metadata: Any) -> JsonObject:
@@ -211,3 +229,21 @@ async def test_a_new_sync_gets_the_finalizer_and_a_requested_reconcile_is_handle
         state = resources.controller.states["team.shop"]
     assert state.reconciles == 2
     assert state.reason == Reason.SUCCEEDED
+
+
+async def test_a_deleted_sync_whose_spec_is_refused_is_pruned_as_its_service_account() -> None:
+    client = Client()
+    async with running(client) as resources:
+        bad = sync_object()
+        bad["spec"]["source"]["ref"] = "main\u2028x"
+        bad["spec"]["serviceAccountName"] = "deployer"
+        resources.on_event(event(bad))
+        await until(lambda: bool(client.statuses))
+        deleting = dict(bad)
+        deleting["metadata"] = bad["metadata"] | {"deletionTimestamp": "2026-12-01T00:00:00Z"}
+        resources.on_event(event(deleting))
+        await until(lambda: client.finalizers[-1:] == [False])
+        parts = resources.parts
+    assert isinstance(parts, Parts)
+    assert parts.as_account.deleted == [LEFT]  # as the account, never as the controller
+    assert [e["reason"] for e in client.events][-1] == "Finalized"
