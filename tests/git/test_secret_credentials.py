@@ -11,7 +11,7 @@ import pytest
 from aioreconcile.adapters.git import GitCache, GitSource
 from aioreconcile.engine.config import AuthKind, DataRef, GitAuth, GitSourceSpec
 from aioreconcile.engine.errors import FetchError
-from tests.git.conftest import HttpGit, Upstream
+from tests.git.conftest import HttpGit, Upstream, free_port
 
 REF = DataRef("Secret", "team", "git-creds")
 
@@ -81,3 +81,21 @@ async def test_a_missing_secret_or_key_is_named(
     with pytest.raises(FetchError, match=message):
         await source(cache, git_http.base + "app.git", secrets).resolve()
     assert not (cache.root / "ssh").exists() or not any((cache.root / "ssh").iterdir())
+
+
+async def test_an_ssh_identity_lives_on_disk_only_for_its_call(
+    cache: GitCache, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    identity = b"-----BEGIN OPENSSH PRIVATE KEY-----\nnot-a-real-key-do-not-print\n-----END"
+    secrets = Secrets()
+    secrets.data[REF] = {"identity": identity, "known_hosts": b"127.0.0.1 ssh-ed25519 AAAA\n"}
+    closed = free_port()  # nothing listens: ssh runs with our options and cannot connect
+    src = source(cache, f"ssh://git@127.0.0.1:{closed}/app.git", secrets)
+    with pytest.raises(FetchError) as failed:
+        await src.resolve()
+    assert "Connection refused" in str(failed.value)  # ssh itself ran
+    assert "not-a-real-key" not in str(failed.value)
+    assert "not-a-real-key" not in caplog.text
+    leftovers = list((cache.root / "ssh").iterdir()) if (cache.root / "ssh").exists() else []
+    assert leftovers == []
