@@ -173,11 +173,18 @@ def reason(expected: str) -> Callable[[dict[str, Any]], bool]:
 
 @asynccontextmanager
 async def crd_controller(
-    kube: Kube, namespace: str, tmp_path: Path, **settings: Any
+    kube: Kube,
+    namespace: str,
+    tmp_path: Path,
+    *,
+    kubeconfig: Path | None = None,
+    **settings: Any,
 ) -> AsyncIterator[Cluster]:
+    """The controller in CRD mode, as ``kubeconfig``'s user (default the admin's); the test
+    acts as the admin."""
     run = runtime.RunSettings(
         config=None,
-        cluster=runtime.ClusterSettings(kubeconfig=kube.kubeconfig),
+        cluster=runtime.ClusterSettings(kubeconfig=kubeconfig or kube.kubeconfig),
         listen_port=0,
         ops_port=0,
         watch_namespace=namespace,
@@ -627,3 +634,66 @@ async def test_receivers_are_served_at_their_derived_path_and_trigger_only_their
         assert code == 404
         code, answer = await deliver(cluster.port, moved, rotated, url, sha)
         assert code == 202, answer
+
+
+async def test_the_documented_rbac_is_enough_for_crd_mode(
+    crds: Kube, namespace: str, upstream: MakeUpstream, git_daemon: str, tmp_path: Path
+) -> None:
+    """The controller as a token-authenticated ServiceAccount holding exactly the rules
+    docs/crds.md lists (for Syncs applying ConfigMaps, without serviceAccountName)."""
+    core, rbac = client.CoreV1Api(crds.api), client.RbacAuthorizationV1Api(crds.api)
+    await core.create_namespaced_service_account(namespace, {"metadata": {"name": "controller"}})
+    rules = [
+        {
+            "apiGroups": [GROUP],
+            "resources": ["syncs", "receivers"],
+            "verbs": ["get", "list", "watch", "patch"],
+        },
+        {
+            "apiGroups": [GROUP],
+            "resources": ["syncs/status", "receivers/status"],
+            "verbs": ["patch"],
+        },
+        {
+            "apiGroups": [""],
+            "resources": ["secrets", "configmaps"],
+            "verbs": ["get", "list", "watch"],
+        },
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create", "patch", "delete"]},
+        {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create"]},
+    ]
+    role = f"{namespace}-crd-controller"
+    await rbac.create_cluster_role({"metadata": {"name": role}, "rules": rules})
+    await rbac.create_cluster_role_binding(
+        {
+            "metadata": {"name": role},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": role,
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": "controller", "namespace": namespace}],
+        }
+    )
+    issued = await core.create_namespaced_service_account_token(
+        "controller", namespace, {"spec": {"expirationSeconds": 600}}
+    )
+    document = yaml.safe_load(crds.kubeconfig.read_text())
+    document["users"][0]["user"] = {"token": issued.status.token}
+    kubeconfig = tmp_path / "controller.kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump(document))
+
+    repo = upstream("rbac")
+    sha = repo.commit(config_maps(namespace, "rbac"))
+    try:
+        async with crd_controller(crds, namespace, tmp_path, kubeconfig=kubeconfig) as cluster:
+            await cluster.apply(sync("rbac", namespace, git_daemon + "rbac.git"))
+            await cluster.wait_sync("rbac", ready(sha))
+            with anyio.fail_after(30):
+                while not [e for e in await cluster.events("rbac") if e["reason"] == "Applied"]:
+                    await anyio.sleep(0.2)
+            await kubectl(crds, "delete", "sync/rbac", "-n", namespace, "--timeout=60s")
+            assert await cluster.config_map("rbac") is None
+    finally:
+        await rbac.delete_cluster_role_binding(role)
+        await rbac.delete_cluster_role(role)
