@@ -211,7 +211,7 @@ class SyncState:
     last_healed: str = ""  # the last object healed and who changed it, for Events
     spec_changed: bool = False  # SpecChanged: reconcile even if the head is already applied
     reconciling: bool = False  # a ("sync", name) work item is running (``remove`` waits)
-    idle: anyio.Event | None = None  # set when it ends
+    idle: anyio.Event | None = None  # set when it ends, or the last heal ends (``remove``)
 
     def view(self) -> dict[str, object]:
         return {
@@ -505,11 +505,9 @@ class Controller:
         if state is None:
             return None
         while state.reconciling or state.heals_running:
-            idle = anyio.Event()
-            state.idle = idle
-            if state.heals_running:
-                state.heals_idle = idle
-            await idle.wait()
+            # Its own event: ``heals_idle`` belongs to a reconcile's ``_writing``.
+            state.idle = anyio.Event()
+            await state.idle.wait()
         self._index(name, state.desired, {})
         self._sources.pop(name, None)
         self._inventories.pop(name, None)
@@ -1084,6 +1082,8 @@ class Controller:
             state.heals_running -= 1
             if state.heals_running == 0 and state.heals_idle is not None:
                 state.heals_idle.set()
+            if state.heals_running == 0 and state.idle is not None:
+                state.idle.set()
 
     async def _heal_one(self, state: SyncState, ref: ObjectRef) -> None:
         """Read the object, judge it again on what we stored, and re-apply it if it drifted.

@@ -14,7 +14,7 @@ from aioreconcile.engine.events import EventType, WatchEvent
 from aioreconcile.engine.metrics import Registry
 from aioreconcile.engine.model import JsonObject, Manifest, ObjectRef
 from aioreconcile.engine.triggers import Push
-from aioreconcile.reactor.controlling import Controller
+from aioreconcile.reactor.controlling import Controller, SyncState
 from tests.reactor.fakes import FakeCluster, FakeGitSource, FakeRenderer, NoWatcher
 
 A, B = "a" * 40, "b" * 40
@@ -158,3 +158,32 @@ async def test_an_object_another_sync_took_over_is_not_healed_nor_retried() -> N
 
         assert len(cluster.writes) == writes
         assert made.queue.depth == 0  # no retry
+
+
+async def test_removing_a_sync_while_its_reconcile_waits_for_a_heal_finishes_both() -> None:
+    """``remove`` waits for the sync's work without taking the event a reconcile waits on."""
+    cluster, source = FakeCluster(), git_source()
+    async with running(cluster, source) as made:
+        await applied(made, A)
+        cluster.gate = anyio.Event()
+        edited = cluster.edit(REF, lambda obj: obj["data"].update(v="edited"))
+        made.on_watch_event(WatchEvent(EventType.MODIFIED, REF, edited))
+        with anyio.fail_after(5):
+            await cluster.reading.wait()  # the heal is held at its read
+        source.head = B
+        made.push(Push("app", B))
+        await anyio.sleep(0.05)
+        await anyio.wait_all_tasks_blocked()  # the reconcile waits for the heal
+        removed: list[SyncState | None] = []
+
+        async def remove() -> None:
+            removed.append(await made.remove("app"))
+
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(remove)
+                await anyio.wait_all_tasks_blocked()
+                cluster.gate.set()
+        assert removed
+        assert removed[0] is not None
+        assert "app" not in made.states
