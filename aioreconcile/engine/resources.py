@@ -230,7 +230,11 @@ def sync_status(
     message = str(view.get("message") or "")
     condition = partial(_condition, generation=generation, now=now, previous=before)
     conditions: list[JsonObject]
-    if reason is None or reason == Reason.PROGRESSING.value:
+    if reason is None and view.get("suspended"):
+        # Never reconciled at this spec and told not to: nothing is in progress.
+        suspended = "suspended: nothing is applied until it is resumed"
+        conditions = [condition("Ready", "Unknown", "Suspended", suspended)]
+    elif reason is None or reason == Reason.PROGRESSING.value:
         waiting = message or "reconciliation in progress"
         conditions = [
             condition("Ready", "Unknown", Reason.PROGRESSING.value, waiting),

@@ -210,3 +210,11 @@ def test_receiver_match_expressions_are_refused_not_ignored() -> None:
             receiver({"provider": "github", "secretRef": {"name": "t"}, "selector": selector}),
             token="x",
         )
+
+
+def test_a_suspended_sync_never_reconciled_is_not_said_to_be_in_progress() -> None:
+    status = sync_status(
+        view(None, suspended=True), generation=1, handled_at=None, previous=None, now=NOW
+    )
+    (ready,) = status["conditions"]
+    assert (ready["type"], ready["status"], ready["reason"]) == ("Ready", "Unknown", "Suspended")
