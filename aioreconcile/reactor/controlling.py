@@ -741,10 +741,12 @@ class Controller:
     async def _unchanged(self, state: SyncState, sha: str, tree: Path) -> str | None:
         """Why the head ``sha`` cannot change what the sync renders, or None when it must be
         rendered and applied: it may, it cannot be told, or the sync is not in a known good
-        state (never applied here, last reconcile failed, a health check under way)."""
+        state (never applied here, last reconcile failed, a health check under way), or its
+        spec changed or a reconcile was requested (SpecChanged: render and apply in full)."""
         rendered = state.revision
         if (
             rendered is None
+            or state.spec_changed
             or state.reason != Reason.SUCCEEDED
             or state.health is not None
             or state.last_applied_revision is None

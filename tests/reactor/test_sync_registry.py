@@ -8,6 +8,7 @@ from pathlib import Path
 
 import anyio
 
+from aioreconcile.engine.changes import TreeDiff
 from aioreconcile.engine.config import GitSourceSpec, SyncSpec
 from aioreconcile.engine.metrics import Registry
 from aioreconcile.engine.model import Manifest, ObjectRef
@@ -191,3 +192,22 @@ async def test_a_label_change_alone_reapplies_nothing() -> None:
     assert renderer.rendered == ["one"]
     assert state.reason == Reason.SUCCEEDED
     assert state.spec.labels == {"tier": "web"}
+
+
+class Comparable(FakeGitSource):
+    """Tells that nothing changed between two commits (as ``git diff`` of one commit would)."""
+
+    async def diff(self, old: str, new: str) -> TreeDiff | None:
+        return TreeDiff(changed=())
+
+
+async def test_a_requested_reconcile_renders_and_applies_the_unmoved_head_again() -> None:
+    cluster, renderer = FakeCluster(), ByDirectory()
+    git = Comparable(A)
+    git.refuse = False
+    async with running(cluster, renderer) as made:
+        made.upsert(spec("ns.app"), source=git, inventory=None)
+        await until(lambda: made.states["ns.app"].reason == Reason.SUCCEEDED)
+        made.request("ns.app")
+        await until(lambda: made.states["ns.app"].reconciles == 2)
+    assert renderer.rendered == ["one", "one"]  # not "unchanged": a request re-applies
