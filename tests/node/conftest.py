@@ -17,6 +17,13 @@ from aioreconcile.testing.node import Node
 from aioreconcile.testing.toolchain import require
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The cleanup tests first: they start a node (and a test dockerd) of their own, and only one
+    of each may run on a machine at a time, while the session's ``node`` and ``docker``
+    fixtures, once a test has asked for them, live until the session ends."""
+    items.sort(key=lambda item: 0 if item.nodeid.startswith("tests/node/test_cleanup.py") else 1)
+
+
 @dataclass(frozen=True)
 class Kubectl:
     """The kubectl built at the cluster's version, with the node's admin kubeconfig."""
