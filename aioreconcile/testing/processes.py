@@ -114,6 +114,22 @@ class ManagedProcess:
             self._signal_group(popen, signal.SIGKILL)
             popen.wait()
 
+    def kill9(self) -> None:
+        """A crash: SIGKILL the whole process group at once (no drain, no cleanup), and reap it.
+        ``start()`` brings it back with the same argv (same ports, same data directory)."""
+        self.kill_now()
+
+    def pause(self) -> None:
+        """Freeze the process group (SIGSTOP): its sockets stay open and nothing answers, as a
+        process stuck in a long GC pause, a frozen VM or a disk that hangs every write."""
+        if self._popen is not None and self._popen.poll() is None:
+            self._signal_group(self._popen, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Let a paused process group run again (SIGCONT)."""
+        if self._popen is not None and self._popen.poll() is None:
+            self._signal_group(self._popen, signal.SIGCONT)
+
     @staticmethod
     def _signal_group(popen: "subprocess.Popen[bytes]", sig: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError):

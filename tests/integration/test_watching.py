@@ -20,7 +20,7 @@ from aioreconcile.engine.events import EventType, WatchEvent
 from aioreconcile.engine.model import JsonObject, ObjectRef
 from aioreconcile.engine.naming import MANAGED_BY_LABEL, MANAGED_BY_VALUE
 from aioreconcile.engine.relisting import tombstone
-from aioreconcile.testing.faults import BlackholeProxy, start_proxy
+from aioreconcile.testing.faults import FaultProxy, start_proxy
 from aioreconcile.testing.pytest_plugin import Kube
 
 pytestmark = pytest.mark.integration
@@ -392,7 +392,7 @@ def kubeconfig_via(kubeconfig: Path, port: int, directory: Path) -> Path:
 @asynccontextmanager
 async def through_proxy(
     kube: Kube, directory: Path
-) -> AsyncIterator[tuple[BlackholeProxy, KubeTransport]]:
+) -> AsyncIterator[tuple[FaultProxy, KubeTransport]]:
     server = urlsplit(kube.control_plane.server)
     assert server.hostname is not None
     assert server.port is not None
