@@ -32,6 +32,7 @@ import contextlib
 import json
 import socket
 import struct
+import time
 import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -75,6 +76,7 @@ class FaultProxy:
         self.mode: Mode = "forward"
         self.latency_s = 0.0
         self.connections = 0  # accepted so far
+        self.opened_at: list[float] = []  # time.monotonic() of each accepted connection
         self.blackholed = 0  # connections silenced so far
         self.hung = 0  # connections accepted and never answered (mode "hang")
         self.refused = 0  # connections reset on arrival (mode "reset")
@@ -113,6 +115,7 @@ class FaultProxy:
 
     async def _serve(self, client: SocketStream) -> None:
         self.connections += 1
+        self.opened_at.append(time.monotonic())
         if self.mode == "reset":
             self.refused += 1
             _abort(client)

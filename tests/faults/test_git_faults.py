@@ -1,0 +1,132 @@
+"""The Git server fails while pushes arrive: hung (accepts, never answers: ``FaultProxy`` in
+``hang`` mode in front of the git daemon), then down (the daemon killed with SIGKILL); and the
+branch forced back.
+
+Invariant, checked on the real apiserver: the status says FetchFailed with the reason; the
+fetch is retried with growing delays, not in a hot loop; nothing is pruned or rewritten while
+Git is away (every object keeps its uid and its content); the head is applied once the server
+returns; a rewind is followed, logged and counted.
+"""
+
+import itertools
+import time
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import pytest
+from kubernetes_asyncio import client
+
+from aioreconcile.testing.faults import start_proxy
+from aioreconcile.testing.pytest_plugin import Kube
+from tests.faults.conftest import (
+    Controller,
+    GitServer,
+    config_map,
+    counter,
+    figure,
+    manifests,
+    sync_config,
+    wait_until,
+)
+from tests.git.conftest import Upstream
+
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
+
+
+async def snapshot(core: Any, namespace: str) -> dict[str, tuple[str, Any]]:
+    listed = await core.list_namespaced_config_map(
+        namespace, label_selector="aioreconcile.dev/sync"
+    )
+    return {cm.metadata.name: (cm.metadata.uid, cm.data) for cm in listed.items}
+
+
+async def test_git_server_hung_then_down_while_pushes_arrive(
+    kube: Kube,
+    namespace: str,
+    upstream: Callable[[str], Upstream],
+    git_server: GitServer,
+    controller_process: Callable[..., Controller],
+) -> None:
+    core = client.CoreV1Api(kube.api)
+    repo = upstream("outage")
+    names = [f"cm-{i}" for i in range(20)]
+    first = repo.commit(manifests(*(config_map(n, namespace, v="1") for n in names)))
+    async with start_proxy("127.0.0.1", git_server.port) as proxy:
+        controller = controller_process(
+            sync_config(f"git://127.0.0.1:{proxy.port}/outage.git", namespace, timeout="2s"),
+            kubeconfig=kube.kubeconfig,
+            namespace=namespace,
+        )
+        await controller.start()
+        await wait_until(lambda: controller.applied(first), seconds=60, what="the first commit")
+        before = await snapshot(core, namespace)
+        assert len(before) == len(names)
+        unchanged_while_away: list[bool] = []
+
+        async def watch_cluster(*, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+            task_status.started()
+            while True:
+                unchanged_while_away.append(await snapshot(core, namespace) == before)
+                await anyio.sleep(0.5)
+
+        async with anyio.create_task_group() as watching:
+            await watching.start(watch_cluster)
+
+            # Hung: the server accepts and never answers.
+            proxy.mode = "hang"
+            hung_from = len(proxy.opened_at)
+            second = repo.commit(manifests(*(config_map(n, namespace, v="2") for n in names)))
+            assert await controller.push(second, before=first) == 202
+
+            async def fetch_failed(words: tuple[str, ...]) -> bool:
+                state = await controller.status()
+                message = str(state["message"])
+                return state["reason"] == "FetchFailed" and all(w in message for w in words)
+
+            await wait_until(
+                lambda: fetch_failed(("did not finish within 2 s",)),
+                seconds=30,
+                what="FetchFailed naming the timeout",
+            )
+            await anyio.sleep(4)
+            hung_attempts = len(proxy.opened_at) - hung_from
+            assert proxy.hung == hung_attempts >= 2
+
+            # Down: the daemon is killed; connections to it are refused.
+            git_server.process.kill9()
+            proxy.mode = "forward"
+            down_from = len(proxy.opened_at)
+            third = repo.commit(manifests(*(config_map(n, namespace, v="3") for n in names)))
+            assert await controller.push(third, before=second) == 202
+            await wait_until(
+                lambda: fetch_failed(("failed",)), seconds=30, what="FetchFailed, server down"
+            )
+            await anyio.sleep(6)
+            down = proxy.opened_at[down_from:]
+            state = await controller.status()
+            print(f"hung: {hung_attempts} attempts; down: {len(down)}; {state['message']!r}")
+
+            watching.cancel_scope.cancel()
+
+        # Back: applied without another push.
+        await git_server.restart()
+        back = time.monotonic()
+        await wait_until(
+            lambda: controller.applied(third), seconds=90, what="the head once Git is back"
+        )
+        figure("git-hung-then-down-applied-after-return", time.monotonic() - back)
+
+    metrics = await controller.metrics()
+    # Retried with growing delays: the gaps between attempts while down (fast failures) grow.
+    gaps = [b - a for a, b in itertools.pairwise(down)]
+    print("gaps between attempts while down:", [round(g, 2) for g in gaps])
+    assert len(down) >= 3
+    assert gaps[-1] > 2 * gaps[0]
+    assert counter(metrics, "aioreconcile_queue_retries_total") >= hung_attempts + len(down) - 2
+    # Nothing pruned or rewritten while Git was away.
+    assert len(unchanged_while_away) >= 10
+    assert all(unchanged_while_away)
+    after = await snapshot(core, namespace)
+    assert {n: uid for n, (uid, _) in after.items()} == {n: uid for n, (uid, _) in before.items()}
+    assert all(data == {"v": "3"} for _, data in after.values())
