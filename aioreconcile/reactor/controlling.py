@@ -1122,7 +1122,13 @@ class Controller:
             self._metrics.fights.labels(sync=sync).inc()
             logger.warning(
                 "another writer keeps changing this object: not healing it for a while",
-                extra={"sync": sync, "object": str(ref), "pause_s": round(wait_s, 1)},
+                extra={
+                    "sync": sync,
+                    "object": str(ref),
+                    "pause_s": round(wait_s, 1),
+                    # Who to talk to: the field managers that wrote over us, latest first.
+                    "writers": list(verdict.writers),
+                },
             )
             self.queue.put(("object", sync, ref), delay_s=wait_s)
             return
