@@ -76,7 +76,7 @@ async def test_a_field_fight_engages_the_guard_names_the_writer_and_spares_the_r
         await fight.start(rival)
 
         async def guarded() -> bool:
-            return (await controller.status())["driftFightPauses"] >= 1
+            return bool((await controller.status())["driftFightPauses"] >= 1)
 
         await wait_until(guarded, seconds=30, what="the fight guard")
 
