@@ -130,3 +130,51 @@ async def test_git_server_hung_then_down_while_pushes_arrive(
     after = await snapshot(core, namespace)
     assert {n: uid for n, (uid, _) in after.items()} == {n: uid for n, (uid, _) in before.items()}
     assert all(data == {"v": "3"} for _, data in after.values())
+
+
+async def test_a_branch_forced_back_is_followed_logged_and_counted(
+    kube: Kube,
+    namespace: str,
+    upstream: Callable[[str], Upstream],
+    git_server: GitServer,
+    controller_process: Callable[..., Controller],
+) -> None:
+    core = client.CoreV1Api(kube.api)
+    repo = upstream("rewind")
+    names = [f"cm-{i}" for i in range(50)]
+    old = repo.commit(manifests(*(config_map(n, namespace, v="old") for n in names)))
+    controller = controller_process(
+        sync_config(f"{git_server.base}rewind.git", namespace),
+        kubeconfig=kube.kubeconfig,
+        namespace=namespace,
+    )
+    await controller.start()
+    await wait_until(lambda: controller.applied(old), seconds=60, what="the old commit")
+    added = [f"new-{i}" for i in range(10)]
+    new = repo.commit(
+        manifests(*(config_map(n, namespace, v="new") for n in [*names, *added])), "new"
+    )
+    assert await controller.push(new, before=old) == 202
+    await wait_until(lambda: controller.applied(new), seconds=60, what="the new commit")
+    uids = {n: uid for n, (uid, _) in (await snapshot(core, namespace)).items()}
+
+    repo.git("reset", "--quiet", "--hard", old)
+    repo.git("push", "--quiet", "--force", "origin", "HEAD:main")
+    forced = time.monotonic()
+    assert await controller.push(old, before=new) == 202
+    await wait_until(lambda: controller.applied(old), seconds=60, what="the rewind followed")
+    figure("git-force-push-back-followed", time.monotonic() - forced)
+
+    after = await snapshot(core, namespace)
+    assert sorted(after) == sorted(names)  # what only the newer commit had is pruned
+    assert all(data == {"v": "old"} for _, data in after.values())
+    assert all(uid == uids[n] for n, (uid, _) in after.items())  # updated, not recreated
+    metrics = await controller.metrics()
+    assert counter(metrics, "aioreconcile_ref_rewinds_total", sync="app") == 1
+    warned = [
+        line
+        for line in controller.log()
+        if line.get("message", "").startswith("the ref moved backwards")
+    ]
+    assert len(warned) == 1
+    assert (warned[0]["previous"], warned[0]["revision"]) == (new, old)
