@@ -9,8 +9,11 @@ returns; a rewind is followed, logged and counted.
 """
 
 import itertools
+import os
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -178,3 +181,63 @@ async def test_a_branch_forced_back_is_followed_logged_and_counted(
     ]
     assert len(warned) == 1
     assert (warned[0]["previous"], warned[0]["revision"]) == (new, old)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs (we run as root in tests and CI), unmounted afterwards."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "--lazy", str(mount)], check=False)
+
+
+@pytest.mark.parametrize("where", ["checkout", "fetch"])
+async def test_a_full_git_cache_disk_fails_the_fetch_naming_the_disk_and_renders_nothing(
+    kube: Kube,
+    namespace: str,
+    upstream: Callable[[str], Upstream],
+    git_server: GitServer,
+    controller_process: Callable[..., Controller],
+    small_disk: Path,
+    where: str,
+) -> None:
+    core = client.CoreV1Api(kube.api)
+    repo = upstream(f"full-{where}")
+    names = [f"cm-{i}" for i in range(10)]
+    first = repo.commit(manifests(*(config_map(n, namespace, v="1") for n in names)))
+    cache = small_disk / "cache"
+    controller = controller_process(
+        sync_config(f"{git_server.base}full-{where}.git", namespace),
+        kubeconfig=kube.kubeconfig,
+        namespace=namespace,
+        cache_dir=cache,
+    )
+    await controller.start()
+    await wait_until(lambda: controller.applied(first), seconds=60, what="the first commit")
+    before = await snapshot(core, namespace)
+
+    # "checkout": 4 MiB that compress to a few KiB: the fetch fits, laying out the tree does
+    # not. "fetch": 2 MiB of random bytes: the pack itself does not fit.
+    big = b"a" * (4 << 20) if where == "checkout" else os.urandom(2 << 20)
+    (repo.work / "assets").mkdir()
+    (repo.work / "assets" / "big.bin").write_bytes(big)
+    second = repo.commit(manifests(*(config_map(n, namespace, v="2") for n in names)), "big")
+    assert await controller.push(second, before=first) == 202
+
+    async def failed() -> bool:
+        state = await controller.status()
+        return state["reason"] == "FetchFailed"
+
+    await wait_until(failed, seconds=60, what="FetchFailed")
+    state = await controller.status()
+    print(f"{where}: {state['message']!r}")
+    assert f"the disk of the git cache {cache} is full" in state["message"]
+    assert state["lastAppliedRevision"] == first
+    trees = [p.name for p in cache.glob("trees/*/*")]
+    assert second not in trees
+    assert not [t for t in trees if t.startswith(".tmp-")]
+    assert await snapshot(core, namespace) == before  # nothing of the commit applied or pruned

@@ -67,6 +67,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_CONCURRENT: Final = 4
 DEFAULT_KEEP_TREES: Final = 3
 DEEPEN_BY: Final = 100
+LOW_SPACE_BYTES: Final = 64 * 1024  # below this, a failed write is taken for a full disk
+_ENOSPC: Final = os.strerror(28)  # "No space left on device", as git prints it
 _FETCHED_REF: Final = "refs/aioreconcile/fetched"
 _HEADS: Final = "refs/aioreconcile/"  # + the full ref name: the last fetched head of that ref
 _REPOSITORY: Final = Path("<the cached repository>")  # default of GitSource._local
@@ -146,6 +148,23 @@ class GitCache:
     @property
     def home(self) -> Path:
         return self.root / "home"
+
+    def out_of_space(self, error: str) -> str | None:
+        """Why a git call failed, when the cause is the cache's disk: ``error`` says ENOSPC, or
+        less than ``LOW_SPACE_BYTES`` is left on the filesystem holding the cache (git's
+        checkout reports only "unable to write file"). Names the directory and what is free,
+        so whoever reads the status knows which disk to grow or clean; None otherwise."""
+        try:
+            disk = os.statvfs(self.root)
+        except OSError:
+            return None
+        free, size = disk.f_bavail * disk.f_frsize, disk.f_blocks * disk.f_frsize
+        if _ENOSPC not in error and free >= LOW_SPACE_BYTES:
+            return None
+        return (
+            f"the disk of the git cache {self.root} is full "
+            f"({free // 1024} KiB free of {size // 1024} KiB)"
+        )
 
     def source(self, spec: GitSourceSpec, *, data: DataReader | None = None) -> "GitSource":
         """``data`` reads the Secrets and ConfigMaps a CRD-mode spec refers to."""
@@ -379,6 +398,16 @@ class GitSource:
                     cwd=staging,
                 )
                 staging.rename(target)
+            except GitCommandError as e:
+                # Judged before the half-written tree is removed: that frees the disk again.
+                full = self.cache.out_of_space(str(e))
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(_remove, staging)
+                if full is None:
+                    raise
+                raise FetchError(
+                    f"laying out commit {sha} of {self.url} failed: {full}: {e.stderr}"
+                ) from e
             except BaseException:
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(_remove, staging)
@@ -671,7 +700,9 @@ class GitSource:
             except GitTimeoutError as e:
                 raise GitTimeoutError(f"{doing} from {self.url}: {e}") from None
             except GitCommandError as e:
-                raise FetchError(f"{doing} from {self.url} failed: {e.stderr}") from None
+                full = self.cache.out_of_space(e.stderr)
+                detail = e.stderr if full is None else f"{full}: {e.stderr}"
+                raise FetchError(f"{doing} from {self.url} failed: {detail}") from None
 
     @asynccontextmanager
     async def _credentials(self) -> AsyncIterator[GitCredentials]:
