@@ -230,7 +230,7 @@ async def test_a_full_git_cache_disk_fails_the_fetch_naming_the_disk_and_renders
 
     async def failed() -> bool:
         state = await controller.status()
-        return state["reason"] == "FetchFailed"
+        return bool(state["reason"] == "FetchFailed")
 
     await wait_until(failed, seconds=60, what="FetchFailed")
     state = await controller.status()
