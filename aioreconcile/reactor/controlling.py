@@ -90,11 +90,19 @@ SyncKey = tuple[str, str]
 ObjectKey = tuple[str, str, ObjectRef]
 WorkKey = SyncKey | ObjectKey
 
-# Retried with backoff. HealthCheckFailed is not: the objects were applied, waiting longer is
-# what the timeout was for; the next poll or push applies and judges them again (Flux retries
-# a failed health check at the next interval, too).
+# Retried with backoff when the outcome is transient. HealthCheckFailed is not: the objects
+# were applied, waiting longer is what the timeout was for; the next poll or push applies and
+# judges them again (Flux retries a failed health check at the next interval, too). A render
+# is transient only when the apiserver could not be reached for discovery, never for a broken
+# source.
 _RETRIED: Final = frozenset(
-    {Reason.FETCH_FAILED, Reason.APPLY_FAILED, Reason.PRUNE_FAILED, Reason.INVENTORY_FAILED}
+    {
+        Reason.FETCH_FAILED,
+        Reason.RENDER_FAILED,
+        Reason.APPLY_FAILED,
+        Reason.PRUNE_FAILED,
+        Reason.INVENTORY_FAILED,
+    }
 )
 _POLL_JITTER: Final = 0.1
 _WATCH_SYNC_TIMEOUT_S: Final = 30.0

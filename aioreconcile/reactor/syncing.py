@@ -80,7 +80,14 @@ async def sync_once(
             )
         except AioreconcileError as e:
             span.record_error(str(e), error=e)
-            return SyncOutcome(Reason.RENDER_FAILED, str(e), revision, prune_note="render failed")
+            # Unreachable apiserver (discovery) is worth a retry; a broken source is not.
+            return SyncOutcome(
+                Reason.RENDER_FAILED,
+                str(e),
+                revision,
+                prune_note="render failed",
+                transient=_transient(e),
+            )
         span.set_attributes({"aioreconcile.objects": len(manifests)})
 
     if before_apply is not None:
