@@ -24,6 +24,17 @@ from aioreconcile.engine.sources import RenderSpec, RenderType
 _OUTPUT_HELP = "output format (default: %(default)s)"
 
 
+def _watch_read_timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    least = runtime.MIN_WATCH_READ_TIMEOUT_S
+    if not least <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be at least {least:g} seconds: {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aioreconcile",
@@ -140,6 +151,14 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=16,
         help="syncs and heals worked on at once (default: %(default)s)",
+    )
+    run.add_argument(
+        "--watch-read-timeout",
+        type=_watch_read_timeout,
+        default=runtime.RunSettings.watch_read_timeout_s,
+        metavar="SECONDS",
+        help="a watch silent this long is taken for a dead connection and restarted; keep it "
+        "below your network's idle timeout; at least 20 (default: %(default)g)",
     )
     run.add_argument(
         "--log-level",
@@ -589,6 +608,7 @@ def _run_controller(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         concurrency=args.concurrency,
         leader_election=election,
+        watch_read_timeout_s=args.watch_read_timeout,
         tracing=runtime.tracing_settings(
             endpoint=getattr(args, "otlp_endpoint", None),
             service_name=getattr(args, "service_name", None),

@@ -40,7 +40,11 @@ from aioreconcile.adapters.kube.resources import (
     run_watch,
     watch_resources,
 )
-from aioreconcile.adapters.kube.watching import WatchManager
+from aioreconcile.adapters.kube.watching import (
+    MIN_WATCH_READ_TIMEOUT_S,
+    WATCH_READ_TIMEOUT_S,
+    WatchManager,
+)
 from aioreconcile.adapters.render import render
 from aioreconcile.adapters.serving.endpoints import build_ops_app
 from aioreconcile.adapters.serving.listening import ListenerLimits, serve
@@ -276,6 +280,7 @@ class RunSettings:
     cache_dir: Path | None = None
     concurrency: int = 16
     drain_timeout_s: float = 30.0
+    watch_read_timeout_s: float = WATCH_READ_TIMEOUT_S
     tracing: TracingSettings = field(default_factory=TracingSettings.from_environ)
     leader_election: LeaderElectionSettings | None = None  # None: this replica always writes
     watch_namespace: str = ""  # CRD mode: "" watches Syncs in every namespace
@@ -358,6 +363,7 @@ async def _run_controller(
             cluster.transport,
             cluster.discovery,
             on_event=lambda event: controller_ref[0].on_watch_event(event),
+            read_timeout_s=settings.watch_read_timeout_s,
         )
         inventories = {
             spec.name: ConfigMapInventoryStore(
@@ -684,6 +690,7 @@ def tracing_settings(
 
 
 __all__ = [
+    "MIN_WATCH_READ_TIMEOUT_S",
     "ClusterSettings",
     "DirectorySettings",
     "LeaderElectionSettings",

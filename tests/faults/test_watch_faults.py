@@ -21,6 +21,7 @@ from kubernetes_asyncio import client
 from aioreconcile.adapters.kube.connecting import connect
 from aioreconcile.testing.controlplane import ControlPlane, start_control_plane
 from aioreconcile.testing.faults import compact_etcd, start_proxy
+from aioreconcile.testing.pytest_plugin import Kube
 from tests.faults.conftest import (
     Controller,
     GitServer,
@@ -155,3 +156,59 @@ async def test_etcd_compaction_makes_every_watch_410_gone_and_the_relist_misses_
     assert len(drifter.edited) >= 10
     assert 1 <= heals <= drifter.edits
     assert time.monotonic() - stopped < 120
+
+
+READ_TIMEOUT_S = 20.0  # the least `run --watch-read-timeout` accepts
+
+
+async def test_a_blackholed_watch_connection_while_idle_with_1000_objects_is_replaced_and_heals(
+    kube: Kube,
+    namespace: str,
+    upstream: Callable[[str], Upstream],
+    git_server: GitServer,
+    controller_process: Callable[..., Controller],
+    tmp_path: Any,
+) -> None:
+    core = client.CoreV1Api(kube.api)
+    server = urlsplit(kube.control_plane.server)
+    assert server.hostname is not None
+    assert server.port is not None
+    async with start_proxy(server.hostname, server.port) as proxy:
+        repo = upstream("blackhole")
+        names = [f"cm-{i}" for i in range(1000)]
+        sha = repo.commit(manifests(*(config_map(n, namespace, v="git") for n in names)))
+        controller = controller_process(
+            sync_config(f"{git_server.base}blackhole.git", namespace),
+            kubeconfig=kubeconfig_via(kube.kubeconfig, proxy.port, tmp_path),
+            namespace=namespace,
+            extra_args=("--watch-read-timeout", str(READ_TIMEOUT_S)),
+        )
+        await controller.start()
+        await wait_until(lambda: controller.applied(sha), seconds=180, what="the apply")
+        await anyio.sleep(2)  # idle
+        silenced = proxy.blackhole()
+        assert silenced >= 1  # the watch, and whatever pooled connection is idle
+        opened_before = proxy.connections
+        blackholed_at = time.monotonic()
+        # Edited directly, not through the proxy: only a working watch (or the next poll, an
+        # hour away) can see it.
+        drifted = ["cm-1", "cm-500", "cm-999"]
+        for name in drifted:
+            await core.patch_namespaced_config_map(
+                name, namespace, {"data": {"v": "edited"}}, field_manager="intruder"
+            )
+        healed_s = await wait_until(
+            lambda: all_as_git(core, namespace, set(drifted)),
+            seconds=READ_TIMEOUT_S + 30,
+            what="the drift healed through a new watch connection",
+        )
+        figure("watch-blackholed-idle-1000-healed", healed_s)
+        new_connections = proxy.connections - opened_before
+        assert new_connections >= 1
+        print(f"{silenced} connections silenced, {new_connections} opened since")
+    # Detected by the read timeout, timed from the watch's last byte (the end of the apply,
+    # a moment before the idle pause and the blackhole), not sooner by luck; and within the
+    # documented bound: one read timeout plus the reconnect.
+    assert READ_TIMEOUT_S - 6 <= healed_s <= READ_TIMEOUT_S + 4, healed_s
+    assert time.monotonic() - blackholed_at < 120
+    assert await all_as_git(core, namespace, set(names))
