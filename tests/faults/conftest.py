@@ -137,6 +137,7 @@ class Controller:
     ops: str  # http://127.0.0.1:<port>: /status, /metrics, /readyz
     hooks: str  # http://127.0.0.1:<port>/hooks/
     repository_url: str
+    sync: str  # the one sync's name
 
     async def start(self) -> float:
         """Start (again: same config, ports and cache) and return seconds until /readyz."""
@@ -148,19 +149,19 @@ class Controller:
     async def _ready(self) -> bool:
         return (await _get(f"{self.ops}/readyz"))[0] == 200
 
-    async def status(self, sync: str = "app") -> dict[str, Any]:
+    async def status(self) -> dict[str, Any]:
         code, body = await _get(f"{self.ops}/status")
         assert code == 200, f"/status answered {code}"
-        return next(s for s in json.loads(body)["syncs"] if s["name"] == sync)
+        return next(s for s in json.loads(body)["syncs"] if s["name"] == self.sync)
 
     async def metrics(self) -> str:
         code, body = await _get(f"{self.ops}/metrics")
         assert code == 200, f"/metrics answered {code}"
         return body.decode()
 
-    async def applied(self, sha: str, sync: str = "app") -> bool:
+    async def applied(self, sha: str) -> bool:
         try:
-            state = await self.status(sync)
+            state = await self.status()
         except (AssertionError, OSError):
             return False
         return bool(state["lastAppliedRevision"] == sha)
@@ -234,11 +235,14 @@ def sync_config(
     timeout: str = "60s",
     **extra: Any,
 ) -> dict[str, Any]:
-    """One sync ``app`` following ``url``'s main at ``deploy/``, and a GitHub receiver."""
+    """One sync following ``url``'s main at ``deploy/``, and a GitHub receiver. The sync is
+    named after the repository: syncs of one name in one cluster share their objects' label,
+    and a sync with no inventory yet rebuilds it from that label, cluster-wide."""
+    name = url.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git")
     return {
         "syncs": [
             {
-                "name": "app",
+                "name": name,
                 "source": {
                     "url": url,
                     "ref": "main",
@@ -251,7 +255,7 @@ def sync_config(
             }
         ],
         "receivers": [
-            {"name": "github", "provider": "github", "secretEnv": SECRET_ENV, "syncs": ["app"]}
+            {"name": "github", "provider": "github", "secretEnv": SECRET_ENV, "syncs": [name]}
         ],
     }
 
@@ -302,6 +306,7 @@ def controller_process(
             ops=f"http://127.0.0.1:{ops_port}",
             hooks=f"http://127.0.0.1:{port}/hooks/",
             repository_url=config["syncs"][0]["source"]["url"],
+            sync=config["syncs"][0]["name"],
         )
         made.append(controller)
         return controller

@@ -96,7 +96,7 @@ async def test_kill_9_during_an_apply_of_1000_objects_converges_with_nothing_los
     print(f"killed with {written_at_kill}/{OBJECTS} objects of the second commit written")
 
     live = await live_config_maps(core, namespace)
-    inventory_name = "aioreconcile-inventory-app"
+    inventory_name = f"aioreconcile-inventory-{controller.sync}"
     inventory = live.pop(inventory_name)
     live.pop("kube-root-ca.crt", None)
     assert sorted(live) == sorted(second_names)  # nothing lost, the moved ones pruned

@@ -99,7 +99,7 @@ async def test_a_field_fight_engages_the_guard_names_the_writer_and_spares_the_r
         fight.cancel_scope.cancel()
 
     metrics = await controller.metrics()
-    assert counter(metrics, "aioreconcile_drift_fights_total", sync="app") >= 1
+    assert counter(metrics, "aioreconcile_drift_fights_total", sync=controller.sync) >= 1
     state = await controller.status()
     # Healed a few times, then left alone: not once per rival write.
     assert state["driftHeals"] < rival_writes

@@ -173,7 +173,7 @@ async def test_a_branch_forced_back_is_followed_logged_and_counted(
     assert all(data == {"v": "old"} for _, data in after.values())
     assert all(uid == uids[n] for n, (uid, _) in after.items())  # updated, not recreated
     metrics = await controller.metrics()
-    assert counter(metrics, "aioreconcile_ref_rewinds_total", sync="app") == 1
+    assert counter(metrics, "aioreconcile_ref_rewinds_total", sync=controller.sync) == 1
     warned = [
         line
         for line in controller.log()
