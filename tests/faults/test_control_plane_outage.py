@@ -1,5 +1,5 @@
 """The control plane goes away under push and drift traffic: etcd frozen (SIGSTOP) for 20 s, or
-kube-apiserver stopped and started again.
+kube-apiserver stopped (SIGTERM, or SIGKILL) and started again.
 
 Invariant, checked on the real apiserver: every push made during the outage is applied after
 it (the last one's content on every object); every edit another writer made during the
@@ -41,7 +41,7 @@ async def all_hold(core: Any, namespace: str, names: list[str], value: str) -> b
     return all(found.get(n) == {"v": value} for n in names)
 
 
-@pytest.mark.parametrize("fault", ["etcd-stopped-20s", "apiserver-restart"])
+@pytest.mark.parametrize("fault", ["etcd-stopped-20s", "apiserver-restart", "apiserver-kill9"])
 async def test_pushes_and_drift_during_a_control_plane_outage_all_land_after_it(
     kube: Kube,
     namespace: str,
@@ -87,6 +87,8 @@ async def test_pushes_and_drift_during_a_control_plane_outage_all_land_after_it(
         await anyio.sleep(1)
         if fault == "etcd-stopped-20s":
             plane.etcd.pause()
+        elif fault == "apiserver-kill9":
+            plane.apiserver.kill9()  # no graceful end of the watches: their sockets just die
         else:
             await plane.stop_apiserver()
         try:
