@@ -6,7 +6,9 @@ noise in audit logs. fluxcd/pkg (``ssa/manager_apply.go``) asks the server for a
 every object and compares; here most objects are settled without a request, by reading what the
 applier already has from its LIST: our entry in ``metadata.managedFields`` and the live values.
 Only when the server may have rewritten a value (quantities, defaulted key fields, nulls) is the
-answer ``VERIFY``, and the applier asks for a dry-run and compares it with ``same_content``.
+answer ``VERIFY``, and the applier asks for a dry-run and compares it with ``same_content``; a
+value the server stores as written (a label, a ConfigMap's data) that differs is ``APPLY``,
+one request where a dry-run would make it two.
 """
 
 import copy
@@ -219,10 +221,13 @@ def decide(
     3. a field in that entry that ``desired`` no longer has: ``APPLY``, only an apply removes
        it (a label deleted in Git, an env var, a container). An entry whose shape doesn't fit
        ``desired`` (a map where desired has a string): ``VERIFY``;
-    4. ``desired`` not contained in live, value for value: ``VERIFY``, because the server may
-       store a value differently from how it was written (``0.5`` -> ``500m``, ``2`` -> ``"2"``,
-       a dropped null); the dry-run tells;
-    5. otherwise ``UNCHANGED``.
+    4. ``desired`` contained in live, value for value: ``UNCHANGED``;
+    5. a string that the server stores exactly as written (``_STORED_AS_WRITTEN``: labels,
+       annotations, a ConfigMap's data) declared and absent or different in live: ``APPLY``
+       directly. A dry-run could only confirm the difference, and cost a second request;
+    6. otherwise ``VERIFY``, because the server may store a value differently from how it was
+       written (``0.5`` -> ``500m``, ``2`` -> ``"2"``, a dropped null, a field its schema
+       prunes, a mutating webhook's rewrite); the dry-run tells.
 
     Step 4 only decides whether to ask the server; whether the object differs is then judged
     by ``same_content`` on what the server would store, with ``differences``, the comparison
@@ -246,9 +251,12 @@ def decide(
         return Decision.APPLY
     if ownership is _Ownership.UNKNOWN:
         return Decision.VERIFY
-    if not _is_subset(_blank_stamps(desired), _blank_stamps(live)):
-        return Decision.VERIFY
-    return Decision.UNCHANGED
+    blank_desired, blank_live = _blank_stamps(desired), _blank_stamps(live)
+    if _is_subset(blank_desired, blank_live):
+        return Decision.UNCHANGED
+    if _stored_as_written_differs(blank_desired, blank_live):
+        return Decision.APPLY
+    return Decision.VERIFY
 
 
 def same_content(
@@ -426,6 +434,50 @@ def _is_subset(desired: object, live: object) -> bool:
             and all(_is_subset(d, item) for d, item in zip(desired, live, strict=True))
         )
     return _equal(desired, live)
+
+
+_STORED_AS_WRITTEN: Final = (
+    (None, ("metadata", "labels")),
+    (None, ("metadata", "annotations")),
+    (("v1", "ConfigMap"), ("data",)),
+)
+"""(apiVersion, kind) or None for any kind, and the path of a ``map[string]string`` whose values
+the apiserver stores exactly as written: no defaulting, no normalisation, no pruning of keys.
+
+ObjectMeta's labels and annotations are such maps on every kind (apimachinery
+``ObjectMeta``), and so is a core ConfigMap's ``data``. Elsewhere the engine knows no schema: a
+quantity, an int-or-string, a field a CRD's schema prunes or a webhook rewrites could be stored
+as the live value, so only the dry-run can tell there. A mutating webhook that rewrites a label
+would make such an object be applied on each new revision instead of left alone: one needless
+write per commit, never a wrong object.
+"""
+
+
+def _stored_as_written_differs(desired: JsonObject, live: JsonObject) -> bool:
+    """Whether a string ``desired`` declares in a ``_STORED_AS_WRITTEN`` map is absent from
+    ``live`` or different there: a change the server cannot undo by normalising. Values
+    compare by ``_equal``, as ``_is_subset`` does; a non-string (null, a number) proves
+    nothing, since the server may drop or refuse it."""
+    identity = (desired.get("apiVersion"), desired.get("kind"))
+    for kinds, path in _STORED_AS_WRITTEN:
+        if kinds is not None and kinds != identity:
+            continue
+        declared, stored = _at(desired, path), _at(live, path)
+        if not isinstance(declared, dict):
+            continue
+        stored = stored if isinstance(stored, dict) else {}
+        for key, value in declared.items():
+            if isinstance(value, str) and not (key in stored and _equal(value, stored[key])):
+                return True
+    return False
+
+
+def _at(obj: object, path: tuple[str, ...]) -> object:
+    for key in path:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(key)
+    return obj
 
 
 def _equal(a: object, b: object) -> bool:

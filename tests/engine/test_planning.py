@@ -245,6 +245,108 @@ def test_decide_ignores_our_entries_for_a_subresource() -> None:
     assert decide(desired, live) is Decision.APPLY
 
 
+def _config_map(data: Any, *, labels: Any = None, api_version: str = "v1") -> JsonObject:
+    metadata: JsonObject = {"name": "c", "namespace": "shop"}
+    if labels is not None:
+        metadata["labels"] = labels
+    return stamp(
+        {"apiVersion": api_version, "kind": "ConfigMap", "metadata": metadata, "data": data},
+        sync="shop",
+        revision=NEW_SHA,
+        traceparent=None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("desired", "stored", "expected"),
+    [
+        pytest.param(
+            _config_map({"k": "new"}), _config_map({"k": "old"}), Decision.APPLY, id="data-value"
+        ),
+        pytest.param(
+            _config_map({"k": "v", "added": "x"}),
+            _config_map({"k": "v"}),
+            Decision.APPLY,
+            id="data-key-added",
+        ),
+        pytest.param(
+            _config_map({"k": "v", "added": ""}),
+            _config_map({"k": "v"}),
+            Decision.APPLY,
+            id="data-empty-string-added",
+        ),
+        pytest.param(
+            _config_map({"k": "v", "added": None}),
+            _config_map({"k": "v"}),
+            Decision.VERIFY,
+            id="data-null-added",
+        ),
+        pytest.param(
+            _config_map({"k": 2}), _config_map({"k": "2"}), Decision.VERIFY, id="data-not-a-string"
+        ),
+        pytest.param(
+            _config_map({"k": "v"}, labels={"team": "b"}),
+            _config_map({"k": "v"}, labels={"team": "a"}),
+            Decision.APPLY,
+            id="label-value",
+        ),
+        pytest.param(
+            _config_map({"k": "v"}, labels={"team": "a", "tier": "web"}),
+            _config_map({"k": "v"}, labels={"team": "a"}),
+            Decision.APPLY,
+            id="label-added",
+        ),
+        pytest.param(
+            _config_map({"k": "new"}, api_version="example.com/v1"),
+            _config_map({"k": "old"}, api_version="example.com/v1"),
+            Decision.VERIFY,
+            id="custom-kind-named-configmap",
+        ),
+        pytest.param(
+            _widget({"image": "nginx:1.28"}),
+            _widget({"image": "nginx:1.27"}),
+            Decision.VERIFY,
+            id="spec-string-a-webhook-may-rewrite",
+        ),
+        pytest.param(
+            _widget({"a": 1}), _widget({"a": 1}), Decision.UNCHANGED, id="same-everything"
+        ),
+    ],
+)
+def test_decide_applies_directly_what_the_server_stores_as_written(
+    desired: JsonObject, stored: JsonObject, expected: Decision
+) -> None:
+    """A string in ObjectMeta's labels/annotations or a ConfigMap's data is stored as written
+    (map[string]string, no defaulting): when it differs, the dry-run could only confirm it."""
+    live = _as_stored(desired, stored=stored)
+
+    assert decide(desired, live) is expected
+
+
+@pytest.mark.parametrize(
+    ("traced_before", "expected"),
+    [
+        pytest.param(True, Decision.UNCHANGED, id="new-revision-and-trace-alone"),
+        pytest.param(False, Decision.APPLY, id="traceparent-stamp-appears"),
+    ],
+)
+def test_only_the_presence_of_a_stamp_is_a_provable_change(
+    traced_before: bool, expected: Decision
+) -> None:
+    declared: JsonObject = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "c", "namespace": "shop", "labels": {"team": "a"}},
+        "data": {"k": "v"},
+    }
+    before = stamp(
+        declared, sync="shop", revision=OLD_SHA, traceparent=OLD_TRACE if traced_before else None
+    )
+    desired = stamp(declared, sync="shop", revision=NEW_SHA, traceparent=TRACE)
+
+    assert decide(desired, _as_stored(before)) is expected
+
+
 # --- decide: a property -------------------------------------------------------------------------
 
 _dns_label = st.from_regex(r"\A[a-z]([a-z0-9-]{0,14}[a-z0-9])?\Z")

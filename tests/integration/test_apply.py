@@ -414,3 +414,52 @@ async def test_wait_succeeds_when_everything_is_current(
 
     assert outcome.ok, outcome
     assert outcome.not_ready == ()
+
+
+async def _config_map_applies(kube: Kube) -> dict[str, float]:
+    """The apiserver's own count of server-side applies to ConfigMaps, by dry_run label
+    (``apiserver_request_total``, verb APPLY): what the engine sent, as the server saw it."""
+    response = await kube.api.call_api(
+        "/metrics", "GET", _preload_content=False, auth_settings=["BearerToken"]
+    )
+    text = (await response.read()).decode()
+    counts: dict[str, float] = {}
+    for line in text.splitlines():
+        if (
+            line.startswith("apiserver_request_total{")
+            and 'verb="APPLY"' in line
+            and 'resource="configmaps"' in line
+        ):
+            dry_run = line.partition('dry_run="')[2].partition('"')[0] or "none"
+            counts[dry_run] = counts.get(dry_run, 0.0) + float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+async def test_a_changed_config_map_is_applied_in_one_request_and_the_others_keep_theirs(
+    kube: Kube, namespace: str, tmp_path: Path
+) -> None:
+    write(
+        tmp_path,
+        "cms.yaml",
+        config_map("same", namespace, k="1") + config_map("changed", namespace, k="old"),
+    )
+    first = await runtime.apply_directory(settings(kube, tmp_path))
+    write(
+        tmp_path,
+        "cms.yaml",
+        config_map("same", namespace, k="1") + config_map("changed", namespace, k="new"),
+    )
+    before = await _config_map_applies(kube)
+
+    second = await runtime.apply_directory(settings(kube, tmp_path))
+
+    after = await _config_map_applies(kube)
+    assert actions(second) == {"ConfigMap/same": "unchanged", "ConfigMap/changed": "configured"}
+    sent = {key: after.get(key, 0.0) - before.get(key, 0.0) for key in after}
+    assert sent.get("All", 0.0) == 0, sent  # no dry-run: the difference was certain
+    assert sent.get("none", 0.0) == 1, sent  # one apply, of the changed object only
+    versions = {e.ref.name: e.resource_version_after for e in first.applied.entries}
+    unchanged = next(e for e in second.applied.entries if e.ref.name == "same")
+    assert unchanged.resource_version_after == versions["same"]
+    stored = await client.CoreV1Api(kube.api).read_namespaced_config_map("changed", namespace)
+    assert stored.data == {"k": "new"}
