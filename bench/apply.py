@@ -1,28 +1,37 @@
 """How fast the engine applies, compared with the ceiling of a raw server-side-apply loop.
 
-    python -m bench.apply [--sizes 100,1000,5000] [--concurrency 16] [--kubeconfig K]
+    python -m bench.apply [--sizes 1000] [--repeats 3] [--concurrency 16] [--kubeconfig K]
+                          [--profile DIR]
 
-Without --kubeconfig it starts its own real control plane (aioreconcile.testing). For each N it
-writes N objects (ConfigMaps, 5% Deployments, 5% Services) into a directory and measures, in a
-fresh child process each time (so peak RSS is the engine's own):
+Without --kubeconfig it starts its own real control plane (aioreconcile.testing). For each N and
+repeat, realistic manifests (bench/manifests.py: ConfigMaps of ~2.6 KiB, Deployments, Services)
+are applied on three paths, each by the engine (``runtime.apply_directory``, timed inside a fresh
+child process, YAML parsing and client set-up included) and, right after, by its raw ceiling
+(aiohttp + orjson + a semaphore with the same concurrency, pre-serialised bodies, no engine),
+each into its own empty namespace:
 
-- cold apply: ``aioreconcile apply`` of the directory into an empty namespace;
-- no-op re-apply: the same directory again (nothing to write);
-- raw ceiling: the same objects, pre-serialised, PATCHed (server-side apply) by a minimal aiohttp
-  loop with the same concurrency into another empty namespace, no engine at all.
+- cold: N objects created; the ceiling PATCHes (server-side apply) all N;
+- update: 10 % of the objects changed (ConfigMap values, Deployment images, Service ports); the
+  ceiling LISTs each kind once (what any applier must read to know what changed) and PATCHes
+  only the changed objects;
+- no-op: the same directory again; the ceiling is the LISTs alone.
 
-It prints objects/s for both, their ratio, the no-op time and the engine's peak RSS.
+It prints seconds for both and ``engine_vs_raw`` (raw seconds / engine seconds: 1.0 is the
+ceiling) per path, per repeat, and the median with min-max. ``--profile DIR`` writes a cProfile
+of each engine apply there instead (slower: not for figures).
 """
 
 import argparse
 import base64
+import cProfile
 import os
 import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -32,89 +41,37 @@ import anyio
 import orjson
 import yaml
 
+from bench.manifests import every_tenth, manifests
 from bench.reporting import emit
 
-
-def objects(n: int, namespace: str) -> list[dict[str, Any]]:
-    """N objects: 5% Deployments, 5% Services, the rest ConfigMaps."""
-    workloads = max(1, n // 20)
-    result: list[dict[str, Any]] = []
-    for i in range(workloads):
-        labels = {"app": f"web-{i}"}
-        result.append(
-            {
-                "apiVersion": "apps/v1",
-                "kind": "Deployment",
-                "metadata": {"name": f"web-{i}", "namespace": namespace},
-                "spec": {
-                    "replicas": 1,
-                    "selector": {"matchLabels": labels},
-                    "template": {
-                        "metadata": {"labels": labels},
-                        "spec": {
-                            "containers": [
-                                {
-                                    "name": "web",
-                                    "image": "nginx:1.27",
-                                    "ports": [{"containerPort": 80}],
-                                    "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}},
-                                }
-                            ]
-                        },
-                    },
-                },
-            }
-        )
-        result.append(
-            {
-                "apiVersion": "v1",
-                "kind": "Service",
-                "metadata": {"name": f"web-{i}", "namespace": namespace},
-                "spec": {"selector": labels, "ports": [{"port": 80, "targetPort": 80}]},
-            }
-        )
-    for i in range(n - len(result)):
-        result.append(
-            {
-                "apiVersion": "v1",
-                "kind": "ConfigMap",
-                "metadata": {"name": f"settings-{i}", "namespace": namespace},
-                "data": {"index": str(i), "payload": "x" * 200},
-            }
-        )
-    return result
+PATHS = {"ConfigMap": ("/api/v1", "configmaps"), "Service": ("/api/v1", "services")}
+PATHS["Deployment"] = ("/apis/apps/v1", "deployments")
 
 
 def write_directory(directory: Path, docs: list[dict[str, Any]]) -> None:
     directory.mkdir(parents=True, exist_ok=True)
+    for old in directory.glob("*.yaml"):
+        old.unlink()
     for start in range(0, len(docs), 100):
         (directory / f"objects-{start:05d}.yaml").write_text(
             yaml.safe_dump_all(docs[start : start + 100], sort_keys=False)
         )
 
 
-def run_child(directory: Path, kubeconfig: Path, concurrency: int) -> dict[str, Any]:
+def run_child(
+    directory: Path, kubeconfig: Path, concurrency: int, profile: Path | None = None
+) -> dict[str, Any]:
     """``python -m bench.apply --child``: one engine apply, timed inside, in its own process."""
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "bench.apply",
-            "--child",
-            str(directory),
-            "--kubeconfig",
-            str(kubeconfig),
-            "--concurrency",
-            str(concurrency),
-        ],
-        stdout=subprocess.PIPE,
-    )
+    argv = [sys.executable, "-m", "bench.apply", "--child", str(directory)]
+    argv += ["--kubeconfig", str(kubeconfig), "--concurrency", str(concurrency)]
+    if profile is not None:
+        argv += ["--profile", str(profile)]
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE)
     assert process.stdout is not None
     out = process.stdout.read()
     _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        raise SystemExit(f"engine apply failed (exit {process.returncode})")
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"engine apply failed (exit {os.waitstatus_to_exitcode(status)})")
     result: dict[str, Any] = orjson.loads(out)
     result["peak_rss_mib"] = usage.ru_maxrss / 1024
     return result
@@ -175,20 +132,25 @@ class RawClient:
         ):
             response.raise_for_status()
 
-    async def apply_all(self, docs: list[dict[str, Any]], concurrency: int) -> float:
-        plural = {"ConfigMap": "configmaps", "Service": "services", "Deployment": "deployments"}
-        requests = []
-        for doc in docs:
-            prefix = "/apis/apps/v1" if doc["kind"] == "Deployment" else "/api/v1"
-            meta = doc["metadata"]
-            url = (
-                f"{self.server}{prefix}/namespaces/{meta['namespace']}/"
-                f"{plural[doc['kind']]}/{meta['name']}"
-            )
-            requests.append((url, orjson.dumps(doc)))
+    def _url(self, doc: dict[str, Any]) -> str:
+        prefix, plural = PATHS[doc["kind"]]
+        meta = doc["metadata"]
+        return f"{self.server}{prefix}/namespaces/{meta['namespace']}/{plural}/{meta['name']}"
+
+    async def run(
+        self, docs: Sequence[dict[str, Any]], concurrency: int, *, list_namespace: str | None
+    ) -> float:
+        """Seconds to LIST each kind in ``list_namespace`` (if given), then PATCH ``docs``."""
+        requests = [(self._url(doc), orjson.dumps(doc)) for doc in docs]
         limiter = anyio.CapacityLimiter(concurrency)
         started = time.perf_counter()
         async with self.session(concurrency) as session:
+
+            async def listed(prefix: str, plural: str) -> None:
+                url = f"{self.server}{prefix}/namespaces/{list_namespace}/{plural}"
+                async with limiter, session.get(url) as response:
+                    orjson.loads(await response.read())
+                    response.raise_for_status()
 
             async def one(url: str, body: bytes) -> None:
                 async with (
@@ -200,68 +162,128 @@ class RawClient:
                         headers={"Content-Type": "application/apply-patch+yaml"},
                     ) as response,
                 ):
-                    await response.read()
+                    orjson.loads(await response.read())
                     response.raise_for_status()
 
+            if list_namespace is not None:
+                async with anyio.create_task_group() as tasks:
+                    for prefix, plural in PATHS.values():
+                        tasks.start_soon(listed, prefix, plural)
             async with anyio.create_task_group() as tasks:
                 for url, body in requests:
                     tasks.start_soon(one, url, body)
         return time.perf_counter() - started
 
 
-async def measure(kubeconfig: Path, sizes: list[int], concurrency: int, workdir: Path) -> None:
+def profiled(directory: Path | None, path: str, n: int, repeat: int) -> Path | None:
+    return directory / f"{path}-{n}-{repeat}.pstats" if directory else None
+
+
+def summary(values: Sequence[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+async def measure(kubeconfig: Path, args: argparse.Namespace, workdir: Path) -> None:
     raw = RawClient(kubeconfig, workdir)
-    rows = []
-    for n in sizes:
-        engine_ns, raw_ns = f"bench-engine-{n}", f"bench-raw-{n}"
-        docs = objects(n, engine_ns)
-        directory = workdir / f"objects-{n}"
-        write_directory(
-            directory,
-            [*docs, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": engine_ns}}],
-        )
-        cold = run_child(directory, kubeconfig, concurrency)
-        noop = run_child(directory, kubeconfig, concurrency)
-        await raw.create_namespace(raw_ns)
-        raw_seconds = await raw.apply_all(objects(n, raw_ns), concurrency)
-        engine_rate = (n + 1) / cold["seconds"]
-        raw_rate = n / raw_seconds
-        rows.append(
-            {
-                "objects": n,
-                "engine_cold_s": cold["seconds"],
-                "engine_obj_per_s": engine_rate,
-                "raw_ssa_s": raw_seconds,
-                "raw_obj_per_s": raw_rate,
-                "engine_vs_raw": engine_rate / raw_rate,
-                "noop_reapply_s": noop["seconds"],
-                "noop_unchanged": noop["totals"].get("unchanged", 0),
-                "engine_peak_rss_mib": max(cold["peak_rss_mib"], noop["peak_rss_mib"]),
+    rows: list[dict[str, Any]] = []
+    run_id = os.urandom(3).hex()
+    for n in [int(s) for s in args.sizes.split(",")]:
+        changed = every_tenth(n)
+        for repeat in range(args.repeats):
+            engine_ns, raw_ns = (
+                f"bench-engine-{run_id}-{n}-{repeat}",
+                f"bench-raw-{run_id}-{n}-{repeat}",
+            )
+            namespace_doc = {
+                "apiVersion": "v1",
+                "kind": "Namespace",
+                "metadata": {"name": engine_ns},
             }
+            await raw.create_namespace(raw_ns)
+            profiles = Path(args.profile) if args.profile else None
+            directory = workdir / f"objects-{n}-{repeat}"
+
+            write_directory(directory, [*manifests(n, engine_ns), namespace_doc])
+            cold = run_child(
+                directory, kubeconfig, args.concurrency, profiled(profiles, "cold", n, repeat)
+            )
+            raw_cold = await raw.run(manifests(n, raw_ns), args.concurrency, list_namespace=None)
+            write_directory(directory, [*manifests(n, engine_ns, changed=changed), namespace_doc])
+            update = run_child(
+                directory, kubeconfig, args.concurrency, profiled(profiles, "update", n, repeat)
+            )
+            new = [d for i, d in enumerate(manifests(n, raw_ns, changed=changed)) if i in changed]
+            raw_update = await raw.run(new, args.concurrency, list_namespace=raw_ns)
+            noop = run_child(
+                directory, kubeconfig, args.concurrency, profiled(profiles, "noop", n, repeat)
+            )
+            raw_noop = await raw.run([], args.concurrency, list_namespace=raw_ns)
+            for path, result, ceiling in (
+                ("cold", cold, raw_cold),
+                ("update", update, raw_update),
+                ("noop", noop, raw_noop),
+            ):
+                rows.append(
+                    {
+                        "objects": n,
+                        "path": path,
+                        "repeat": repeat,
+                        "engine_s": result["seconds"],
+                        "raw_s": ceiling,
+                        "engine_vs_raw": ceiling / result["seconds"],
+                        "totals": ",".join(f"{k}={v}" for k, v in sorted(result["totals"].items())),
+                        "engine_peak_rss_mib": result["peak_rss_mib"],
+                    }
+                )
+            print(rows[-3:], file=sys.stderr, flush=True)
+    medians = {
+        f"{n}/{path}": summary(
+            [r["engine_vs_raw"] for r in rows if (r["objects"], r["path"]) == (n, path)]
         )
-    emit("apply", rows, extra={"concurrency": concurrency})
+        for n in sorted({r["objects"] for r in rows})
+        for path in ("cold", "update", "noop")
+    }
+    emit(
+        "apply",
+        rows,
+        extra={
+            "concurrency": args.concurrency,
+            "repeats": args.repeats,
+            "engine_vs_raw": medians,
+            "load_average": os.getloadavg(),
+        },
+    )
+    for key, value in medians.items():
+        spread = f"{value['min']:.3f}-{value['max']:.3f}"
+        print(f"{key}: engine_vs_raw median {value['median']:.3f} ({spread})")
 
 
 async def main(args: argparse.Namespace) -> None:
-    sizes = [int(s) for s in args.sizes.split(",")]
     with tempfile.TemporaryDirectory(prefix="aioreconcile-bench-") as tmp:
         if args.kubeconfig:
-            await measure(args.kubeconfig, sizes, args.concurrency, Path(tmp))
+            await measure(args.kubeconfig, args, Path(tmp))
             return
         from aioreconcile.testing import start_control_plane
 
         async with start_control_plane() as plane:
-            await measure(plane.kubeconfig, sizes, args.concurrency, Path(tmp))
+            await measure(plane.kubeconfig, args, Path(tmp))
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="100,1000,5000")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--sizes", default="1000")
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--kubeconfig", type=Path, default=None)
+    parser.add_argument("--profile", default=None, help="write a cProfile per engine apply here")
     parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     if arguments.child:
-        anyio.run(child, arguments.child, arguments.kubeconfig, arguments.concurrency)
+        if arguments.profile:
+            with cProfile.Profile() as profiler:
+                anyio.run(child, arguments.child, arguments.kubeconfig, arguments.concurrency)
+            profiler.dump_stats(arguments.profile)
+        else:
+            anyio.run(child, arguments.child, arguments.kubeconfig, arguments.concurrency)
     else:
         anyio.run(main, arguments)
