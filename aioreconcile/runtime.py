@@ -294,8 +294,12 @@ def release_memory() -> None:
     Rendering and applying thousands of objects peaks well above what the controller keeps;
     CPython's allocator and glibc keep that memory mapped, so an idle controller would show the
     peak as its RSS. ``malloc_trim`` exists on glibc only; elsewhere this is just a collection.
+    ``AIORECONCILE_MALLOC_TRIM=off`` leaves the trim out, so that a measurement of idle memory
+    (bench/drift.py ``--no-trim``) shows what the controller holds without it.
     """
     gc.collect()
+    if os.environ.get("AIORECONCILE_MALLOC_TRIM", "").lower() == "off":
+        return
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 

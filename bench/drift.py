@@ -1,6 +1,7 @@
 """How fast the controller takes back a foreign edit, and what it costs at rest.
 
     python -m bench.drift [--sizes 100,1000,10000] [--edits 200] [--idle 20] [--kubeconfig K]
+                          [--realistic] [--no-trim]
 
 For each N: a bare Git repository with N ConfigMaps (files of 100, in one Namespace per 2,500
 objects, the Namespaces declared in the repository too) is served by ``git daemon`` on loopback,
@@ -15,6 +16,11 @@ without replacement while N allows, so the controller's fight guard never trips)
 ms between edits. Latency is from the PATCH's response to the watch event that shows the value
 from Git again (the controller's corrective write). An edit not healed within 5 s is counted as
 ``unhealed``.
+
+``--realistic`` makes the repository realistic (bench/manifests.py: three objects in five
+ConfigMaps of ~2.6 KiB, one a Deployment, one a Service; edits go to the ConfigMaps only).
+``--no-trim`` runs the controller with ``AIORECONCILE_MALLOC_TRIM=off``, so its idle RSS is not
+lowered by ``malloc_trim`` after each reconcile (runtime.release_memory).
 
 Without --kubeconfig a real control plane is started (aioreconcile.testing); each size gets its
 own Namespaces, repository and controller, and its ConfigMaps and Namespaces are deleted after.
@@ -47,6 +53,7 @@ from aioreconcile.adapters.kube.watching import BOOKMARK, stream_events
 from aioreconcile.engine.errors import NotFoundError, TransientError
 from aioreconcile.engine.model import JsonObject
 from aioreconcile.testing.processes import ManagedProcess
+from bench import manifests
 from bench.reporting import emit
 
 SECRET_ENV: Final = "BENCH_WEBHOOK_SECRET"
@@ -154,6 +161,7 @@ class Objects:
     n: int
     prefix: str
     values: list[str] = field(default_factory=list)
+    realistic: bool = False  # bench/manifests.py's mix instead of small ConfigMaps
 
     def __post_init__(self) -> None:
         if not self.values:
@@ -166,8 +174,21 @@ class Objects:
     def ref(self, i: int) -> tuple[str, str]:
         return self.namespaces[i // PER_NAMESPACE], f"cm-{i:05d}"
 
+    @property
+    def editable(self) -> list[int]:
+        """The ConfigMaps, whose ``data.value`` edits change."""
+        if not self.realistic:
+            return list(range(self.n))
+        return [i for i in range(self.n) if manifests.kind_of(i) == "ConfigMap"]
+
     def body(self, i: int) -> dict[str, Any]:
         namespace, name = self.ref(i)
+        if self.realistic:
+            body = manifests.manifest(i, namespace)
+            if body["kind"] == "ConfigMap":
+                body["metadata"]["name"] = name
+                body["data"]["value"] = self.values[i]
+            return body
         return {
             "apiVersion": "v1",
             "kind": "ConfigMap",
@@ -299,7 +320,13 @@ async def git_daemon(served: Path, workdir: Path) -> AsyncIterator[str]:
 
 @asynccontextmanager
 async def running_controller(
-    kubeconfig: Path, workdir: Path, objects: Objects, *, name: str, apply_timeout: float = 600
+    kubeconfig: Path,
+    workdir: Path,
+    objects: Objects,
+    *,
+    name: str,
+    apply_timeout: float = 600,
+    trim: bool = True,
 ) -> AsyncIterator[Running]:
     """Repository with ``objects``, served by git daemon, applied by ``aioreconcile run``."""
     served = workdir / "served"
@@ -343,6 +370,8 @@ async def running_controller(
             "--cache-dir",
             str(workdir / "git-cache"),
         ]
+        if not trim:
+            os.environ["AIORECONCILE_MALLOC_TRIM"] = "off"  # inherited by the child
         process = ManagedProcess("controller", argv, log_path=workdir / "controller.log")
         try:
             started = time.perf_counter()
@@ -418,12 +447,13 @@ class Edit:
     healed: anyio.Event = field(default_factory=anyio.Event)
 
 
-def edit_targets(n: int, edits: int, rng: random.Random) -> list[int]:
-    """Objects to edit: shuffled rounds through all N (no object twice until all were edited
-    once), never the same object twice in a row."""
+def edit_targets(candidates: Sequence[int], edits: int, rng: random.Random) -> list[int]:
+    """Objects to edit: shuffled rounds through all candidates (no object twice until all were
+    edited once), never the same object twice in a row."""
+    n = len(candidates)
     targets: list[int] = []
     while len(targets) < edits:
-        round_ = list(range(n))
+        round_ = list(candidates)
         rng.shuffle(round_)
         if targets and n > 1 and round_[0] == targets[-1]:
             round_[0], round_[-1] = round_[-1], round_[0]
@@ -454,7 +484,7 @@ async def measure_drift(
     async with anyio.create_task_group() as tasks:
         await tasks.start(watch_configmaps, transport, on_event)
         await anyio.sleep(0.5)  # let the watch request reach the server
-        for n, index in enumerate(edit_targets(objects.n, edits, rng)):
+        for n, index in enumerate(edit_targets(objects.editable, edits, rng)):
             namespace, name = objects.ref(index)
             previous = pending.get((namespace, name))
             if previous is not None and previous.t1 is None:
@@ -512,7 +542,11 @@ async def remove(transport: KubeTransport, namespaces: Sequence[str]) -> None:
     with anyio.CancelScope(shield=True):
         for namespace in namespaces:
             with suppress(NotFoundError):
+                # Services have no deletecollection: the Namespace's deletion takes them.
                 await transport.request("DELETE", CONFIGMAPS.collection_path(namespace))
+                await transport.request(
+                    "DELETE", f"/apis/apps/v1/namespaces/{namespace}/deployments"
+                )
                 await transport.request("DELETE", f"/api/v1/namespaces/{namespace}")
 
 
@@ -522,12 +556,14 @@ async def measure(kubeconfig: Path, args: argparse.Namespace, workdir: Path) -> 
     rows = []
     for n in [int(s) for s in args.sizes.split(",")]:
         name = f"drift-{n}"
-        objects = Objects(n, prefix=f"bench-drift-{run_id}-{n}")
+        objects = Objects(n, prefix=f"bench-drift-{run_id}-{n}", realistic=args.realistic)
         size_dir = workdir / name
         size_dir.mkdir()
         async with await KubeTransport.connect(kubeconfig) as transport:
             try:
-                async with running_controller(kubeconfig, size_dir, objects, name=name) as running:
+                async with running_controller(
+                    kubeconfig, size_dir, objects, name=name, trim=not args.no_trim
+                ) as running:
                     idle = await measure_idle(running, args.settle, args.idle)
                     drift = await measure_drift(running, transport, args.edits, rng)
             finally:
@@ -544,6 +580,9 @@ async def measure(kubeconfig: Path, args: argparse.Namespace, workdir: Path) -> 
             "edit_pause_ms": [20, 100],
             "heal_deadline_s": HEAL_DEADLINE_S,
             "idle_window_s": args.idle,
+            "realistic": args.realistic,
+            "malloc_trim": not args.no_trim,
+            "load_average": os.getloadavg(),
             "settle_s": args.settle,
             "targets": {
                 "heal_p99_ms": {"1000": 100, "10000": 250},
@@ -574,4 +613,8 @@ if __name__ == "__main__":
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--kubeconfig", type=Path, default=None)
     parser.add_argument("--keep-logs", default=None, help="copy each controller log here")
+    parser.add_argument(
+        "--realistic", action="store_true", help="ConfigMaps, Deployments, Services"
+    )
+    parser.add_argument("--no-trim", action="store_true", help="no malloc_trim in the controller")
     anyio.run(main, parser.parse_args())
