@@ -45,6 +45,7 @@ from typing import Any, Final
 import aiohttp
 import anyio
 import anyio.abc
+import orjson
 import yaml
 
 from aioreconcile.adapters.kube.discovery import Resource
@@ -52,6 +53,7 @@ from aioreconcile.adapters.kube.transport import MERGE_PATCH, KubeTransport
 from aioreconcile.adapters.kube.watching import BOOKMARK, stream_events
 from aioreconcile.engine.errors import NotFoundError, TransientError
 from aioreconcile.engine.model import JsonObject
+from aioreconcile.engine.planning import as_stored, our_fields, stamp
 from aioreconcile.testing.processes import ManagedProcess
 from bench import manifests
 from bench.reporting import emit
@@ -536,6 +538,40 @@ async def measure_idle(running: Running, settle: float, idle: float) -> dict[str
     }
 
 
+async def state_cost(running: Running, transport: KubeTransport, name: str) -> dict[str, Any]:
+    """What the controller keeps per object (SyncState.desired and .stored), computed by the
+    functions it uses (``stamp``, ``as_stored`` over ``our_fields``) from the manifests and the
+    live objects, as orjson bytes: the mean size of each form."""
+    objects = running.objects
+    traceparent = "00-" + "0" * 32 + "-" + "0" * 16 + "-01"  # a traceparent's length
+    desired = [
+        len(
+            orjson.dumps(
+                stamp(objects.body(i), sync=name, revision=running.sha, traceparent=traceparent)
+            )
+        )
+        for i in range(objects.n)
+    ]
+    stored: list[int] = []
+    for namespace in objects.namespaces:
+        for collection in (
+            CONFIGMAPS.collection_path(namespace),
+            f"/api/v1/namespaces/{namespace}/services",
+            f"/apis/apps/v1/namespaces/{namespace}/deployments",
+        ):
+            listed = await transport.request(
+                "GET", collection, params={"labelSelector": MANAGED_SELECTOR}
+            )
+            for item in listed.body.get("items") or []:
+                fields = our_fields(item)
+                if fields is not None:
+                    stored.append(len(orjson.dumps(as_stored(item, fields))))
+    return {
+        "desired_bytes_per_object": sum(desired) / max(1, len(desired)),
+        "stored_bytes_per_object": sum(stored) / max(1, len(stored)),
+    }
+
+
 async def remove(transport: KubeTransport, namespaces: Sequence[str]) -> None:
     """Delete what a size created, so the next size's controller does not list it in its
     cluster-wide watch (a Namespace alone would stay Terminating without a controller-manager)."""
@@ -565,6 +601,7 @@ async def measure(kubeconfig: Path, args: argparse.Namespace, workdir: Path) -> 
                     kubeconfig, size_dir, objects, name=name, trim=not args.no_trim
                 ) as running:
                     idle = await measure_idle(running, args.settle, args.idle)
+                    idle |= await state_cost(running, transport, name)
                     drift = await measure_drift(running, transport, args.edits, rng)
             finally:
                 await remove(transport, objects.namespaces)
