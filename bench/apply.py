@@ -48,6 +48,57 @@ PATHS = {"ConfigMap": ("/api/v1", "configmaps"), "Service": ("/api/v1", "service
 PATHS["Deployment"] = ("/apis/apps/v1", "deployments")
 
 
+def objects(n: int, namespace: str) -> list[dict[str, Any]]:
+    """N small objects (5% Deployments, 5% Services, ConfigMaps of ~350 bytes): what this bench
+    applied before bench/manifests.py, and what bench.tracing still applies."""
+    workloads = max(1, n // 20)
+    result: list[dict[str, Any]] = []
+    for i in range(workloads):
+        labels = {"app": f"web-{i}"}
+        result.append(
+            {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": f"web-{i}", "namespace": namespace},
+                "spec": {
+                    "replicas": 1,
+                    "selector": {"matchLabels": labels},
+                    "template": {
+                        "metadata": {"labels": labels},
+                        "spec": {
+                            "containers": [
+                                {
+                                    "name": "web",
+                                    "image": "nginx:1.27",
+                                    "ports": [{"containerPort": 80}],
+                                    "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}},
+                                }
+                            ]
+                        },
+                    },
+                },
+            }
+        )
+        result.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": f"web-{i}", "namespace": namespace},
+                "spec": {"selector": labels, "ports": [{"port": 80, "targetPort": 80}]},
+            }
+        )
+    for i in range(n - len(result)):
+        result.append(
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": f"settings-{i}", "namespace": namespace},
+                "data": {"index": str(i), "payload": "x" * 200},
+            }
+        )
+    return result
+
+
 def write_directory(directory: Path, docs: list[dict[str, Any]]) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     for old in directory.glob("*.yaml"):
