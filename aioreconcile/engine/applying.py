@@ -14,6 +14,8 @@ class ApplyOptions:
 
     sync: str  # a valid label value naming the owning sync
     revision: str
+    # ``<namespace>/<name>`` of the sync's inventory, stamped on every object (INVENTORY_ANNOTATION)
+    inventory: str | None = None
     traceparent: str | None = None
     force_conflicts: bool = True
     dry_run: bool = False

@@ -15,6 +15,7 @@ from aioreconcile.engine.errors import InventoryError
 from aioreconcile.engine.model import JsonObject, ObjectRef
 from aioreconcile.engine.naming import (
     DISABLED,
+    INVENTORY_ANNOTATION,
     MANAGED_BY_LABEL,
     MANAGED_BY_VALUE,
     PRUNE_ANNOTATION,
@@ -90,8 +91,33 @@ def merge(current: Inventory, survivors: Iterable[ObjectRef]) -> Inventory:
     return Inventory.of(chain(current.entries, survivors))
 
 
+def inventory_key(namespace: str, name: str) -> str:
+    """The value of ``INVENTORY_ANNOTATION`` for the inventory ConfigMap ``namespace/name``."""
+    return f"{namespace}/{name}"
+
+
+def claimed_by(live: JsonObject, inventory: str) -> bool:
+    """Whether ``live`` names ``inventory`` as the one that applied it (``INVENTORY_ANNOTATION``).
+
+    The rule a rebuild from labels keeps an object by. The sync label alone is not proof: sync
+    names are chosen by people, and two controllers (or two ``apply --prune`` users) that both
+    named a sync ``app`` would each take the other's objects for their own and prune them. An
+    object without the annotation (applied before it existed, or labelled by hand) is not
+    claimed either: a rebuild never prunes it, and the next apply adopts it only if the source
+    still declares it. Argo CD's annotation tracking (``argocd.argoproj.io/tracking-id``) exists
+    for the same reason: a label value names an app, not the one controller that owns it.
+    """
+    metadata = live.get("metadata")
+    annotations = _as_map(metadata.get("annotations")) if isinstance(metadata, dict) else {}
+    return annotations.get(INVENTORY_ANNOTATION) == inventory
+
+
 def prunable(
-    ref: ObjectRef, live: JsonObject | None, *, sync: str | None = None
+    ref: ObjectRef,
+    live: JsonObject | None,
+    *,
+    sync: str | None = None,
+    inventory: str | None = None,
 ) -> tuple[bool, str]:
     """Whether a stale object may be deleted now that it was read back, and why (or why not).
 
@@ -100,8 +126,12 @@ def prunable(
     exclusion, the inventory alone is not trusted: only an object that still carries our
     managed-by label (and, when ``sync`` is given, this sync's label) is deleted. Someone may have
     taken it over by hand, or another sync may now declare it; deleting it would destroy their
-    work. An object that names a different name or namespace than ``ref`` is refused too: that is
-    the reader's bug, and a delete is the wrong place to find it.
+    work. When ``inventory`` is given, an object stamped with another inventory's
+    ``INVENTORY_ANNOTATION`` is refused too: a sync of the same name elsewhere applied it last.
+    One without the annotation is not refused here (a stored inventory that lists it is the
+    proof; objects applied before the annotation existed must still be pruned). An object that
+    names a different name or namespace than ``ref`` is refused too: that is the reader's bug,
+    and a delete is the wrong place to find it.
     """
     if live is None:
         return False, "already gone"
@@ -122,6 +152,9 @@ def prunable(
     if sync is not None and labels.get(SYNC_LABEL) != sync:
         owner = labels.get(SYNC_LABEL)
         return False, f"labelled {SYNC_LABEL}: {owner}, another sync now declares it"
+    owner = annotations.get(INVENTORY_ANNOTATION)
+    if inventory is not None and owner is not None and owner != inventory:
+        return False, f"annotated {INVENTORY_ANNOTATION}: {owner}, another inventory holds it"
     return True, "no longer in the source"
 
 

@@ -12,6 +12,10 @@ MANAGED_BY_VALUE: Final = "aioreconcile"
 SYNC_LABEL: Final = f"{DOMAIN}/sync"
 REVISION_ANNOTATION: Final = f"{DOMAIN}/revision"
 TRACEPARENT_ANNOTATION: Final = f"{DOMAIN}/traceparent"
+INVENTORY_ANNOTATION: Final = f"{DOMAIN}/inventory"
+"""On an applied object: ``<namespace>/<name>`` of the inventory ConfigMap of the sync that
+applied it. Sync names are chosen by people and may repeat across controllers; an inventory's
+place cannot, so a rebuild from labels takes only objects that name its own inventory."""
 PRUNE_ANNOTATION: Final = f"{DOMAIN}/prune"
 RECONCILE_ANNOTATION: Final = f"{DOMAIN}/reconcile"
 ADOPT_ANNOTATION: Final = f"{DOMAIN}/adopt"

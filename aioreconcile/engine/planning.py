@@ -29,6 +29,7 @@ from aioreconcile.engine.naming import (
     ENABLED,
     FIELD_MANAGER,
     FORCE_ANNOTATION,
+    INVENTORY_ANNOTATION,
     MANAGED_BY_LABEL,
     MANAGED_BY_VALUE,
     RECONCILE_ANNOTATION,
@@ -100,12 +101,21 @@ class Stage(IntEnum):
     NAMESPACED = 3
 
 
-def stamp(body: JsonObject, *, sync: str, revision: str, traceparent: str | None) -> JsonObject:
+def stamp(
+    body: JsonObject,
+    *,
+    sync: str,
+    revision: str,
+    traceparent: str | None,
+    inventory: str | None = None,
+) -> JsonObject:
     """The body we apply: the desired object plus the labels and annotations that make it ours.
 
     The managed-by and sync labels are what pruning trusts before deleting anything; the
-    revision and traceparent annotations let a person (and the drift watch) trace the object
-    back to a commit. ``body`` is copied (``_json_copy``), never changed.
+    inventory annotation (when the sync keeps one) is what a rebuild of a lost inventory
+    trusts, since two syncs may share a name but never an inventory; the revision and
+    traceparent annotations let a person (and the drift watch) trace the object back to a
+    commit. ``body`` is copied (``_json_copy``), never changed.
     """
     stamped = _json_copy(body)
     metadata = stamped.setdefault("metadata", {})
@@ -116,6 +126,8 @@ def stamp(body: JsonObject, *, sync: str, revision: str, traceparent: str | None
     labels[SYNC_LABEL] = sync
     annotations = _map_at(metadata, "annotations")
     annotations[REVISION_ANNOTATION] = revision
+    if inventory is not None:
+        annotations[INVENTORY_ANNOTATION] = inventory
     if traceparent is not None:
         annotations[TRACEPARENT_ANNOTATION] = traceparent
     return stamped

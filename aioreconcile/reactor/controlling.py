@@ -548,6 +548,12 @@ class Controller:
     def _cluster_for(self, sync: str) -> Cluster:
         return self._clusters.get(sync, self._cluster)
 
+    def _inventory_key(self, sync: str) -> str | None:
+        """What the sync's objects are stamped with (``INVENTORY_ANNOTATION``): a heal must
+        write the same stamp as the reconcile, or its apply would take the annotation away."""
+        store = self._inventories.get(sync)
+        return store.key if store is not None else None
+
     async def _process(self, key: WorkKey) -> None:
         if key[0] == "sync":
             state = self.states.get(key[1])
@@ -707,9 +713,11 @@ class Controller:
         if unchanged is not None:
             return await self._record_unchanged(state, sha, unchanged, root, started=started)
         traceparent = root.traceparent
+        inventory = self._inventory_key(name)
         options = ApplyOptions(
             sync=name,
             revision=sha,
+            inventory=inventory,
             traceparent=traceparent,
             concurrency=self._apply_concurrency,
         )
@@ -729,7 +737,15 @@ class Controller:
             state.revision = sha
             previous = state.desired
             state.desired = {
-                m.ref: _compact(stamp(m.body, sync=name, revision=sha, traceparent=traceparent))
+                m.ref: _compact(
+                    stamp(
+                        m.body,
+                        sync=name,
+                        revision=sha,
+                        traceparent=traceparent,
+                        inventory=inventory,
+                    )
+                )
                 for m in manifests
             }
             self._index(name, previous, state.desired)
@@ -1141,7 +1157,7 @@ class Controller:
             self.queue.put(("object", sync, ref), delay_s=wait_s)
             return
         manifest = Manifest(ref, desired, origin=f"drift heal of {ref}")
-        options = ApplyOptions(sync=sync, revision=revision)
+        options = ApplyOptions(sync=sync, revision=revision, inventory=self._inventory_key(sync))
         linked = _traceparent_of(live) or _traceparent_of(desired)
         fields = list(verdict.fields) or ["(deleted)"]
         with self._tracing.heal(

@@ -72,6 +72,10 @@ class ManifestRenderer(Protocol):
 
 
 class InventoryStore(Protocol):
+    key: str
+    """``<namespace>/<name>`` of where it is kept: stamped on every object the sync applies
+    (``INVENTORY_ANNOTATION``), so a rebuild from labels takes only its own objects."""
+
     async def load(self) -> Inventory | None: ...
 
     async def save(self, inventory: Inventory, *, revision: str) -> None: ...

@@ -294,7 +294,7 @@ class SyncResources:
         if prune:
             cluster = self._cluster_of(key, obj, state)
             revision = (state.revision if state is not None else None) or ""
-            options = ApplyOptions(sync=identity, revision=revision)
+            options = ApplyOptions(sync=identity, revision=revision, inventory=store.key)
             changes = await cluster.delete(ordered, options)
             failed = changes.failed
             if failed:

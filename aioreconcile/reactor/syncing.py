@@ -4,7 +4,9 @@ The order and the refusals live here and nowhere else: nothing is applied when r
 and nothing is pruned when rendering or any apply failed, or when the source became empty and
 that was not explicitly allowed. Failed deletions stay in the inventory so the next run retries.
 With no stored inventory (the first apply, or someone deleted it) the inventory is rebuilt from
-the objects that carry the sync's labels, so nothing it applied is orphaned; a stored inventory
+the objects that carry the sync's labels and name this inventory in their
+``aioreconcile.dev/inventory`` annotation, so nothing it applied is orphaned and nothing another
+sync of the same name applied is taken for its own; a stored inventory
 that cannot be read fails the run (``InventoryFailed``, not retried until the next poll or push)
 and prunes nothing.
 """
@@ -21,7 +23,7 @@ from aioreconcile.engine import health
 from aioreconcile.engine.applying import ApplyOptions, ApplyResult
 from aioreconcile.engine.changeset import ChangeSet, ChangeSetEntry
 from aioreconcile.engine.errors import AioreconcileError, ApiError, TransientError
-from aioreconcile.engine.inventory import Inventory, allow_prune, merge, stale
+from aioreconcile.engine.inventory import Inventory, allow_prune, claimed_by, merge, stale
 from aioreconcile.engine.model import JsonObject, Manifest, ObjectRef
 from aioreconcile.engine.outcomes import Reason, SyncOutcome
 from aioreconcile.engine.planning import Stage, staged
@@ -66,7 +68,12 @@ async def sync_once(
     tracing: Tracing | None = None,
 ) -> SyncOutcome:
     """Reconcile once. ``before_apply`` sees the rendered manifests before anything is written,
-    so a drift watcher already compares incoming events with the new desired state."""
+    so a drift watcher already compares incoming events with the new desired state.
+
+    With an ``inventory``, every object is stamped with its key (``INVENTORY_ANNOTATION``):
+    the store names it, so the stamp and the rebuild from labels cannot disagree."""
+    if inventory is not None and request.options.inventory != inventory.key:
+        request = replace(request, options=replace(request.options, inventory=inventory.key))
     revision = request.options.revision
     tracing = tracing or NoTracing()
     with tracing.stage("render", {"aioreconcile.render.type": request.render.type.value}) as span:
@@ -109,6 +116,7 @@ async def sync_once(
                     previous = await inventory_from_labels(
                         cluster,
                         request.options,
+                        inventory=inventory.key,
                         namespaces=[m.ref.namespace for m in manifests],
                     )
             kept: Inventory = current
@@ -190,10 +198,13 @@ def _transient(error: Exception) -> bool:
 
 
 async def inventory_from_labels(
-    cluster: Cluster, options: ApplyOptions, *, namespaces: Iterable[str] = ()
+    cluster: Cluster, options: ApplyOptions, *, inventory: str, namespaces: Iterable[str] = ()
 ) -> Inventory:
-    """The inventory of ``options.sync`` rebuilt from the objects labelled as its own, in every
-    kind the cluster can list and delete.
+    """The inventory ``inventory`` rebuilt from the objects labelled as ``options.sync``'s and
+    annotated as applied under that inventory (``claimed_by``), in every kind the cluster can
+    list and delete. The label narrows the LIST; the annotation decides: another controller's
+    sync of the same name labels its objects alike but names its own inventory, and an object
+    that names none (applied by an older version, or labelled by hand) is left alone.
 
     Used when none is stored: on a first apply it finds what was just applied (and anything a
     lost inventory listed); after the inventory was deleted it finds everything, so an object
@@ -215,7 +226,8 @@ async def inventory_from_labels(
     async def listing(kind: ObjectRef) -> bool:
         async with limiter:
             try:
-                found.extend(await cluster.list_owned(kind, sync=options.sync))
+                listed = await cluster.list_owned(kind, sync=options.sync)
+                found.extend(ref for ref, live in listed.items() if claimed_by(live, inventory))
             except AioreconcileError as e:
                 if _transient(e):
                     transient.append(e)
@@ -244,7 +256,7 @@ async def inventory_from_labels(
         )
     logger.info(
         "no stored inventory: rebuilt from labels",
-        extra={"sync": options.sync, "objects": len(found)},
+        extra={"sync": options.sync, "inventory": inventory, "objects": len(found)},
     )
     return Inventory.of(found)
 

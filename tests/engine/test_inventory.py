@@ -10,6 +10,8 @@ from aioreconcile.engine.errors import AioreconcileError, InventoryError
 from aioreconcile.engine.inventory import (
     Inventory,
     allow_prune,
+    claimed_by,
+    inventory_key,
     merge,
     prunable,
     stale,
@@ -235,6 +237,49 @@ def test_prunable_deletes_only_what_is_still_ours(
     allowed, why = prunable(CONFIG, live, sync=sync)
 
     assert (allowed, reason in why) == (expected, True), why
+
+
+_INVENTORY = "aioreconcile.dev/inventory"
+
+
+@pytest.mark.parametrize(
+    ("annotations", "expected", "reason"),
+    [
+        pytest.param({_INVENTORY: "ops/inv"}, True, "no longer in the source", id="this-inventory"),
+        # Listed by the stored inventory, applied before the annotation existed: still pruned.
+        pytest.param({}, True, "no longer in the source", id="no-annotation"),
+        pytest.param(
+            {_INVENTORY: "other/inv"},
+            False,
+            "annotated aioreconcile.dev/inventory: other/inv",
+            id="another-inventory",
+        ),
+    ],
+)
+def test_prunable_refuses_an_object_another_inventory_holds(
+    annotations: dict[str, str], expected: bool, reason: str
+) -> None:
+    allowed, why = prunable(
+        CONFIG, _live(annotations=annotations), sync="shop", inventory="ops/inv"
+    )
+
+    assert (allowed, reason in why) == (expected, True), why
+
+
+@pytest.mark.parametrize(
+    ("annotations", "claimed"),
+    [
+        pytest.param({_INVENTORY: "ops/inv"}, True, id="this-inventory"),
+        pytest.param({_INVENTORY: "other/inv"}, False, id="same-sync-name-other-inventory"),
+        pytest.param({_INVENTORY: "ops/inv-2"}, False, id="a-prefix-is-not-enough"),
+        pytest.param({}, False, id="older-version-or-by-hand"),
+        pytest.param(None, False, id="no-annotations-at-all"),
+    ],
+)
+def test_a_rebuild_claims_only_objects_that_name_its_inventory(
+    annotations: dict[str, str] | None, claimed: bool
+) -> None:
+    assert claimed_by(_live(annotations=annotations), inventory_key("ops", "inv")) is claimed
 
 
 # --- allow_prune --------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from aioreconcile.engine.model import JsonObject, Manifest, ObjectRef
 from aioreconcile.engine.naming import (
+    INVENTORY_ANNOTATION,
     MANAGED_BY_LABEL,
     REVISION_ANNOTATION,
     SYNC_LABEL,
@@ -393,7 +394,9 @@ def test_stamp_adds_ownership_and_provenance_without_touching_the_input() -> Non
     }
     original = copy.deepcopy(body)
 
-    stamped = stamp(body, sync="shop", revision=NEW_SHA, traceparent=TRACE)
+    stamped = stamp(
+        body, sync="shop", revision=NEW_SHA, traceparent=TRACE, inventory="ops/inv-shop"
+    )
 
     assert body == original
     assert stamped["metadata"]["labels"] == {
@@ -405,6 +408,7 @@ def test_stamp_adds_ownership_and_provenance_without_touching_the_input() -> Non
         "note": "hi",
         REVISION_ANNOTATION: NEW_SHA,
         TRACEPARENT_ANNOTATION: TRACE,
+        INVENTORY_ANNOTATION: "ops/inv-shop",
     }
 
 

@@ -173,6 +173,58 @@ async def test_deleted_inventory_is_rebuilt_from_labels_and_prune_still_removes_
     assert outcome.inventory_size == 1
 
 
+async def test_a_rebuild_never_prunes_objects_of_another_inventory_with_the_same_sync_name(
+    kube: Kube, namespace: str, tmp_path: Path
+) -> None:
+    """Two controllers (or two ``apply --prune`` users) that both named their sync ``app`` but
+    keep their inventories apart: the second one's first run (no inventory yet) lists ``app``'s
+    objects cluster-wide and must take none of the first one's as its own."""
+    sync = f"app-{secrets.token_hex(3)}"
+    core = client.CoreV1Api(kube.api)
+    other = f"t-{secrets.token_hex(4)}"
+    await core.create_namespace({"metadata": {"name": other}})
+    try:
+        theirs, ours = tmp_path / "theirs", tmp_path / "ours"
+        theirs.mkdir()
+        ours.mkdir()
+        for name in ("a", "b", "c"):
+            write_config_map(theirs, name, other)
+        write_config_map(ours, "mine", namespace)
+        first = await runtime.apply_directory(
+            replace(pruning(kube, theirs, other, "inventory"), sync=sync)
+        )
+        assert first.ok, first
+
+        outcome = await runtime.apply_directory(
+            replace(pruning(kube, ours, namespace, "inventory"), sync=sync)
+        )
+
+        assert outcome.ok, outcome
+        assert outcome.pruned.entries == ()
+        assert await config_map_names(kube, other) >= {"a", "b", "c", "inventory"}
+        assert outcome.inventory_size == 1
+    finally:
+        await core.delete_namespace(other)
+
+
+async def test_a_rebuild_leaves_objects_that_name_no_inventory(
+    kube: Kube, namespace: str, tmp_path: Path
+) -> None:
+    """An object with our labels but no inventory annotation (applied by an older version, or
+    labelled by hand) cannot be proven ours: a rebuild does not prune it."""
+    inventory = f"inv-{secrets.token_hex(3)}"
+    write_config_map(tmp_path, "keep", namespace)
+    await client.CoreV1Api(kube.api).create_namespaced_config_map(
+        namespace, labelled_config_map("unproven", namespace, inventory, "v")
+    )
+
+    outcome = await runtime.apply_directory(pruning(kube, tmp_path, namespace, inventory))
+
+    assert outcome.ok, outcome
+    assert outcome.pruned.entries == ()
+    assert await config_map_names(kube, namespace) == {"keep", "unproven", inventory}
+
+
 CORRUPTIONS = [
     pytest.param("not json at all", "data.entries.json is not JSON", id="not-json"),
     pytest.param('{"id": "x"}', "data.entries.json: inventory is not a list", id="not-a-list"),

@@ -127,6 +127,8 @@ async def test_a_lost_lease_cancels_the_work_at_once_and_raises_without_releasin
 
 
 class Store:
+    key = "aioreconcile/inventory"
+
     def __init__(self, inventory: Inventory | None = None, *, broken: bool = False) -> None:
         self.inventory, self.broken = inventory, broken
 

@@ -60,6 +60,8 @@ LEFT = ObjectRef("", "ConfigMap", "team", "left", "v1")
 class NoInventory:
     """An inventory store holding one object (``LEFT``) from an earlier apply."""
 
+    key = "team/aioreconcile-inventory-app"
+
     async def load(self) -> Inventory | None:
         return Inventory.of([LEFT])
 

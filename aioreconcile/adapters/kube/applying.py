@@ -235,6 +235,7 @@ class Applier:
             sync=options.sync,
             revision=options.revision,
             traceparent=options.traceparent,
+            inventory=options.inventory,
         )
         before = _resource_version(live)
         refused = planning.refusal(desired, live, sync=options.sync)
@@ -381,6 +382,7 @@ class Applier:
             sync=options.sync,
             revision=options.revision,
             traceparent=options.traceparent,
+            inventory=options.inventory,
         )
         live = await self.get(ref)
         refused = planning.refusal(desired, live, sync=options.sync)
@@ -415,7 +417,7 @@ class Applier:
             return _entry(ref, Action.SKIPPED, started, error="kind no longer served")
         try:
             live = await self.get(ref)
-            allowed, why = prunable(ref, live, sync=options.sync)
+            allowed, why = prunable(ref, live, sync=options.sync, inventory=options.inventory)
             if not allowed:
                 return _entry(ref, Action.SKIPPED, started, error=why)
             body: JsonObject = {

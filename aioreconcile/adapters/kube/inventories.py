@@ -16,7 +16,7 @@ import orjson
 
 from aioreconcile.adapters.kube.transport import APPLY_PATCH, KubeTransport
 from aioreconcile.engine.errors import InventoryError, NotFoundError
-from aioreconcile.engine.inventory import Inventory
+from aioreconcile.engine.inventory import Inventory, inventory_key
 from aioreconcile.engine.naming import FIELD_MANAGER, MANAGED_BY_LABEL, MANAGED_BY_VALUE
 
 _ENTRIES_KEY: Final = "entries.json"
@@ -32,6 +32,7 @@ class ConfigMapInventoryStore:
         self.namespace = namespace
         self.name = name
         self._path = f"/api/v1/namespaces/{namespace}/configmaps/{name}"
+        self.key = inventory_key(namespace, name)
 
     def __str__(self) -> str:
         return f"ConfigMap/{self.namespace}/{self.name}"

@@ -22,7 +22,12 @@ from aioreconcile.adapters.kube.watching import EventCallback, KindWatch
 from aioreconcile.engine.config import DataRef
 from aioreconcile.engine.errors import AioreconcileError, NotFoundError
 from aioreconcile.engine.model import JsonObject, ObjectRef
-from aioreconcile.engine.naming import API_GROUP, MANAGED_BY_LABEL, SYNC_LABEL
+from aioreconcile.engine.naming import (
+    API_GROUP,
+    INVENTORY_ANNOTATION,
+    MANAGED_BY_LABEL,
+    SYNC_LABEL,
+)
 from aioreconcile.engine.resources import FINALIZER
 
 logger = logging.getLogger(__name__)
@@ -145,7 +150,12 @@ class KubeSyncResources:
             labels = (live.get("metadata") or {}).get("labels") or {}
             if labels.get(SYNC_LABEL) != sync:
                 continue  # another sync's now, or already released
-            patch = {"metadata": {"labels": {SYNC_LABEL: None, MANAGED_BY_LABEL: None}}}
+            patch = {
+                "metadata": {
+                    "labels": {SYNC_LABEL: None, MANAGED_BY_LABEL: None},
+                    "annotations": {INVENTORY_ANNOTATION: None},
+                }
+            }
             try:
                 await self._transport.request("PATCH", path, body=patch, content_type=MERGE_PATCH)
             except NotFoundError:
