@@ -229,6 +229,11 @@ async def test_an_applied_sync_becomes_ready_with_its_revision_in_kubectl_get(
         live = await cluster.config_map("a")
         assert live is not None
         assert live["metadata"]["labels"]["aioreconcile.dev/sync"] == f"{namespace}.shop"
+        # The inventory in the Sync's namespace, as a rebuild from labels looks for it.
+        assert (
+            live["metadata"]["annotations"]["aioreconcile.dev/inventory"]
+            == f"{namespace}/aioreconcile-inventory-shop"
+        )
         inventory = await cluster.config_map("aioreconcile-inventory-shop")
         assert inventory is not None
         with anyio.fail_after(30):

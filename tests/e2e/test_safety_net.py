@@ -69,6 +69,15 @@ class Running:
             return None
         return dict(cm.data or {})
 
+    @property
+    def inventory_key(self) -> str:
+        return f"{self.namespace}/inventory-{self.state.spec.name}"
+
+    async def inventory_annotation(self, name: str) -> str | None:
+        cm = await self.core.read_namespaced_config_map(name, self.namespace)
+        value: str | None = (cm.metadata.annotations or {}).get("aioreconcile.dev/inventory")
+        return value
+
     async def names(self) -> set[str]:
         listed = await self.core.list_namespaced_config_map(self.namespace)
         return {cm.metadata.name for cm in listed.items}
@@ -151,6 +160,38 @@ async def test_an_edit_the_watch_never_reported_is_healed_by_the_next_poll(
         await running.wait_for(restored, seconds=HEAL_WITHIN_S)
 
         assert running.dropped, "the hook should have kept the edit from the controller"
+        assert running.state.heals >= 1
+        # The heal writes the reconcile's stamp, the inventory annotation included.
+        assert await running.inventory_annotation("settings") == running.inventory_key
+
+
+async def test_a_stripped_inventory_annotation_is_healed_by_the_next_poll(
+    kube: Kube,
+    namespace: str,
+    upstream: Callable[[str], Upstream],
+    git_daemon: str,
+    tmp_path: Path,
+) -> None:
+    """Without it a rebuild of a lost inventory would leave the object behind: it is ours, so
+    its removal is drift like a stripped label."""
+    repo = upstream("stripped-annotation")
+    sha = repo.commit(files(config_map("settings", namespace, v="git")))
+    async with controller(
+        kube, namespace, repo, git_daemon, tmp_path, deaf_to=frozenset({"settings"})
+    ) as running:
+        await running.wait_for(lambda: running.applied(sha))
+        assert await running.inventory_annotation("settings") == running.inventory_key
+        await running.core.patch_namespaced_config_map(
+            "settings",
+            namespace,
+            {"metadata": {"annotations": {"aioreconcile.dev/inventory": None}}},
+            field_manager="intruder",
+        )
+
+        async def restored() -> bool:
+            return await running.inventory_annotation("settings") == running.inventory_key
+
+        await running.wait_for(restored, seconds=HEAL_WITHIN_S)
         assert running.state.heals >= 1
 
 
