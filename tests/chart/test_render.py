@@ -52,7 +52,11 @@ FILE_MODE: dict[str, Any] = {
         }
     ],
 }
-NAMESPACED = {"rbac": {"scope": "namespaced", "namespaces": ["team-a", "team-b"]}}
+# CRD mode with Roles only: the Syncs of one namespace (a Role cannot list every namespace's).
+NAMESPACED = {
+    "rbac": {"scope": "namespaced", "namespaces": ["team-a", "team-b"]},
+    "watchNamespace": "team-a",
+}
 EXPOSED = {
     "webhook": {
         "ingress": {
@@ -66,6 +70,7 @@ EXPOSED = {
 }
 THREE = {
     "replicas": 3,
+    "leaderElection": {"leaseDuration": "3s", "renewDeadline": "2s", "retryPeriod": "500ms"},
     "otel": {
         "endpoint": "http://jaeger-collector.observability:4318",
         "tracesSampler": "parentbased_traceidratio",
@@ -171,10 +176,11 @@ def test_default_is_crd_mode_cluster_wide_with_flux_like_rights() -> None:
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}
     ]
-    # Inventories and leases in the release namespace, whatever applyRules says.
+    # Inventories in the release namespace, whatever applyRules says; the Lease there too.
     own = one(objects, "Role", f"{FULLNAME}-own")
     assert own["metadata"]["namespace"] == NAMESPACE
-    assert {r["resources"][0] for r in own["rules"]} == {"configmaps", "leases"}
+    assert {r["resources"][0] for r in own["rules"]} == {"configmaps"}
+    assert one(objects, "Role", f"{FULLNAME}-leader-election")["metadata"]["namespace"] == NAMESPACE
     assert one(objects, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
     assert one(objects, "Deployment")["spec"]["replicas"] == 1
 
@@ -370,3 +376,135 @@ def test_optional_objects_can_be_switched_off() -> None:
     assert [o["metadata"]["name"] for o in objects if o["kind"] == "Service"] == [
         f"{FULLNAME}-webhook"
     ]
+
+
+def flag(args: list[str], name: str) -> str:
+    assert name in args, args
+    return args[args.index(name) + 1]
+
+
+def grants(rule_list: list[dict[str, Any]], group: str, resource: str, verb: str) -> bool:
+    """Whether RBAC rules allow ``verb`` on ``group``/``resource`` (wildcards included)."""
+    return any(
+        (group in r["apiGroups"] or "*" in r["apiGroups"])
+        and (resource in r["resources"] or "*" in r["resources"])
+        and (verb in r["verbs"] or "*" in r["verbs"])
+        and not r.get("resourceNames")
+        for r in rule_list
+    )
+
+
+def test_leader_election_is_on_by_default_with_client_go_timings_and_a_lease_role() -> None:
+    objects = render({})
+    args = container(objects)["args"]
+    assert "--leader-elect" in args
+    assert flag(args, "--leader-election-id") == FULLNAME  # two releases, two Leases
+    assert flag(args, "--leader-election-namespace") == NAMESPACE
+    assert flag(args, "--leader-election-lease-duration") == "15s"
+    assert flag(args, "--leader-election-renew-deadline") == "10s"
+    assert flag(args, "--leader-election-retry-period") == "2s"
+    role = one(objects, "Role", f"{FULLNAME}-leader-election")
+    assert role["rules"] == [
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "verbs": ["get", "create", "update"],
+        }
+    ]
+    binding = one(objects, "RoleBinding", f"{FULLNAME}-leader-election")
+    assert binding["roleRef"]["name"] == f"{FULLNAME}-leader-election"
+    assert binding["subjects"][0]["name"] == FULLNAME
+
+
+def test_leader_election_values_become_the_flags_and_off_means_no_flag_and_no_lease_rights() -> (
+    None
+):
+    args = container(render(THREE))["args"]
+    assert flag(args, "--leader-election-lease-duration") == "3s"
+    assert flag(args, "--leader-election-renew-deadline") == "2s"
+    assert flag(args, "--leader-election-retry-period") == "500ms"
+    named = container(render({"leaderElection": {"id": "gitops-leader"}}))["args"]
+    assert flag(named, "--leader-election-id") == "gitops-leader"
+
+    off = render({"leaderElection": {"enabled": False}})
+    assert not any(a.startswith("--leader-elect") for a in container(off)["args"])
+    everywhere = [r for kind in ("Role", "ClusterRole") for _, r in rules(off, kind)]
+    narrowed = render({"leaderElection": {"enabled": False}, "rbac": {"applyRules": []}})
+    assert not any(
+        "leases" in r["resources"]
+        for kind in ("Role", "ClusterRole")
+        for _, r in rules(narrowed, kind)
+    )
+    assert everywhere  # the rest of the RBAC is still there
+
+
+# docs/crds.md, "RBAC in CRD mode": what the controller's own account needs, whatever the Syncs
+# apply (rbac.applyRules narrowed to nothing proves the chart grants it on its own).
+CRD_MODE_NEEDS = [
+    ("aioreconcile.dev", "syncs", ("get", "list", "watch", "patch")),
+    ("aioreconcile.dev", "receivers", ("get", "list", "watch", "patch")),
+    ("aioreconcile.dev", "syncs/status", ("patch",)),
+    ("aioreconcile.dev", "receivers/status", ("patch",)),
+    ("aioreconcile.dev", "syncs/finalizers", ("update",)),
+    ("", "secrets", ("get", "list", "watch")),
+    ("", "configmaps", ("get", "list", "watch", "create", "patch", "delete")),
+    ("events.k8s.io", "events", ("create", "patch")),
+    ("", "serviceaccounts", ("impersonate",)),
+]
+
+
+@pytest.mark.parametrize("scope", ["cluster", "namespaced"])
+def test_crd_mode_rbac_covers_the_crds_md_table_without_apply_rules(scope: str) -> None:
+    values: dict[str, Any] = {"rbac": {"scope": scope, "applyRules": [], "watchRules": []}}
+    if scope == "namespaced":
+        values["watchNamespace"] = "team-a"
+    objects = render(values)
+    # Where the Syncs are: every namespace (a ClusterRole), or the watched one (its Role).
+    kind, where = ("ClusterRole", "") if scope == "cluster" else ("Role", "team-a")
+    granted = [
+        r
+        for namespace, r in rules(objects, kind)
+        if namespace == where and not r.get("resourceNames")
+    ]
+    missing = [
+        (group, resource, verb)
+        for group, resource, verbs in CRD_MODE_NEEDS
+        for verb in verbs
+        if not grants(granted, group, resource, verb)
+    ]
+    assert missing == []
+    lease = [r for namespace, r in rules(objects, "Role") if namespace == NAMESPACE]
+    for verb in ("get", "create", "update"):
+        assert grants(lease, "coordination.k8s.io", "leases", verb)
+    # Nothing beyond the table: no write of Secrets, no cluster-scoped writes.
+    everything = [r for kind in ("Role", "ClusterRole") for _, r in rules(objects, kind)]
+    assert not grants(everything, "", "secrets", "patch")
+    assert not grants(everything, "rbac.authorization.k8s.io", "clusterroles", "create")
+
+
+def test_watch_namespace_becomes_the_flag_and_its_namespace_gets_the_roles() -> None:
+    assert "--watch-namespace" not in container(render({}))["args"]
+    objects = render(NAMESPACED)
+    assert flag(container(objects)["args"], "--watch-namespace") == "team-a"
+    extra = render({**NAMESPACED, "watchNamespace": "team-c"})
+    roles = {o["metadata"]["namespace"] for o in extra if o["kind"] == "Role"}
+    assert "team-c" in roles
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({**FILE_MODE, "watchNamespace": "team-a"}, "watchNamespace is for CRD mode"),
+        (
+            {"rbac": {"scope": "namespaced"}},
+            "rbac.scope namespaced in CRD mode needs watchNamespace",
+        ),
+    ],
+    ids=["watchNamespace-in-file-mode", "namespaced-crd-mode-without-watchNamespace"],
+)
+def test_values_the_controller_could_not_honour_are_refused(
+    values: dict[str, Any], message: str
+) -> None:
+    result = helm("template", RELEASE, str(CHART), values=values)
+    assert result.returncode != 0
+    assert message in result.stderr

@@ -37,6 +37,8 @@ async def test_every_rendered_object_passes_a_server_side_dry_run(
         await client.CoreV1Api(kube.api).create_namespace({"metadata": {"name": teams[-1]}})
     if teams:
         values = {**values, "rbac": {**values["rbac"], "namespaces": teams}}
+        if "watchNamespace" in values:
+            values["watchNamespace"] = teams[0]
     release = f"r{secrets.token_hex(3)}"
     objects = [
         o

@@ -39,9 +39,16 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- default .Release.Namespace .Values.controller.inventoryNamespace }}
 {{- end }}
 
-{{/* namespaced RBAC: the release namespace, the inventory namespace and rbac.namespaces. */}}
+{{/* The leader election Lease's name. */}}
+{{- define "aioreconcile.leaseName" -}}
+{{- default (include "aioreconcile.fullname" .) .Values.leaderElection.id }}
+{{- end }}
+
+{{/* namespaced RBAC: the release namespace, the inventory namespace, the watched namespace
+(CRD mode) and rbac.namespaces. */}}
 {{- define "aioreconcile.rbacNamespaces" -}}
 {{- $all := list .Release.Namespace (include "aioreconcile.inventoryNamespace" .) }}
+{{- with .Values.watchNamespace }}{{ $all = append $all . }}{{ end }}
 {{- range .Values.rbac.namespaces }}{{ $all = append $all . }}{{ end }}
 {{- $all | uniq | toJson }}
 {{- end }}
@@ -67,19 +74,31 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
   verbs: ["create", "patch"]
 {{- if not (include "aioreconcile.fileMode" .) }}
 # CRD mode reads the Secrets and ConfigMaps a Sync or Receiver references (credentials, keys,
-# webhook tokens); file mode gets its secrets as mounted files instead.
+# webhook tokens); file mode gets its secrets as mounted files instead. It keeps each Sync's
+# inventory ConfigMap beside the Sync (docs/crds.md, "RBAC in CRD mode"), whatever applyRules say.
 - apiGroups: [""]
   resources: ["secrets", "configmaps"]
   verbs: ["get", "list", "watch"]
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["create", "update", "patch", "delete"]
 {{- end }}
 {{- end }}
 
-{{/* Rules in the inventory namespace: inventory ConfigMaps, Leases for leader election. */}}
+{{/* Rules in the inventory namespace: the file mode's inventory ConfigMaps. */}}
 {{- define "aioreconcile.ownRules" -}}
 - apiGroups: [""]
   resources: ["configmaps"]
   verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
-- apiGroups: ["coordination.k8s.io"]
-  resources: ["leases"]
-  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+{{- end }}
+
+{{/* Refusals: values that would be parsed and ignored, or an RBAC the controller cannot work
+with. */}}
+{{- define "aioreconcile.validate" -}}
+{{- if and .Values.watchNamespace (include "aioreconcile.fileMode" .) }}
+{{- fail "watchNamespace is for CRD mode (no `config`); file mode's syncs are in `config`" }}
+{{- end }}
+{{- if and (eq .Values.rbac.scope "namespaced") (not (include "aioreconcile.fileMode" .)) (not .Values.watchNamespace) }}
+{{- fail "rbac.scope namespaced in CRD mode needs watchNamespace: the Syncs of every namespace cannot be watched with Roles" }}
+{{- end }}
 {{- end }}
