@@ -58,7 +58,7 @@ from aioreconcile.engine.configuration import parse_config
 from aioreconcile.engine.diffing import unified_diff
 from aioreconcile.engine.errors import AioreconcileError, LeadershipLost
 from aioreconcile.engine.events import WatchEvent
-from aioreconcile.engine.inventory import Inventory, allow_prune, stale
+from aioreconcile.engine.inventory import Inventory, allow_prune, inventory_key, stale
 from aioreconcile.engine.leadership import LeaseTimings
 from aioreconcile.engine.metrics import Registry
 from aioreconcile.engine.model import Manifest, ObjectRef
@@ -120,12 +120,19 @@ async def open_cluster(settings: ClusterSettings) -> AsyncIterator[KubeCluster]:
 
 
 def _options(settings: DirectorySettings, revision: str) -> ApplyOptions:
+    """What ``apply`` and ``diff`` both write: the same options, so a diff with apply's
+    arguments compares against exactly what apply would store (inventory stamp included)."""
     return ApplyOptions(
         sync=settings.sync,
         revision=revision,
         force_conflicts=settings.force_conflicts,
         dry_run=settings.dry_run,
         concurrency=settings.concurrency,
+        inventory=(
+            inventory_key(settings.inventory_namespace, settings.inventory)
+            if settings.inventory
+            else None
+        ),
     )
 
 
