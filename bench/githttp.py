@@ -8,24 +8,11 @@ No authentication: a benchmark measures the transport, not a 401 round trip. Loo
 """
 
 import argparse
-import os
-import subprocess
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-
-def _read_body(handler: BaseHTTPRequestHandler) -> bytes:
-    if handler.headers.get("Transfer-Encoding", "").lower() == "chunked":
-        chunks: list[bytes] = []
-        while True:
-            size = int(handler.rfile.readline().strip().split(b";")[0], 16)
-            if size == 0:
-                handler.rfile.readline()
-                return b"".join(chunks)
-            chunks.append(handler.rfile.read(size))
-            handler.rfile.readline()
-    return handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
+from aioreconcile.testing.githttp import answer_with_http_backend, read_body
 
 
 def serve(root: Path, port: int) -> None:
@@ -42,40 +29,8 @@ def serve(root: Path, port: int) -> None:
             """Quiet."""
 
         def serve(self) -> None:
-            body = _read_body(self)
-            path, _, query = self.path.partition("?")
-            env = {
-                "PATH": os.environ["PATH"],
-                "GIT_PROJECT_ROOT": str(root),
-                "GIT_HTTP_EXPORT_ALL": "1",
-                "REQUEST_METHOD": self.command,
-                "PATH_INFO": path,
-                "QUERY_STRING": query,
-                "CONTENT_TYPE": self.headers.get("Content-Type", ""),
-                "CONTENT_LENGTH": str(len(body)),
-                "REMOTE_ADDR": "127.0.0.1",
-                "GIT_PROTOCOL": self.headers.get("Git-Protocol", ""),
-                "HTTP_CONTENT_ENCODING": self.headers.get("Content-Encoding", ""),
-            }
-            result = subprocess.run(
-                ["git", "http-backend"], input=body, env=env, capture_output=True, check=False
-            )
-            head, _, payload = result.stdout.partition(b"\r\n\r\n")
-            if not payload and b"\n\n" in head:
-                head, _, payload = result.stdout.partition(b"\n\n")
-            status, headers = 200, []
-            for line in head.decode("latin-1").splitlines():
-                name, _, value = line.partition(":")
-                if name.lower() == "status":
-                    status = int(value.split()[0])
-                elif name:
-                    headers.append((name, value.strip()))
-            self.send_response(status)
-            for name, value in headers:
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
+            body = read_body(self)
+            answer_with_http_backend(self, root, body)
 
     server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     server.daemon_threads = True

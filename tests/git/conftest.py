@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from aioreconcile.adapters.git import GitCache, running
+from aioreconcile.testing.githttp import answer_with_http_backend, read_body
 
 HTTP_USER = "deployer"
 HTTP_PASSWORD = "s3cr3t-t0ken-do-not-print"
@@ -181,19 +182,6 @@ class HttpGit:
     leaking_commands: list[str] = field(default_factory=list)
 
 
-def _read_body(handler: BaseHTTPRequestHandler) -> bytes:
-    if handler.headers.get("Transfer-Encoding", "").lower() == "chunked":
-        chunks: list[bytes] = []
-        while True:
-            size = int(handler.rfile.readline().strip().split(b";")[0], 16)
-            if size == 0:
-                handler.rfile.readline()
-                return b"".join(chunks)
-            chunks.append(handler.rfile.read(size))
-            handler.rfile.readline()
-    return handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
-
-
 def _command_lines_containing(secret: str) -> list[str]:
     found = []
     for entry in Path("/proc").iterdir():
@@ -229,7 +217,7 @@ def git_http(served_root: Path, request: pytest.FixtureRequest) -> Iterator[Http
         def serve(self) -> None:
             state.requests += 1
             state.leaking_commands.extend(_command_lines_containing(password))
-            body = _read_body(self)
+            body = read_body(self)
             if self.headers.get("Authorization") != expected:
                 state.unauthorized += 1
                 self.send_response(401)
@@ -237,40 +225,7 @@ def git_http(served_root: Path, request: pytest.FixtureRequest) -> Iterator[Http
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
-            path, _, query = self.path.partition("?")
-            env = {
-                "PATH": os.environ["PATH"],
-                "GIT_PROJECT_ROOT": str(served_root),
-                "GIT_HTTP_EXPORT_ALL": "1",
-                "REQUEST_METHOD": self.command,
-                "PATH_INFO": path,
-                "QUERY_STRING": query,
-                "CONTENT_TYPE": self.headers.get("Content-Type", ""),
-                "CONTENT_LENGTH": str(len(body)),
-                "REMOTE_USER": HTTP_USER,
-                "REMOTE_ADDR": "127.0.0.1",
-                "GIT_PROTOCOL": self.headers.get("Git-Protocol", ""),
-                "HTTP_CONTENT_ENCODING": self.headers.get("Content-Encoding", ""),
-            }
-            result = subprocess.run(
-                ["git", "http-backend"], input=body, env=env, capture_output=True, check=False
-            )
-            head, _, payload = result.stdout.partition(b"\r\n\r\n")
-            if not payload and b"\n\n" in head:
-                head, _, payload = result.stdout.partition(b"\n\n")
-            status, headers = 200, []
-            for line in head.decode("latin-1").splitlines():
-                name, _, value = line.partition(":")
-                if name.lower() == "status":
-                    status = int(value.split()[0])
-                elif name:
-                    headers.append((name, value.strip()))
-            self.send_response(status)
-            for name, value in headers:
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
+            answer_with_http_backend(self, served_root, body, remote_user=HTTP_USER)
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
