@@ -1,0 +1,368 @@
+"""Webhooks accepted by any replica, CRD mode: `aioreconcile run --leader-elect` processes (no
+`--config`) against the real apiserver and a real git daemon. A standby that verifies a delivery
+records it on the Sync (`reconcile.aioreconcile.dev/requestedAt` and the hinted revision in
+`reconcile.aioreconcile.dev/revision`) before answering 202, and the leader's Sync watch acts on
+it: the push survives the death of the replica that received it, and of the leader."""
+
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+import pytest
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.rest import ApiException
+
+from aioreconcile.testing.pytest_plugin import Kube
+from tests.e2e.test_crd_mode import (
+    GROUP,
+    VERSION,
+    config_maps,
+    crds,
+    deliver,
+    kubectl,
+    receiver,
+    sync,
+    token_secret,
+)
+from tests.e2e.test_run_command import _free_port, _get
+from tests.git.conftest import Upstream
+
+pytestmark = pytest.mark.integration
+
+__all__ = ["crds"]
+
+LEASE_S, RENEW_S, RETRY_S = 3, 2.0, 0.5
+TOKEN = "handoff-t0ken"
+REQUESTED_AT = "reconcile.aioreconcile.dev/requestedAt"
+HINT = "reconcile.aioreconcile.dev/revision"
+LATENCY_ROUNDS = int(os.environ.get("HANDOFF_LATENCY_ROUNDS", "10"))
+
+
+@dataclass
+class Replica:
+    identity: str
+    process: anyio.abc.Process
+    ops: str
+    hooks: int  # the webhook listener's port
+    log: Path
+
+    def readyz(self) -> str:
+        code, body = _get(f"{self.ops}/readyz")
+        return body.decode().strip() if code == 200 else ""
+
+    def metric(self, name: str) -> float:
+        _, body = _get(f"{self.ops}/metrics")
+        total = 0.0
+        for line in body.decode().splitlines():
+            if line.startswith(name) and not line.startswith("#"):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+
+@dataclass
+class Setup:
+    kube: Kube
+    namespace: str
+    directory: Path
+    url: str  # the repository's git:// URL
+    path: str  # the Receiver's webhook path
+    custom: Any
+    core: Any
+    replicas: list[Replica]
+
+    async def start(self, identity: str) -> Replica:
+        ops, hooks = _free_port(), _free_port()
+        log = self.directory / f"{identity}.log"
+        command = [
+            sys.executable,
+            "-m",
+            "aioreconcile",
+            "run",
+            "--watch-namespace",
+            self.namespace,
+            "--kubeconfig",
+            str(self.kube.kubeconfig),
+            "--listen",
+            f"127.0.0.1:{hooks}",
+            "--ops-listen",
+            f"127.0.0.1:{ops}",
+            "--cache-dir",
+            str(self.directory / f"cache-{identity}"),
+            "--leader-elect",
+            "--leader-election-namespace",
+            self.namespace,
+            "--leader-election-identity",
+            identity,
+            "--leader-election-lease-duration",
+            f"{LEASE_S}s",
+            "--leader-election-renew-deadline",
+            f"{RENEW_S}s",
+            "--leader-election-retry-period",
+            f"{RETRY_S}s",
+        ]
+        with log.open("w") as log_file:
+            process = await anyio.open_process(command, stdout=subprocess.DEVNULL, stderr=log_file)
+        replica = Replica(identity, process, f"http://127.0.0.1:{ops}", hooks, log)
+        self.replicas.append(replica)
+        return replica
+
+    async def get_sync(self) -> dict[str, Any]:
+        found: dict[str, Any] = await self.custom.get_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, "syncs", "app"
+        )
+        return found
+
+    async def value(self) -> str | None:
+        try:
+            found = await self.core.read_namespaced_config_map("settings", self.namespace)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        return (found.data or {}).get("value")
+
+
+async def _until(check: Callable[[], bool], *, seconds: float, what: str) -> float:
+    started = time.monotonic()
+    while not await anyio.to_thread.run_sync(check):
+        if time.monotonic() - started > seconds:
+            pytest.fail(f"timed out after {seconds} s waiting for {what}")
+        await anyio.sleep(0.02)
+    return time.monotonic() - started
+
+
+async def _value_is(setup: Setup, value: str, *, seconds: float) -> float:
+    """Seconds until the managed ConfigMap holds ``value`` (the pushed commit is applied)."""
+    started = time.monotonic()
+    while await setup.value() != value:
+        if time.monotonic() - started > seconds:
+            pytest.fail(f"commit with value {value!r} not applied within {seconds} s")
+        await anyio.sleep(0.01)
+    return time.monotonic() - started
+
+
+@asynccontextmanager
+async def leader_and_standby(
+    kube: Kube, namespace: str, upstream: Callable[[str], Upstream], git_daemon: str, tmp: Path
+) -> AsyncIterator[tuple[Setup, Upstream, Replica, Replica]]:
+    """Replica ``a`` leads and has applied the first commit of one Sync (interval 1 h: nothing
+    but a webhook or a takeover looks at Git again); ``b`` stands by, warm."""
+    repo = upstream("app")
+    url = f"{git_daemon}app.git"
+    repo.commit(_objects(namespace, "v1"))
+    setup = Setup(
+        kube,
+        namespace,
+        tmp,
+        url,
+        "",
+        client.CustomObjectsApi(kube.api),
+        client.CoreV1Api(kube.api),
+        [],
+    )
+    try:
+        await kubectl(
+            kube,
+            "apply",
+            "-f",
+            "-",
+            stdin=json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "List",
+                    "items": [
+                        token_secret(namespace, TOKEN),
+                        sync("app", namespace, url),
+                        receiver("hook", namespace, syncs=["app"]),
+                    ],
+                }
+            ),
+        )
+        a = await setup.start("a")
+        await _until(lambda: a.readyz() == "ok: leader", seconds=30, what="a to lead")
+        await _value_is(setup, "v1", seconds=60)
+        with anyio.fail_after(30):
+            while True:
+                found = await setup.custom.get_namespaced_custom_object(
+                    GROUP, VERSION, namespace, "receivers", "hook"
+                )
+                if (found.get("status") or {}).get("webhookPath"):
+                    setup.path = found["status"]["webhookPath"]
+                    break
+                await anyio.sleep(0.1)
+        b = await setup.start("b")
+        await _until(lambda: b.readyz() == "ok: standby", seconds=30, what="b to stand by")
+        yield setup, repo, a, b
+    finally:
+        for replica in setup.replicas:
+            if replica.process.returncode is None:
+                replica.process.kill()
+                await replica.process.wait()
+
+
+async def _handled(setup: Setup) -> str:
+    """Wait until the Sync's status says its ``requestedAt`` was handled; return the value."""
+    with anyio.fail_after(30):
+        while True:
+            found = await setup.get_sync()
+            requested = (found["metadata"].get("annotations") or {}).get(REQUESTED_AT)
+            status = found.get("status") or {}
+            if requested and status.get("lastHandledReconcileAt") == requested:
+                return str(requested)
+            await anyio.sleep(0.1)
+
+
+def _objects(namespace: str, value: str) -> dict[str, str]:
+    return config_maps(namespace, "settings", value=value)
+
+
+async def _deliver_when_served(setup: Setup, replica: Replica, sha: str) -> tuple[int, Any]:
+    """Deliver to ``replica``, waiting (up to 30 s) for it to serve the Receiver's path: a
+    replica serves it once its Receiver watch has listed."""
+    deadline = time.monotonic() + 30
+    while True:
+        code, answer = await deliver(replica.hooks, setup.path, TOKEN, setup.url, sha)
+        if code != 404 or time.monotonic() > deadline:
+            return code, answer
+        await anyio.sleep(0.1)
+
+
+async def test_a_push_delivered_to_a_standby_is_applied_by_the_leader(
+    crds: Kube,
+    namespace: str,
+    upstream: Callable[[str], Upstream],
+    git_daemon: str,
+    tmp_path: Path,
+) -> None:
+    async with leader_and_standby(crds, namespace, upstream, git_daemon, tmp_path) as parts:
+        setup, repo, a, b = parts
+        sha = repo.commit(_objects(namespace, "v2"))
+        code, answer = await _deliver_when_served(setup, b, sha)
+        assert code == 202, answer
+        assert answer["triggered"] == [f"{namespace}.app"]
+        annotations = (await setup.get_sync())["metadata"]["annotations"]
+        assert annotations[HINT] == sha  # recorded before the 202
+        assert annotations[REQUESTED_AT]
+        await _value_is(setup, "v2", seconds=30)
+        await _handled(setup)
+        hints = f'aioreconcile_push_hints_total{{sync="{namespace}.app",hint="head"}}'
+        assert a.metric(hints) == 1
+        assert b.readyz() == "ok: standby"  # the standby wrote the request, never the objects
+        assert b.metric("aioreconcile_reconcile_total") == 0
+
+
+async def test_the_push_survives_kill_9_of_the_standby_right_after_its_202(
+    crds: Kube,
+    namespace: str,
+    upstream: Callable[[str], Upstream],
+    git_daemon: str,
+    tmp_path: Path,
+) -> None:
+    async with leader_and_standby(crds, namespace, upstream, git_daemon, tmp_path) as parts:
+        setup, repo, _, b = parts
+        sha = repo.commit(_objects(namespace, "v2"))
+        code, answer = await _deliver_when_served(setup, b, sha)
+        b.process.kill()
+        assert code == 202, answer
+        await b.process.wait()
+        await _value_is(setup, "v2", seconds=30)
+        assert (await setup.get_sync())["metadata"]["annotations"][HINT] == sha
+
+
+async def test_a_push_a_standby_accepted_is_applied_by_the_next_leader_when_the_leader_dies(
+    crds: Kube,
+    namespace: str,
+    upstream: Callable[[str], Upstream],
+    git_daemon: str,
+    tmp_path: Path,
+) -> None:
+    """The leader is frozen before the delivery (it cannot act on the request) and killed -9
+    right after the standby's 202: the standby takes over and handles the recorded request."""
+    async with leader_and_standby(crds, namespace, upstream, git_daemon, tmp_path) as parts:
+        setup, repo, a, b = parts
+        # The standby serves the path (a delivery of the applied head), then the leader freezes.
+        code, answer = await _deliver_when_served(setup, b, repo.git("rev-parse", "HEAD").strip())
+        assert code == 202, answer
+        sha = repo.commit(_objects(namespace, "v2"))
+        a.process.send_signal(signal.SIGSTOP)
+        code, answer = await deliver(b.hooks, setup.path, TOKEN, setup.url, sha)
+        a.process.kill()
+        assert code == 202, answer
+        requested = (await setup.get_sync())["metadata"]["annotations"][REQUESTED_AT]
+        await _until(lambda: b.readyz() == "ok: leader", seconds=LEASE_S + 10, what="b to lead")
+        await _value_is(setup, "v2", seconds=30)
+        assert await _handled(setup) == requested
+
+
+async def test_a_forged_delivery_to_a_standby_writes_nothing_to_the_sync(
+    crds: Kube,
+    namespace: str,
+    upstream: Callable[[str], Upstream],
+    git_daemon: str,
+    tmp_path: Path,
+) -> None:
+    async with leader_and_standby(crds, namespace, upstream, git_daemon, tmp_path) as parts:
+        setup, repo, _, b = parts
+        # The standby serves the path: a good delivery for the old head is answered 202 ...
+        head = repo.git("rev-parse", "HEAD").strip()
+        code, answer = await _deliver_when_served(setup, b, head)
+        assert code == 202, answer
+        await _handled(setup)
+        await anyio.sleep(1.5)  # the leader's status write for that request has landed
+        before = await setup.get_sync()
+        sha = repo.commit(_objects(namespace, "v2"))
+        # ... and one signed with another token is refused before anything is written.
+        code, answer = await deliver(b.hooks, setup.path, "not-the-token", setup.url, sha)
+        assert code == 401, answer
+        await anyio.sleep(1.0)
+        after = await setup.get_sync()
+        assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+        assert after["metadata"]["annotations"].get(HINT) == head
+        assert await setup.value() == "v1"
+
+
+async def test_webhook_to_applied_latency_through_a_standby_and_through_the_leader(
+    crds: Kube,
+    namespace: str,
+    upstream: Callable[[str], Upstream],
+    git_daemon: str,
+    tmp_path: Path,
+) -> None:
+    """Webhook sent -> the commit's object changed in the cluster, alternately delivered to
+    the leader (its in-memory fast path) and to the standby (PATCH of the Sync, then the
+    leader's watch). Prints p50/max of both."""
+    direct: list[float] = []
+    handed: list[float] = []
+    async with leader_and_standby(crds, namespace, upstream, git_daemon, tmp_path) as parts:
+        setup, repo, a, b = parts
+        await _deliver_when_served(setup, b, repo.git("rev-parse", "HEAD").strip())
+        await anyio.sleep(1.0)
+        for round_ in range(LATENCY_ROUNDS * 2):
+            target, times = (a, direct) if round_ % 2 == 0 else (b, handed)
+            value = f"r{round_}"
+            sha = repo.commit(_objects(namespace, value))
+            started = time.monotonic()
+            code, answer = await deliver(target.hooks, setup.path, TOKEN, setup.url, sha)
+            assert code == 202, answer
+            await _value_is(setup, value, seconds=30)
+            times.append(time.monotonic() - started)
+            await anyio.sleep(0.3)
+    print(
+        f"\nwebhook -> applied over {LATENCY_ROUNDS} pushes each"
+        f"\n  to the leader (in memory): p50 {statistics.median(direct) * 1000:.0f} ms,"
+        f" max {max(direct) * 1000:.0f} ms {[round(x * 1000) for x in direct]}"
+        f"\n  to a standby (via the Sync): p50 {statistics.median(handed) * 1000:.0f} ms,"
+        f" max {max(handed) * 1000:.0f} ms {[round(x * 1000) for x in handed]}"
+    )
+    assert max(handed) < 10
