@@ -63,10 +63,11 @@ from aioreconcile.engine.leadership import LeaseTimings
 from aioreconcile.engine.metrics import Registry
 from aioreconcile.engine.model import Manifest, ObjectRef
 from aioreconcile.engine.outcomes import SyncOutcome
-from aioreconcile.engine.resources import REQUESTED_AT_ANNOTATION
+from aioreconcile.engine.resources import REQUESTED_AT_ANNOTATION, REVISION_HINT_ANNOTATION
 from aioreconcile.engine.sources import RenderSpec
 from aioreconcile.reactor.controlling import Controller
 from aioreconcile.reactor.leading import lead, warm_watches
+from aioreconcile.reactor.requesting import ReconcileRequests, SyncCatalog
 from aioreconcile.reactor.resources import ReceiverResources, SyncResources
 from aioreconcile.reactor.syncing import SyncRequest, sync_once
 from aioreconcile.reactor.tracing import CommitInfo, NoTracing
@@ -412,15 +413,31 @@ async def _run_controller(
                     event_window_s=settings.event_window_s,
                 )
             )
+        elector = _elector(cluster, settings.leader_election, registry)
+        requests: ReconcileRequests | None = None
+        if crds:
+            requests = ReconcileRequests(
+                catalog=SyncCatalog(),
+                requester=KubeSyncResources(cluster.transport, cluster.discovery),
+                owns=lambda sync: (
+                    (elector is None or elector.leading) and sync in controller.states
+                ),
+                push=controller.push,
+                registry=registry,
+            )
         app = build_app(
             config.receivers,
             secrets=secrets,
-            syncs=lambda: [state.spec for state in controller.states.values()],
+            syncs=(
+                requests.catalog.specs
+                if requests is not None
+                else lambda: [state.spec for state in controller.states.values()]
+            ),
             enqueue=controller.push,
+            record=requests.record if requests is not None else None,
             body_timeout_s=settings.limits.body_timeout_s,
             tracing=tracing.tracing,
         )
-        elector = _elector(cluster, settings.leader_election, registry)
         warm = anyio.Event()  # a standby's watches have listed: ready to take over
         ops = build_ops_app(
             status=lambda: {"syncs": controller.status()} | _leadership_view(elector),
@@ -441,19 +458,33 @@ async def _run_controller(
                     ) as port,
                 ):
                     await tasks.start(manager.run)
+                    receivers: list[ReceiverResources] = []
+                    if crds and requests is not None:
+                        receivers.append(
+                            await _start_receiving(
+                                tasks,
+                                settings,
+                                cluster,
+                                crds[0],
+                                requests,
+                                LiveReceivers(app),
+                                registry,
+                                elector,
+                            )
+                        )
 
                     async def crd_mode(
                         *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
                     ) -> None:
-                        """CRD mode: the Sync, Receiver and Secret watches and their writers
-                        (status, finalizers, Events). With leader election only the leader
-                        runs them, so a standby serves no Receiver paths yet."""
+                        """CRD mode: the Sync watch and its writers (status, finalizers,
+                        Events). With leader election only the leader runs them; every
+                        replica serves the Receivers (``_start_receiving``), and the leader
+                        writes their status."""
                         async with anyio.create_task_group() as crd_tasks:
                             if crds:
-                                routes = LiveReceivers(app)
-                                await _start_crd_mode(
-                                    crd_tasks, settings, cluster, crds[0], routes, registry
-                                )
+                                await _start_crd_mode(crd_tasks, settings, cluster, crds[0])
+                                for receiving in receivers:
+                                    receiving.write_all()
                             task_status.started()
 
                     if elector is None:
@@ -552,37 +583,53 @@ def _leadership_view(elector: LeaseElector | None) -> dict[str, object]:
 
 
 async def _start_crd_mode(
+    tasks: anyio.abc.TaskGroup, settings: RunSettings, cluster: KubeCluster, syncs: SyncResources
+) -> None:
+    """Watch Syncs (in ``watch_namespace`` or all) and act on them: the leader's part."""
+    await tasks.start(syncs.run)
+    watch = watch_resources(
+        cluster.transport, SYNCS, namespace=settings.watch_namespace, on_event=syncs.on_event
+    )
+    await tasks.start(run_watch, watch)
+
+
+async def _start_receiving(
     tasks: anyio.abc.TaskGroup,
     settings: RunSettings,
     cluster: KubeCluster,
     syncs: SyncResources,
+    requests: ReconcileRequests,
     routes: LiveReceivers,
     registry: Registry,
-) -> None:
-    """Watch Syncs, Receivers and Secrets (in ``watch_namespace`` or all) and act on them.
-    Secrets are watched so that a Receiver's rotated token moves its path at once and a sync
-    failing for want of a credential looks again as soon as it is fixed; their values are
-    read when used, never kept from the watch."""
+    elector: LeaseElector | None,
+) -> ReceiverResources:
+    """Every replica's part of CRD mode: serve the Receivers' paths, match deliveries against
+    the Sync objects (a read-only watch: ``SyncCatalog``) and record them on the Syncs
+    (``reactor.requesting``); only the leader writes the Receivers' status. Secrets are watched
+    so that a Receiver's rotated token moves its path at once and (on the leader) a sync failing
+    for want of a credential looks again as soon as it is fixed; their values are read when
+    used, never kept from the watch."""
     receivers = ReceiverResources(
         client=KubeSyncResources(cluster.transport, cluster.discovery),
         routes=routes,
         registry=registry,
+        writes=lambda: elector is None or elector.leading,
     )
-    await tasks.start(syncs.run)
     await tasks.start(receivers.run)
 
     def on_secret(event: WatchEvent) -> None:
-        syncs.on_secret(event.ref.namespace, event.ref.name)
+        syncs.on_secret(event.ref.namespace, event.ref.name)  # knows no Sync on a standby
         receivers.on_secret(event.ref.namespace, event.ref.name)
 
     namespace = settings.watch_namespace
     for resource, on_event in (
-        (SYNCS, syncs.on_event),
+        (SYNCS, requests.catalog.on_event),
         (RECEIVERS, receivers.on_event),
         (SECRETS, on_secret),
     ):
         watch = watch_resources(cluster.transport, resource, namespace=namespace, on_event=on_event)
         await tasks.start(run_watch, watch)
+    return receivers
 
 
 class _CrdParts:
@@ -653,7 +700,8 @@ async def reconcile_sync(
     annotation, as ``flux reconcile`` sets Flux's) and wait until its status says it handled
     that request. Raises TimeoutError after ``timeout_s``."""
     value = requested_at or datetime.now(UTC).isoformat()
-    annotations = {REQUESTED_AT_ANNOTATION: value}
+    # No hint: a webhook's, left from an earlier hand-off, is not this request's.
+    annotations = {REQUESTED_AT_ANNOTATION: value, REVISION_HINT_ANNOTATION: None}
     async with open_cluster(settings) as cluster:
         await patch_sync(
             cluster.transport, namespace, name, {"metadata": {"annotations": annotations}}

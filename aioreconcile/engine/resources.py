@@ -18,6 +18,7 @@ the name's first 40 characters, ``-`` and 16 hex digits of a SHA-256 of ``namesp
 import hashlib
 from collections.abc import Mapping
 from dataclasses import replace
+from datetime import datetime
 from functools import partial
 from typing import Any, Final
 
@@ -35,8 +36,11 @@ from aioreconcile.engine.model import JsonObject
 from aioreconcile.engine.naming import DOMAIN
 from aioreconcile.engine.outcomes import Reason
 from aioreconcile.engine.receivers import WEBHOOK_PATH_PREFIX, webhook_path
+from aioreconcile.engine.webhooks import is_commit_sha
 
 REQUESTED_AT_ANNOTATION: Final = f"reconcile.{DOMAIN}/requestedAt"
+# The commit a webhook named, written with the requestedAt of its hand-off (reconcile_request).
+REVISION_HINT_ANNOTATION: Final = f"reconcile.{DOMAIN}/revision"
 FINALIZER: Final = f"{DOMAIN}/finalizer"
 _LABEL_MAX: Final = 63
 
@@ -87,6 +91,27 @@ def sync_identity(namespace: str, name: str) -> str:
 def inventory_name(name: str) -> str:
     """The inventory ConfigMap of a Sync, in the Sync's own namespace."""
     return f"aioreconcile-inventory-{name}"
+
+
+def reconcile_request(at: datetime, hint: str | None) -> JsonObject:
+    """The merge patch that records a "reconcile now" on a Sync: ``requestedAt`` (``at``,
+    RFC 3339 with microseconds, so two deliveries are two requests) and the commit a webhook
+    named. A hint that is not a full commit id (40 or 64 lowercase hex digits) is written as
+    null, which also removes the hint of an earlier request: a request never carries another's
+    hint. Flux's notification-controller records a delivery the same way (it sets
+    ``reconcile.fluxcd.io/requestedAt`` on each target object) but keeps no hint."""
+    annotations = {
+        REQUESTED_AT_ANNOTATION: at.isoformat(timespec="microseconds"),
+        REVISION_HINT_ANNOTATION: hint if is_commit_sha(hint) else None,
+    }
+    return {"metadata": {"annotations": annotations}}
+
+
+def revision_hint(annotations: Mapping[str, Any] | None) -> str | None:
+    """The hinted commit on a Sync, when it is a full commit id; anything else is ignored (the
+    annotation is anyone's with ``patch`` on Syncs: it reaches logs, traces and a metric)."""
+    value = (annotations or {}).get(REVISION_HINT_ANNOTATION)
+    return value if isinstance(value, str) and is_commit_sha(value) else None
 
 
 def _metadata(obj: Mapping[str, Any]) -> tuple[str, str]:

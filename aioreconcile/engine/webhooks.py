@@ -406,9 +406,15 @@ def _object(payload: Mapping[str, Any], key: str) -> dict[str, Any]:
     return value
 
 
+def is_commit_sha(value: object) -> bool:
+    """Whether ``value`` is a full commit id as Git servers send it: 40 (SHA-1) or 64 (SHA-256)
+    lowercase hex digits. The one check of a SHA from outside (a payload, an annotation)."""
+    return isinstance(value, str) and _SHA.fullmatch(value) is not None
+
+
 def _sha(payload: Mapping[str, Any], key: str) -> str:
     value = payload.get(key)
-    if not isinstance(value, str) or not _SHA.fullmatch(value):
+    if not isinstance(value, str) or not is_commit_sha(value):
         raise WebhookError(f"'{key}' is missing or not a commit SHA")
     return value
 
@@ -451,7 +457,7 @@ def _commits(value: object, *, id_key: str) -> tuple[PushedCommit, ...]:
         if not isinstance(entry, dict):
             continue
         sha = entry.get(id_key)
-        if not isinstance(sha, str) or not _SHA.fullmatch(sha):
+        if not isinstance(sha, str) or not is_commit_sha(sha):
             continue
         message = entry.get("message")
         author = entry.get("author")

@@ -188,6 +188,15 @@ class SyncResourceClient(Protocol):
         ...
 
 
+class ReconcileRequester(Protocol):
+    """Records a "reconcile now" on a Sync object, where whoever reconciles it will see it."""
+
+    async def request_reconcile(self, namespace: str, name: str, patch: JsonObject) -> bool:
+        """Merge-patch the Sync's metadata with ``patch``; False when the Sync is gone.
+        Raises AioreconcileError when it could not be written."""
+        ...
+
+
 class ReceiverRoutes(Protocol):
     """The webhook listener's table of receivers, changed while it serves."""
 

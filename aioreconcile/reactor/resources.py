@@ -51,6 +51,7 @@ from aioreconcile.engine.resources import (
     inventory_name,
     receiver_from_resource,
     receiver_status,
+    revision_hint,
     status_changed,
     sync_from_resource,
     sync_identity,
@@ -90,6 +91,7 @@ class _Sync:
     requested: str | None = None  # the requestedAt value being handled
     request_mark: int = 0  # the sync's reconcile count when it was requested
     handled: str | None = None  # lastHandledReconcileAt
+    hint: str | None = None  # the revision hint of the last request acted on
     written: JsonObject | None = None  # the status as last written (or found)
     seen_reconciles: int = 0  # for Events: what the last look saw
     seen_heals: int = 0
@@ -249,12 +251,19 @@ class SyncResources:
             inventory=self.parts.inventory(namespace, inventory_name(name)),
             cluster=self.parts.cluster(spec),
         )
-        requested = (metadata.get("annotations") or {}).get(REQUESTED_AT_ANNOTATION)
+        annotations = metadata.get("annotations") or {}
+        requested = annotations.get(REQUESTED_AT_ANNOTATION)
         if isinstance(requested, str) and requested not in (sync.handled, sync.requested):
             state = self.controller.states.get(sync.identity)
             sync.requested = requested
             sync.request_mark = state.reconciles if state is not None else 0
-            self.controller.request(sync.identity)
+            # A webhook another replica recorded (reactor.requesting) names a commit; a hint
+            # already used with an earlier request is stale (a hand-made requestedAt).
+            hint = revision_hint(annotations)
+            if hint is not None and hint == sync.hint:
+                hint = None
+            sync.hint = revision_hint(annotations)
+            self.controller.request(sync.identity, hint=hint)
         self._mark(key)
 
     def _register(self, key: Key, obj: JsonObject) -> _Sync:
@@ -478,11 +487,16 @@ class ReceiverResources:
     """Serves each Receiver object at its derived path (``/hooks/<sha256>``) and writes the
     path and a Ready condition into its status. Its token is read from its Secret when the
     Receiver or that Secret changes (``on_secret``), so a rotated token moves the path at once.
-    A Receiver without its Secret, or with a spec the model refuses, is not served."""
+    A Receiver without its Secret, or with a spec the model refuses, is not served.
+
+    Every replica runs one (a standby serves the paths too, ``reactor.requesting``); only the
+    one for which ``writes`` is true writes the status, and ``write_all`` makes a replica that
+    has just become the writer look at every Receiver again."""
 
     client: SyncResourceClient
     routes: ReceiverRoutes
     registry: Registry
+    writes: Callable[[], bool] = lambda: True
     _latest: dict[Key, JsonObject | None] = field(default_factory=dict)
     _known: dict[Key, _Receiver] = field(default_factory=dict)
     queue: WorkQueue[Key] = field(init=False)
@@ -503,6 +517,10 @@ class ReceiverResources:
         for key, known in self._known.items():
             if key[0] == namespace and known.secret == name:
                 self.queue.put(key)
+
+    def write_all(self) -> None:
+        for key in self._latest:
+            self.queue.put(key)
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -549,7 +567,7 @@ class ReceiverResources:
             previous=known.written,
             now=_now(),
         )
-        if status_changed(known.written, status):
+        if self.writes() and status_changed(known.written, status):
             await self.client.write_receiver_status(namespace, name, status)
             known.written = status
 

@@ -36,6 +36,8 @@ SYNCS: Final = Resource(API_GROUP, "v1alpha1", "Sync", "syncs", namespaced=True)
 RECEIVERS: Final = Resource(API_GROUP, "v1alpha1", "Receiver", "receivers", namespaced=True)
 SECRETS: Final = Resource("", "v1", "Secret", "secrets", namespaced=True)
 REPORTING_CONTROLLER: Final = f"{API_GROUP}/controller"
+# One attempt of a webhook's hand-off PATCH: the sender is waiting for the answer.
+_REQUEST_LIMIT_S: Final = 2.0
 
 
 def watch_resources(
@@ -163,6 +165,15 @@ class KubeSyncResources:
             released += 1
         return released
 
+    async def request_reconcile(self, namespace: str, name: str, patch: JsonObject) -> bool:
+        """``reactor.ports.ReconcileRequester``: a merge patch of the Sync's metadata (the
+        ``requestedAt`` hand-off of a webhook); False when the Sync is gone."""
+        try:
+            await patch_sync(self._transport, namespace, name, patch, time_limit=_REQUEST_LIMIT_S)
+        except NotFoundError:
+            return False
+        return True
+
     async def write_receiver_status(self, namespace: str, name: str, status: JsonObject) -> None:
         path = RECEIVERS.object_path(name, namespace) + "/status"
         try:
@@ -200,9 +211,18 @@ async def read_sync(transport: KubeTransport, namespace: str, name: str) -> Json
 
 
 async def patch_sync(
-    transport: KubeTransport, namespace: str, name: str, patch: JsonObject
+    transport: KubeTransport,
+    namespace: str,
+    name: str,
+    patch: JsonObject,
+    *,
+    time_limit: float = 60.0,
 ) -> None:
     """A merge patch of the Sync (spec or metadata; a missing Sync raises NotFoundError)."""
     await transport.request(
-        "PATCH", SYNCS.object_path(name, namespace), body=patch, content_type=MERGE_PATCH
+        "PATCH",
+        SYNCS.object_path(name, namespace),
+        body=patch,
+        content_type=MERGE_PATCH,
+        time_limit=time_limit,
     )

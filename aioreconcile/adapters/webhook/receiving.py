@@ -1,13 +1,17 @@
 """``POST /hooks/<receiver>``: read a capped body, verify, parse, match, enqueue, answer.
 
-The handler never waits for git or the cluster: it turns a delivery into ``Push`` triggers and
-hands them to ``enqueue`` (synchronous, non-blocking), so a provider gets its answer in
-milliseconds and never times out and retries a push we already have. Deciding what a delivery
-means is pure (``engine.webhooks``, ``engine.matching``); this module only moves bytes.
+The handler never waits for git: it turns a delivery into ``Push`` triggers and hands them to
+``enqueue`` (synchronous, non-blocking), so a provider gets its answer in milliseconds and never
+times out and retries a push we already have. In CRD mode it hands them to ``record`` instead,
+which writes each one on its Sync (one PATCH, bounded in time) before the answer, so that a 202
+means the request is in the API server whichever replica took it (``reactor.requesting``).
+Deciding what a delivery means is pure (``engine.webhooks``, ``engine.matching``); this module
+only moves bytes.
 
 Order of checks, each answered with its own status (see docs/webhooks.md): unknown receiver
 404 -> body over the cap 413 (or not complete in time 408) -> signature 401 -> malformed
-payload 400 -> ping 200 -> repeated delivery 200 -> nothing to do 202 -> triggered 202.
+payload 400 -> ping 200 -> repeated delivery 200 -> nothing to do 202 -> not recorded 503 ->
+triggered 202.
 
 Every request is a SERVER span (``POST /hooks/{name}``) when tracing is on, with HTTP's
 semantic-convention attributes and nothing of the headers or body. The pushes it triggers carry
@@ -23,7 +27,7 @@ never logged nor echoed.
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -149,6 +153,7 @@ class _Hooks:
     receivers: dict[str, _Receiver]  # by route name; CRD mode changes it while serving
     syncs: Callable[[], Iterable[SyncSpec]]
     enqueue: Callable[[Push], None]
+    record: Callable[[Sequence[Push]], Awaitable[None]] | None
     deliveries: DeliveryLog
     body_timeout_s: float
     tracing: RequestTracing
@@ -189,6 +194,7 @@ def build_app(
     secrets: Mapping[str, bytes],
     syncs: Callable[[], Iterable[SyncSpec]],
     enqueue: Callable[[Push], None],
+    record: Callable[[Sequence[Push]], Awaitable[None]] | None = None,
     deliveries: DeliveryLog | None = None,
     body_timeout_s: float = ListenerLimits.body_timeout_s,
     tracing: RequestTracing | None = None,
@@ -211,7 +217,9 @@ def build_app(
         table[spec.name] = _Receiver(spec, secret)
     app = web.Application(middlewares=[json_errors])
     log = deliveries if deliveries is not None else DeliveryLog()  # an empty log is falsy
-    app[HOOKS] = _Hooks(table, syncs, enqueue, log, body_timeout_s, tracing or NoRequestTracing())
+    app[HOOKS] = _Hooks(
+        table, syncs, enqueue, record, log, body_timeout_s, tracing or NoRequestTracing()
+    )
     app.router.add_post(ROUTE, _traced)
     return app
 
@@ -334,29 +342,38 @@ async def _handle(request: web.Request, span: RequestSpan) -> web.Response:
 
     try:
         parent, link = _trace_context(span.traceparent, headers.get("traceparent"))
-        triggers, reason = _trigger(hooks, spec, delivery.pushes, parent, link, log)
+        pushes, reason = _match(hooks, spec, delivery.pushes, parent, link, log)
+        if hooks.record is not None:
+            await hooks.record(pushes)
+        else:
+            for push in pushes:
+                hooks.enqueue(push)
+    except AioreconcileError as e:
+        # Not recorded: the sender will retry, and the retry must not be taken for a duplicate.
+        hooks.deliveries.forget(spec.name, delivery.delivery_id)
+        logger.warning("webhook triggers could not be recorded: %s", printable(str(e)), extra=log)
+        return _answer(503, Outcome.UNAVAILABLE, "could not record the request; retry later")
     except Exception:
-        # The sender will retry; the retry must not be taken for a duplicate.
         hooks.deliveries.forget(spec.name, delivery.delivery_id)
         logger.exception("webhook triggers could not be enqueued", extra=log)
         return _answer(503, Outcome.UNAVAILABLE, "could not enqueue; retry later")
+    triggers = [push.sync for push in pushes]
     span.set_attributes({"aioreconcile.webhook.triggered": triggers})
     if not triggers:
         return _answer(202, Outcome.IGNORED, reason)
     return _answer(202, Outcome.ACCEPTED, reason, triggers)
 
 
-def _trigger(
+def _match(
     hooks: _Hooks,
     receiver: ReceiverSpec,
     pushes: Sequence[PushEvent],
     parent: str | None,
     link: str | None,
     log: Mapping[str, str],
-) -> tuple[list[str], str]:
+) -> tuple[list[Push], str]:
     """Match every pushed ref against the syncs as they are now that this receiver may
-    trigger, enqueue each triggered sync once; the names of the triggered syncs and why the
-    rest triggered nothing."""
+    trigger: one ``Push`` per triggered sync, and why the rest triggered nothing."""
     events = [
         replace(e, traceparent=parent, link_traceparent=link) if parent or link else e
         for e in pushes
@@ -373,9 +390,7 @@ def _trigger(
             triggered or printable("; ".join(reasons)),
             extra={**log, "ref": ref, "sha": printable(event.after)},
         )
-    for trigger in triggers:
-        hooks.enqueue(trigger)
-    return triggered, "; ".join(reasons)
+    return triggers, "; ".join(reasons)
 
 
 def _trace_context(request: str | None, sender: str | None) -> tuple[str | None, str | None]:
