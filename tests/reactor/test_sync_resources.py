@@ -116,7 +116,7 @@ def event(obj: JsonObject) -> WatchEvent:
 
 
 @asynccontextmanager
-async def running(client: Client) -> AsyncIterator[SyncResources]:
+async def running(client: Client, registry: Registry | None = None) -> AsyncIterator[SyncResources]:
     cluster = FakeCluster()
     holder: list[SyncResources] = []
     controller = Controller(
@@ -126,7 +126,7 @@ async def running(client: Client) -> AsyncIterator[SyncResources]:
         sources={},
         inventories={},
         watcher=NoWatcher(),
-        registry=Registry(),
+        registry=registry or Registry(),
         on_change=lambda state: holder[0].on_change(state),
     )
     resources = SyncResources(
@@ -231,6 +231,34 @@ async def test_a_new_sync_gets_the_finalizer_and_a_requested_reconcile_is_handle
         state = resources.controller.states["team.shop"]
     assert state.reconciles == 2
     assert state.reason == Reason.SUCCEEDED
+
+
+async def test_a_request_recorded_by_another_replica_carries_its_hint_once() -> None:
+    """A webhook another replica recorded on the Sync (requestedAt and the revision hint) is
+    reconciled with the hint, as a push is; a later hand-made requestedAt that leaves the old
+    hint in place does not reuse it, and a hint that is no commit id is ignored."""
+    client = Client()
+    registry = Registry()
+
+    def hinted(verdict: str) -> str:
+        return f'aioreconcile_push_hints_total{{sync="team.shop",hint="{verdict}"}} 1'
+
+    async with running(client, registry) as resources:
+        resources.on_event(event(sync_object()))
+        await until(lambda: client.statuses and ready(client.statuses[-1]))
+        for requested, hint in (("r1", A), ("r2", A), ("r3", "not a sha"), ("r4", "b" * 40)):
+            annotations = {
+                "reconcile.aioreconcile.dev/requestedAt": requested,
+                "reconcile.aioreconcile.dev/revision": hint,
+            }
+            resources.on_event(event(sync_object(annotations=annotations)))
+            await until(lambda r=requested: client.statuses[-1].get("lastHandledReconcileAt") == r)
+        state = resources.controller.states["team.shop"]
+    exposition = registry.exposition()
+    assert state.reconciles == 5
+    assert hinted("head") in exposition  # r1 only
+    assert hinted("not-head") in exposition  # r4
+    assert state.last_applied_revision == A  # the head, whatever the hint said
 
 
 async def test_a_deleted_sync_whose_spec_is_refused_is_pruned_as_its_service_account() -> None:

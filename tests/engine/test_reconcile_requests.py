@@ -1,0 +1,80 @@
+"""What a webhook's hand-off writes on a Sync and what the reconciling replica reads back: the
+hinted commit is hostile input both ways (a payload's claim, an annotation anyone with `patch`
+on Syncs can write), so only a full commit id passes."""
+
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from aioreconcile.engine.resources import (
+    REQUESTED_AT_ANNOTATION,
+    REVISION_HINT_ANNOTATION,
+    reconcile_request,
+    revision_hint,
+)
+
+SHA1 = "0123456789abcdef0123456789abcdef01234567"
+SHA256 = "ab" * 32
+AT = datetime(2026, 12, 1, 9, 30, 0, 5, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("hint", "written"),
+    [
+        (SHA1, SHA1),
+        (SHA256, SHA256),
+        (None, None),  # no hint: the annotation is removed, never left from a former request
+        (SHA1.upper(), None),  # not how Git servers send it
+        (SHA1[:-1], None),  # short
+        (SHA1 + "0", None),  # 41 digits
+        ("g" * 40, None),
+        (SHA1 + "\n" + SHA1, None),  # a forged second line
+        ("main", None),
+        ("", None),
+        ("x" * 100_000, None),
+    ],
+)
+def test_a_request_carries_the_hint_only_when_it_is_a_full_commit_id(
+    hint: str | None, written: str | None
+) -> None:
+    patch = reconcile_request(AT, hint)
+    assert patch == {
+        "metadata": {
+            "annotations": {
+                REQUESTED_AT_ANNOTATION: "2026-12-01T09:30:00.000005+00:00",
+                REVISION_HINT_ANNOTATION: written,
+            }
+        }
+    }
+
+
+def test_two_requests_a_microsecond_apart_are_two_requests() -> None:
+    first = reconcile_request(AT, SHA1)["metadata"]["annotations"][REQUESTED_AT_ANNOTATION]
+    second = reconcile_request(AT + timedelta(microseconds=1), SHA1)["metadata"]["annotations"]
+    assert second[REQUESTED_AT_ANNOTATION] != first
+
+
+def test_the_request_time_keeps_its_offset() -> None:
+    at = datetime(2026, 12, 1, 10, 0, tzinfo=timezone(timedelta(hours=1)))
+    value = reconcile_request(at, None)["metadata"]["annotations"][REQUESTED_AT_ANNOTATION]
+    assert value == "2026-12-01T10:00:00.000000+01:00"
+
+
+@pytest.mark.parametrize(
+    ("annotations", "hint"),
+    [
+        ({REVISION_HINT_ANNOTATION: SHA1}, SHA1),
+        ({REVISION_HINT_ANNOTATION: SHA256}, SHA256),
+        ({REVISION_HINT_ANNOTATION: SHA1 + "\u2028"}, None),
+        ({REVISION_HINT_ANNOTATION: "HEAD"}, None),
+        ({REVISION_HINT_ANNOTATION: 40}, None),
+        ({REVISION_HINT_ANNOTATION: None}, None),
+        ({}, None),
+        (None, None),
+    ],
+)
+def test_only_a_full_commit_id_is_read_back_as_the_hint(
+    annotations: dict[str, Any] | None, hint: str | None
+) -> None:
+    assert revision_hint(annotations) == hint
