@@ -311,6 +311,27 @@ async def test_a_push_a_standby_accepted_is_applied_by_the_next_leader_when_the_
         assert await _handled(setup) == requested
 
 
+async def test_a_push_the_leader_took_in_memory_is_applied_by_the_next_leader_if_it_dies(
+    crds: Kube,
+    namespace: str,
+    upstream: Callable[[str], Upstream],
+    git_daemon: str,
+    tmp_path: Path,
+) -> None:
+    """The leader keeps its fast path (no PATCH for a Sync it reconciles itself); killed -9
+    right after its 202, the next leader's takeover reconcile fetches the ref's head, so the
+    push is applied all the same (only its hint is lost)."""
+    async with leader_and_standby(crds, namespace, upstream, git_daemon, tmp_path) as parts:
+        setup, repo, a, b = parts
+        sha = repo.commit(_objects(namespace, "v2"))
+        code, answer = await deliver(a.hooks, setup.path, TOKEN, setup.url, sha)
+        a.process.kill()
+        assert code == 202, answer
+        assert HINT not in ((await setup.get_sync())["metadata"].get("annotations") or {})
+        await _until(lambda: b.readyz() == "ok: leader", seconds=LEASE_S + 10, what="b to lead")
+        await _value_is(setup, "v2", seconds=30)
+
+
 async def test_a_forged_delivery_to_a_standby_writes_nothing_to_the_sync(
     crds: Kube,
     namespace: str,
