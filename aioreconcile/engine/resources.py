@@ -36,11 +36,13 @@ from aioreconcile.engine.model import JsonObject
 from aioreconcile.engine.naming import DOMAIN
 from aioreconcile.engine.outcomes import Reason
 from aioreconcile.engine.receivers import WEBHOOK_PATH_PREFIX, webhook_path
+from aioreconcile.engine.redaction import printable
 from aioreconcile.engine.webhooks import is_commit_sha
 
 REQUESTED_AT_ANNOTATION: Final = f"reconcile.{DOMAIN}/requestedAt"
 # The commit a webhook named, written with the requestedAt of its hand-off (reconcile_request).
 REVISION_HINT_ANNOTATION: Final = f"reconcile.{DOMAIN}/revision"
+REQUESTED_AT_MAX: Final = 256
 FINALIZER: Final = f"{DOMAIN}/finalizer"
 _LABEL_MAX: Final = 63
 
@@ -105,6 +107,17 @@ def reconcile_request(at: datetime, hint: str | None) -> JsonObject:
         REVISION_HINT_ANNOTATION: hint if is_commit_sha(hint) else None,
     }
     return {"metadata": {"annotations": annotations}}
+
+
+def requested_at(annotations: Mapping[str, Any] | None) -> str | None:
+    """The ``requestedAt`` request on a Sync when it can be honoured: a string of 1 to
+    ``REQUESTED_AT_MAX`` printable characters (no control, format or separator character, no
+    backslash: it is copied into ``status.lastHandledReconcileAt`` and may be printed). Flux's
+    ``flux reconcile`` writes an RFC 3339 time, ours too; anything of that kind passes."""
+    value = (annotations or {}).get(REQUESTED_AT_ANNOTATION)
+    if not isinstance(value, str) or not 0 < len(value) <= REQUESTED_AT_MAX:
+        return None
+    return value if printable(value) == value else None
 
 
 def revision_hint(annotations: Mapping[str, Any] | None) -> str | None:

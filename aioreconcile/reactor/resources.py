@@ -44,13 +44,15 @@ from aioreconcile.engine.metrics import Counter, Registry
 from aioreconcile.engine.model import JsonObject, ObjectRef
 from aioreconcile.engine.outcomes import Reason
 from aioreconcile.engine.receivers import WEBHOOK_PATH_PREFIX
-from aioreconcile.engine.redaction import redact_text
+from aioreconcile.engine.redaction import printable, redact_text
 from aioreconcile.engine.resources import (
     FINALIZER,
     REQUESTED_AT_ANNOTATION,
+    REQUESTED_AT_MAX,
     inventory_name,
     receiver_from_resource,
     receiver_status,
+    requested_at,
     revision_hint,
     status_changed,
     sync_from_resource,
@@ -252,8 +254,15 @@ class SyncResources:
             cluster=self.parts.cluster(spec),
         )
         annotations = metadata.get("annotations") or {}
-        requested = annotations.get(REQUESTED_AT_ANNOTATION)
-        if isinstance(requested, str) and requested not in (sync.handled, sync.requested):
+        requested = requested_at(annotations)
+        if requested is None and annotations.get(REQUESTED_AT_ANNOTATION) is not None:
+            shown = printable(str(annotations[REQUESTED_AT_ANNOTATION])[:64])
+            logger.warning(
+                "requestedAt refused: not 1-%d printable characters",
+                REQUESTED_AT_MAX,
+                extra={"sync": f"{namespace}/{name}", "requested_at": shown},
+            )
+        if requested is not None and requested not in (sync.handled, sync.requested):
             state = self.controller.states.get(sync.identity)
             sync.requested = requested
             sync.request_mark = state.reconciles if state is not None else 0

@@ -1,6 +1,7 @@
 """What a webhook's hand-off writes on a Sync and what the reconciling replica reads back: the
 hinted commit is hostile input both ways (a payload's claim, an annotation anyone with `patch`
-on Syncs can write), so only a full commit id passes."""
+on Syncs can write), so only a full commit id passes; a requestedAt is copied into the status,
+so only a short printable one is honoured."""
 
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -11,6 +12,7 @@ from aioreconcile.engine.resources import (
     REQUESTED_AT_ANNOTATION,
     REVISION_HINT_ANNOTATION,
     reconcile_request,
+    requested_at,
     revision_hint,
 )
 
@@ -78,3 +80,28 @@ def test_only_a_full_commit_id_is_read_back_as_the_hint(
     annotations: dict[str, Any] | None, hint: str | None
 ) -> None:
     assert revision_hint(annotations) == hint
+
+
+@pytest.mark.parametrize(
+    ("value", "honoured"),
+    [
+        ("2026-12-01T09:30:00.000005+00:00", True),  # ours
+        ("2026-12-01T09:30:00.123456789Z", True),  # flux reconcile's RFC 3339 nano
+        ("one", True),  # kubectl annotate by hand: any new value
+        ("x" * 256, True),
+        ("x" * 257, False),
+        ("", False),
+        ("now\nLevel=ERROR forged", False),
+        ("now\u2028forged", False),
+        ("now\u202eforged", False),
+        ("back\\slash", False),
+        (42, False),
+        (None, False),
+    ],
+)
+def test_a_requested_at_is_honoured_only_when_short_and_printable(
+    value: object, honoured: bool
+) -> None:
+    annotations = {REQUESTED_AT_ANNOTATION: value}
+    assert requested_at(annotations) == (value if honoured else None)
+    assert requested_at(None) is None

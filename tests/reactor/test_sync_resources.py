@@ -261,6 +261,19 @@ async def test_a_request_recorded_by_another_replica_carries_its_hint_once() -> 
     assert state.last_applied_revision == A  # the head, whatever the hint said
 
 
+async def test_a_requested_at_that_could_forge_a_line_is_not_acted_on_nor_copied() -> None:
+    client = Client()
+    async with running(client) as resources:
+        resources.on_event(event(sync_object()))
+        await until(lambda: client.statuses and ready(client.statuses[-1]))
+        forged = {"reconcile.aioreconcile.dev/requestedAt": "now\nlevel=error forged"}
+        resources.on_event(event(sync_object(annotations=forged)))
+        await anyio.sleep(0.5)
+        state = resources.controller.states["team.shop"]
+    assert state.reconciles == 1
+    assert all("lastHandledReconcileAt" not in status for status in client.statuses)
+
+
 async def test_a_deleted_sync_whose_spec_is_refused_is_pruned_as_its_service_account() -> None:
     client = Client()
     async with running(client) as resources:

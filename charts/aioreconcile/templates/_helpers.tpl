@@ -60,6 +60,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{/* Rules of the controller's own work, wherever it acts: the CRDs and their status, events. */}}
 {{- define "aioreconcile.controllerRules" -}}
+# patch on syncs: the leader's finalizer, and every replica's record of a webhook it received
+# (requestedAt and the hinted revision on the Sync, docs/crds.md "Receiver"): standbys need it too.
 - apiGroups: ["aioreconcile.dev"]
   resources: ["syncs", "receivers"]
   verbs: ["get", "list", "watch", "update", "patch"]
