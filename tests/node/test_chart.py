@@ -167,13 +167,20 @@ def traces_of(jaeger: Jaeger, revision: str) -> list[dict[str, Any]]:
         return found
 
 
-async def push_webhook(cluster_ip: str, url: str, sha: str) -> tuple[int, dict[str, Any]]:
+async def push_webhook(
+    cluster_ip: str,
+    url: str,
+    sha: str,
+    *,
+    target: str = "80/hooks/push",  # <port><path>
+    secret: str = WEBHOOK_SECRET,
+) -> tuple[int, dict[str, Any]]:
     body = json.dumps({"repository": url, "ref": "refs/heads/main", "after": sha}).encode()
-    signature = hmac.new(WEBHOOK_SECRET.encode(), body, hashlib.sha256).hexdigest()
+    signature = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
     async with (
         aiohttp.ClientSession() as session,
         session.post(
-            f"http://{cluster_ip}:80/hooks/push",
+            f"http://{cluster_ip}:{target}",
             data=body,
             headers={"X-Signature": f"sha256={signature}", "Content-Type": "application/json"},
             timeout=aiohttp.ClientTimeout(total=10),

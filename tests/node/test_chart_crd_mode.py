@@ -24,6 +24,7 @@ from tests.node.test_chart import (  # noqa: F401 (served is a fixture)
     CHART,
     Repository,
     helm,
+    push_webhook,
     ready,
     served,
 )
@@ -200,8 +201,65 @@ async def test_crd_mode_with_two_replicas_makes_a_kubectl_sync_ready_and_heals_d
         print(f"drift healed in {time.monotonic() - began:.2f} s")
         # The leader healed it; the standby wrote nothing (the Lease never moved).
         assert await holder(node, namespace) == identity
+
+        # A webhook sent to the standby pod itself: it serves the Receiver and records the
+        # push on the Sync with the chart's RBAC (patch on syncs), and the leader applies it.
+        path = await receiver(kubectl, node, namespace)
+        pods = await controller_pods(kubectl, namespace)
+        (standby,) = [p for p in pods if not identity.startswith(f"{p['metadata']['name']}_")]
+        sha = repository.commit("pushed to the standby")
+        began = time.monotonic()
+        address, target = standby["status"]["podIP"], f"8080{path}"
+        with anyio.fail_after(30):  # the standby serves the path once its Receiver watch saw it
+            while True:
+                code, answer = await push_webhook(
+                    address, url, sha, target=target, secret=HOOK_TOKEN
+                )
+                if code != 404:
+                    break
+                await anyio.sleep(0.2)
+        assert code == 202, answer
+        assert answer["triggered"] == [f"{namespace}.{SYNC}"]
+        sync = await kubectl.json("get", "sync", SYNC, "-n", namespace)
+        assert sync["metadata"]["annotations"]["reconcile.aioreconcile.dev/revision"] == sha
+        await wait_data(
+            node, namespace, "app-settings", "GREETING", "pushed to the standby", within_s=30
+        )
+        took = time.monotonic() - began
+        print(f"webhook to the standby pod -> applied by the leader in {took:.2f} s")
+        assert await holder(node, namespace) == identity
     finally:
         await uninstall(node, namespace)
+
+
+HOOK_TOKEN = "crd-mode-hook-token"
+
+
+async def receiver(kubectl: Kubectl, node: Node, namespace: str) -> str:
+    """A generic-hmac Receiver for the Sync, its token in a Secret; its served path."""
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "hook"},
+        "stringData": {"token": HOOK_TOKEN},
+    }
+    hook = {
+        "apiVersion": "aioreconcile.dev/v1alpha1",
+        "kind": "Receiver",
+        "metadata": {"name": "hook"},
+        "spec": {"provider": "generic-hmac", "secretRef": {"name": "hook"}, "syncs": [SYNC]},
+    }
+    await kubectl.apply(namespace, secret)
+    await kubectl.apply(namespace, hook)
+    with anyio.fail_after(60):
+        while True:
+            found = await node.get(
+                f"/apis/aioreconcile.dev/v1alpha1/namespaces/{namespace}/receivers/hook"
+            )
+            path = ((found or {}).get("status") or {}).get("webhookPath")
+            if path:
+                return str(path)
+            await anyio.sleep(0.2)
 
 
 def container_id(pod: dict[str, Any]) -> str:
