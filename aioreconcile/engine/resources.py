@@ -37,11 +37,14 @@ from aioreconcile.engine.naming import DOMAIN
 from aioreconcile.engine.outcomes import Reason
 from aioreconcile.engine.receivers import WEBHOOK_PATH_PREFIX, webhook_path
 from aioreconcile.engine.redaction import printable
+from aioreconcile.engine.triggers import is_traceparent
 from aioreconcile.engine.webhooks import is_commit_sha
 
 REQUESTED_AT_ANNOTATION: Final = f"reconcile.{DOMAIN}/requestedAt"
 # The commit a webhook named, written with the requestedAt of its hand-off (reconcile_request).
 REVISION_HINT_ANNOTATION: Final = f"reconcile.{DOMAIN}/revision"
+# The webhook request's span, for the reconcile's link (docs/tracing.md).
+REQUEST_TRACE_ANNOTATION: Final = f"reconcile.{DOMAIN}/traceparent"
 REQUESTED_AT_MAX: Final = 256
 FINALIZER: Final = f"{DOMAIN}/finalizer"
 _LABEL_MAX: Final = 63
@@ -95,18 +98,29 @@ def inventory_name(name: str) -> str:
     return f"aioreconcile-inventory-{name}"
 
 
-def reconcile_request(at: datetime, hint: str | None) -> JsonObject:
+def reconcile_request(
+    at: datetime, hint: str | None, *, traceparent: str | None = None
+) -> JsonObject:
     """The merge patch that records a "reconcile now" on a Sync: ``requestedAt`` (``at``,
-    RFC 3339 with microseconds, so two deliveries are two requests) and the commit a webhook
-    named. A hint that is not a full commit id (40 or 64 lowercase hex digits) is written as
-    null, which also removes the hint of an earlier request: a request never carries another's
-    hint. Flux's notification-controller records a delivery the same way (it sets
-    ``reconcile.fluxcd.io/requestedAt`` on each target object) but keeps no hint."""
+    RFC 3339 with microseconds, so two deliveries are two requests), the commit a webhook
+    named and the webhook request's span (``traceparent``, W3C), which the reconcile links to.
+    A hint that is not a full commit id (40 or 64 lowercase hex digits), or a traceparent not of
+    the W3C shape, is written as null, which also removes the one of an earlier request: a
+    request never carries another's. Flux's notification-controller records a delivery the
+    same way (it sets ``reconcile.fluxcd.io/requestedAt`` on each target object), without the
+    hint or the trace."""
     annotations = {
         REQUESTED_AT_ANNOTATION: at.isoformat(timespec="microseconds"),
         REVISION_HINT_ANNOTATION: hint if is_commit_sha(hint) else None,
+        REQUEST_TRACE_ANNOTATION: traceparent if is_traceparent(traceparent) else None,
     }
     return {"metadata": {"annotations": annotations}}
+
+
+def request_trace(annotations: Mapping[str, Any] | None) -> str | None:
+    """The webhook request's traceparent recorded with a request, when it has the W3C shape."""
+    value = (annotations or {}).get(REQUEST_TRACE_ANNOTATION)
+    return value if isinstance(value, str) and is_traceparent(value) else None
 
 
 def requested_at(annotations: Mapping[str, Any] | None) -> str | None:

@@ -6,10 +6,19 @@ SHA a ``Push`` carries is a hint, never an order: the reactor applies the ref's 
 server reports it (Flux and Argo CD treat a webhook as "look now" the same way).
 """
 
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 from aioreconcile.engine.model import ObjectRef
+
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+
+
+def is_traceparent(value: object) -> bool:
+    """Whether ``value`` has the shape of a W3C ``traceparent`` (version-trace id-span id-flags,
+    lowercase hex): the one check of a trace context from outside (a header, an annotation)."""
+    return isinstance(value, str) and _TRACEPARENT.fullmatch(value) is not None
 
 
 class RefType(StrEnum):

@@ -494,15 +494,17 @@ class Controller:
         self._start_poller(spec)  # polls at once (unless suspended)
         logger.info("sync spec changed", extra={"sync": name, "suspended": spec.suspend})
 
-    def request(self, name: str, *, hint: str | None = None) -> None:
+    def request(self, name: str, *, hint: str | None = None, link: str | None = None) -> None:
         """Reconcile now as if the spec had changed (a ``requestedAt`` annotation): the head
         is applied again even if it is already applied. ``hint``: the commit a webhook named
-        when another replica recorded it on the Sync, kept as ``push`` keeps its SHA."""
+        when another replica recorded it on the Sync, kept as ``push`` keeps its SHA; ``link``:
+        that webhook request's span, which the reconcile's trace links to."""
         state = self.states.get(name)
         if state is not None and not state.spec.suspend:
             state.spec_changed = True
             if hint is not None:
                 state.pending_hint = hint
+                state.pending_link = link
                 state.pending_received_at = time.time()
                 state.trigger_at = time.monotonic()
             self.queue.put(("sync", name))

@@ -140,7 +140,10 @@ class ReconcileRequests:
         if key is None:
             self.handoffs.labels(result="gone").inc()
             return
-        patch = reconcile_request(self.clock(), push.sha)
+        # The request span: the parent when the sender's trace was continued, else the link.
+        event = push.event
+        trace = (event.traceparent or event.link_traceparent) if event is not None else None
+        patch = reconcile_request(self.clock(), push.sha, traceparent=trace)
         async with limiter:
             try:
                 present = await self.requester.request_reconcile(key[0], key[1], patch)

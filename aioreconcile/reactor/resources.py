@@ -52,6 +52,7 @@ from aioreconcile.engine.resources import (
     inventory_name,
     receiver_from_resource,
     receiver_status,
+    request_trace,
     requested_at,
     revision_hint,
     status_changed,
@@ -272,7 +273,8 @@ class SyncResources:
             if hint is not None and hint == sync.hint:
                 hint = None
             sync.hint = revision_hint(annotations)
-            self.controller.request(sync.identity, hint=hint)
+            link = request_trace(annotations) if hint is not None else None
+            self.controller.request(sync.identity, hint=hint, link=link)
         self._mark(key)
 
     def _register(self, key: Key, obj: JsonObject) -> _Sync:

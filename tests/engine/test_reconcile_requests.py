@@ -9,9 +9,11 @@ from typing import Any
 import pytest
 
 from aioreconcile.engine.resources import (
+    REQUEST_TRACE_ANNOTATION,
     REQUESTED_AT_ANNOTATION,
     REVISION_HINT_ANNOTATION,
     reconcile_request,
+    request_trace,
     requested_at,
     revision_hint,
 )
@@ -46,6 +48,7 @@ def test_a_request_carries_the_hint_only_when_it_is_a_full_commit_id(
             "annotations": {
                 REQUESTED_AT_ANNOTATION: "2026-12-01T09:30:00.000005+00:00",
                 REVISION_HINT_ANNOTATION: written,
+                REQUEST_TRACE_ANNOTATION: None,
             }
         }
     }
@@ -105,3 +108,26 @@ def test_a_requested_at_is_honoured_only_when_short_and_printable(
     annotations = {REQUESTED_AT_ANNOTATION: value}
     assert requested_at(annotations) == (value if honoured else None)
     assert requested_at(None) is None
+
+
+TRACE = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+@pytest.mark.parametrize(
+    ("traceparent", "written"),
+    [
+        (TRACE, TRACE),
+        (None, None),
+        (TRACE.upper(), None),
+        (TRACE + "-extra", None),
+        (TRACE + "\n" + TRACE, None),
+        ("00-xyz-b7ad6b7169203331-01", None),
+        ("x" * 10_000, None),
+    ],
+)
+def test_the_request_span_is_written_and_read_back_only_in_the_w3c_shape(
+    traceparent: str | None, written: str | None
+) -> None:
+    annotations = reconcile_request(AT, SHA1, traceparent=traceparent)["metadata"]["annotations"]
+    assert annotations[REQUEST_TRACE_ANNOTATION] == written
+    assert request_trace({REQUEST_TRACE_ANNOTATION: traceparent}) == written

@@ -13,12 +13,13 @@ from aioreconcile.engine.errors import AioreconcileError, TransientError
 from aioreconcile.engine.events import EventType, WatchEvent
 from aioreconcile.engine.metrics import Registry
 from aioreconcile.engine.model import JsonObject, ObjectRef
-from aioreconcile.engine.triggers import Push
+from aioreconcile.engine.triggers import Push, PushEvent
 from aioreconcile.reactor.requesting import ReconcileRequests, SyncCatalog
 
 A = "a" * 40
 AT = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 REQUESTED_AT = "reconcile.aioreconcile.dev/requestedAt"
+TRACE = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
 class Requester:
@@ -83,11 +84,29 @@ async def test_a_sync_reconciled_here_is_pushed_in_memory_the_others_recorded_on
                     "annotations": {
                         REQUESTED_AT: "2026-12-01T09:00:00.000000+00:00",
                         "reconcile.aioreconcile.dev/revision": A,
+                        "reconcile.aioreconcile.dev/traceparent": None,
                     }
                 }
             },
         )
     ]
+
+
+async def test_the_webhook_request_span_is_recorded_for_the_reconcile_to_link_to() -> None:
+    requester = Requester()
+    handing, _ = requests(requester)
+    event = PushEvent(
+        provider="github",
+        delivery_id="d",
+        repository_urls=("git://example/x",),
+        ref="refs/heads/main",
+        before="0" * 40,
+        after=A,
+        link_traceparent=TRACE,
+    )
+    await handing.record([Push("team.one", A, event=event)])
+    (_, _, patch) = requester.patches[0]
+    assert patch["metadata"]["annotations"]["reconcile.aioreconcile.dev/traceparent"] == TRACE
 
 
 async def test_one_sync_not_recorded_fails_the_delivery() -> None:

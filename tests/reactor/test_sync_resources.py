@@ -3,7 +3,7 @@ status writes cause no work, Events of one reason are aggregated per window, a S
 reaches the controller. The real API server round trips are in tests/e2e/test_crd_mode.py."""
 
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractContextManager, asynccontextmanager
 from typing import Any
 
 import anyio
@@ -19,6 +19,7 @@ from aioreconcile.engine.outcomes import Reason
 from aioreconcile.reactor.controlling import Controller
 from aioreconcile.reactor.ports import Cluster, GitSource, InventoryStore
 from aioreconcile.reactor.resources import SyncResources
+from aioreconcile.reactor.tracing import CommitInfo, NoTracing, SpanScope, Tracing
 from tests.reactor.fakes import FakeCluster, FakeGitSource, FakeRenderer, NoWatcher
 
 A = "a" * 40
@@ -116,7 +117,9 @@ def event(obj: JsonObject) -> WatchEvent:
 
 
 @asynccontextmanager
-async def running(client: Client, registry: Registry | None = None) -> AsyncIterator[SyncResources]:
+async def running(
+    client: Client, registry: Registry | None = None, tracing: Tracing | None = None
+) -> AsyncIterator[SyncResources]:
     cluster = FakeCluster()
     holder: list[SyncResources] = []
     controller = Controller(
@@ -127,6 +130,7 @@ async def running(client: Client, registry: Registry | None = None) -> AsyncIter
         inventories={},
         watcher=NoWatcher(),
         registry=registry or Registry(),
+        tracing=tracing,
         on_change=lambda state: holder[0].on_change(state),
     )
     resources = SyncResources(
@@ -233,23 +237,40 @@ async def test_a_new_sync_gets_the_finalizer_and_a_requested_reconcile_is_handle
     assert state.reason == Reason.SUCCEEDED
 
 
+class Commits(NoTracing):
+    """Keeps what each reconcile's trace was opened with."""
+
+    def __init__(self) -> None:
+        self.infos: list[CommitInfo] = []
+
+    def commit(self, info: CommitInfo) -> AbstractContextManager[SpanScope]:
+        self.infos.append(info)
+        return super().commit(info)
+
+
+TRACE = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
 async def test_a_request_recorded_by_another_replica_carries_its_hint_once() -> None:
-    """A webhook another replica recorded on the Sync (requestedAt and the revision hint) is
-    reconciled with the hint, as a push is; a later hand-made requestedAt that leaves the old
-    hint in place does not reuse it, and a hint that is no commit id is ignored."""
+    """A webhook another replica recorded on the Sync (requestedAt, the revision hint, the
+    request's traceparent) is reconciled with the hint and linked to the request, as a push is;
+    a later hand-made requestedAt that leaves the old hint in place does not reuse it, and a
+    hint that is no commit id is ignored."""
     client = Client()
     registry = Registry()
+    commits = Commits()
 
     def hinted(verdict: str) -> str:
         return f'aioreconcile_push_hints_total{{sync="team.shop",hint="{verdict}"}} 1'
 
-    async with running(client, registry) as resources:
+    async with running(client, registry, commits) as resources:
         resources.on_event(event(sync_object()))
         await until(lambda: client.statuses and ready(client.statuses[-1]))
         for requested, hint in (("r1", A), ("r2", A), ("r3", "not a sha"), ("r4", "b" * 40)):
             annotations = {
                 "reconcile.aioreconcile.dev/requestedAt": requested,
                 "reconcile.aioreconcile.dev/revision": hint,
+                "reconcile.aioreconcile.dev/traceparent": TRACE,
             }
             resources.on_event(event(sync_object(annotations=annotations)))
             await until(lambda r=requested: client.statuses[-1].get("lastHandledReconcileAt") == r)
@@ -259,6 +280,14 @@ async def test_a_request_recorded_by_another_replica_carries_its_hint_once() -> 
     assert hinted("head") in exposition  # r1 only
     assert hinted("not-head") in exposition  # r4
     assert state.last_applied_revision == A  # the head, whatever the hint said
+    triggers = [(info.trigger, info.link_traceparent) for info in commits.infos]
+    assert triggers == [
+        ("poll", None),
+        ("push", TRACE),
+        ("poll", None),
+        ("poll", None),
+        ("push", TRACE),
+    ]
 
 
 async def test_a_requested_at_that_could_forge_a_line_is_not_acted_on_nor_copied() -> None:

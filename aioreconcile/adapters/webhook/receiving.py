@@ -26,7 +26,6 @@ never logged nor echoed.
 
 import logging
 import os
-import re
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
@@ -48,7 +47,7 @@ from aioreconcile.engine.config import ReceiverSpec, SyncSpec
 from aioreconcile.engine.errors import AioreconcileError
 from aioreconcile.engine.matching import normalise_repository_url, triggers_for
 from aioreconcile.engine.redaction import printable
-from aioreconcile.engine.triggers import Push, PushEvent
+from aioreconcile.engine.triggers import Push, PushEvent, is_traceparent
 from aioreconcile.engine.webhooks import (
     DeliveryKind,
     DeliveryLog,
@@ -60,7 +59,6 @@ from aioreconcile.engine.webhooks import (
 
 logger = logging.getLogger(__name__)
 
-_TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 ROUTE = "/hooks/{name}"
 _USER_AGENT_MAX = 256
 
@@ -405,7 +403,7 @@ def _trace_context(request: str | None, sender: str | None) -> tuple[str | None,
     of which sync or commit it was. Without tracing there is no request span: a well-formed
     sender context passes through as the parent (and goes nowhere while tracing is off)."""
     if request is None:
-        return (sender if sender is not None and _TRACEPARENT.fullmatch(sender) else None), None
+        return (sender if sender is not None and is_traceparent(sender) else None), None
     if sender is not None and sender.strip().split("-")[1:2] == request.split("-")[1:2]:
         return request, None  # the same (random, 128-bit) trace id: the request continued it
     return None, request
