@@ -63,7 +63,11 @@ from aioreconcile.engine.leadership import LeaseTimings
 from aioreconcile.engine.metrics import Registry
 from aioreconcile.engine.model import Manifest, ObjectRef
 from aioreconcile.engine.outcomes import SyncOutcome
-from aioreconcile.engine.resources import REQUESTED_AT_ANNOTATION, REVISION_HINT_ANNOTATION
+from aioreconcile.engine.resources import (
+    REQUEST_TRACE_ANNOTATION,
+    REQUESTED_AT_ANNOTATION,
+    REVISION_HINT_ANNOTATION,
+)
 from aioreconcile.engine.sources import RenderSpec
 from aioreconcile.reactor.controlling import Controller
 from aioreconcile.reactor.leading import lead, warm_watches
@@ -458,19 +462,11 @@ async def _run_controller(
                     ) as port,
                 ):
                     await tasks.start(manager.run)
-                    receivers: list[ReceiverResources] = []
+                    receivers: ReceiverResources | None = None
                     if crds and requests is not None:
-                        receivers.append(
-                            await _start_receiving(
-                                tasks,
-                                settings,
-                                cluster,
-                                crds[0],
-                                requests,
-                                LiveReceivers(app),
-                                registry,
-                                elector,
-                            )
+                        routes = LiveReceivers(app)
+                        receivers = await _start_receiving(
+                            tasks, settings, cluster, crds[0], requests, routes, registry, elector
                         )
 
                     async def crd_mode(
@@ -483,8 +479,8 @@ async def _run_controller(
                         async with anyio.create_task_group() as crd_tasks:
                             if crds:
                                 await _start_crd_mode(crd_tasks, settings, cluster, crds[0])
-                                for receiving in receivers:
-                                    receiving.write_all()
+                            if receivers is not None:
+                                receivers.write_all()  # their status is the leader's to write
                             task_status.started()
 
                     if elector is None:
@@ -700,8 +696,12 @@ async def reconcile_sync(
     annotation, as ``flux reconcile`` sets Flux's) and wait until its status says it handled
     that request. Raises TimeoutError after ``timeout_s``."""
     value = requested_at or datetime.now(UTC).isoformat()
-    # No hint: a webhook's, left from an earlier hand-off, is not this request's.
-    annotations = {REQUESTED_AT_ANNOTATION: value, REVISION_HINT_ANNOTATION: None}
+    # No hint nor trace: a webhook's, left from an earlier hand-off, is not this request's.
+    annotations = {
+        REQUESTED_AT_ANNOTATION: value,
+        REVISION_HINT_ANNOTATION: None,
+        REQUEST_TRACE_ANNOTATION: None,
+    }
     async with open_cluster(settings) as cluster:
         await patch_sync(
             cluster.transport, namespace, name, {"metadata": {"annotations": annotations}}
