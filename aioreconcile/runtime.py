@@ -464,10 +464,14 @@ async def _run_controller(
                     await tasks.start(manager.run)
                     receivers: ReceiverResources | None = None
                     if crds and requests is not None:
-                        routes = LiveReceivers(app)
-                        receivers = await _start_receiving(
-                            tasks, settings, cluster, crds[0], requests, routes, registry, elector
+                        receivers = ReceiverResources(
+                            client=KubeSyncResources(cluster.transport, cluster.discovery),
+                            routes=LiveReceivers(app),
+                            registry=registry,
+                            writes=lambda: elector is None or elector.leading,
                         )
+                        # In the background: the election never waits for these LISTs.
+                        tasks.start_soon(_receive, settings, cluster, crds[0], requests, receivers)
 
                     async def crd_mode(
                         *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -589,43 +593,35 @@ async def _start_crd_mode(
     await tasks.start(run_watch, watch)
 
 
-async def _start_receiving(
-    tasks: anyio.abc.TaskGroup,
+async def _receive(
     settings: RunSettings,
     cluster: KubeCluster,
     syncs: SyncResources,
     requests: ReconcileRequests,
-    routes: LiveReceivers,
-    registry: Registry,
-    elector: LeaseElector | None,
-) -> ReceiverResources:
+    receivers: ReceiverResources,
+) -> None:
     """Every replica's part of CRD mode: serve the Receivers' paths, match deliveries against
     the Sync objects (a read-only watch: ``SyncCatalog``) and record them on the Syncs
-    (``reactor.requesting``); only the leader writes the Receivers' status. Secrets are watched
-    so that a Receiver's rotated token moves its path at once and (on the leader) a sync failing
-    for want of a credential looks again as soon as it is fixed; their values are read when
-    used, never kept from the watch."""
-    receivers = ReceiverResources(
-        client=KubeSyncResources(cluster.transport, cluster.discovery),
-        routes=routes,
-        registry=registry,
-        writes=lambda: elector is None or elector.leading,
-    )
-    await tasks.start(receivers.run)
+    (``reactor.requesting``); only the leader writes the Receivers' status (``writes``).
+    Secrets are watched so that a Receiver's rotated token moves its path at once and (on the
+    leader) a sync failing for want of a credential looks again as soon as it is fixed; their
+    values are read when used, never kept from the watch."""
 
     def on_secret(event: WatchEvent) -> None:
         syncs.on_secret(event.ref.namespace, event.ref.name)  # knows no Sync on a standby
         receivers.on_secret(event.ref.namespace, event.ref.name)
 
-    namespace = settings.watch_namespace
-    for resource, on_event in (
-        (SYNCS, requests.catalog.on_event),
-        (RECEIVERS, receivers.on_event),
-        (SECRETS, on_secret),
-    ):
-        watch = watch_resources(cluster.transport, resource, namespace=namespace, on_event=on_event)
-        await tasks.start(run_watch, watch)
-    return receivers
+    async with anyio.create_task_group() as tasks:
+        await tasks.start(receivers.run)
+        for resource, on_event in (
+            (SYNCS, requests.catalog.on_event),
+            (RECEIVERS, receivers.on_event),
+            (SECRETS, on_secret),
+        ):
+            watch = watch_resources(
+                cluster.transport, resource, namespace=settings.watch_namespace, on_event=on_event
+            )
+            await tasks.start(run_watch, watch)
 
 
 class _CrdParts:
