@@ -266,6 +266,8 @@ async def test_a_push_delivered_to_a_standby_is_applied_by_the_leader(
         assert a.metric(hints) == 1
         assert b.readyz() == "ok: standby"  # the standby wrote the request, never the objects
         assert b.metric("aioreconcile_reconcile_total") == 0
+        assert b.metric('aioreconcile_webhook_handoffs_total{result="recorded"}') == 1
+        assert a.metric("aioreconcile_webhook_handoffs_total") == 0
 
 
 async def test_the_push_survives_kill_9_of_the_standby_right_after_its_202(
