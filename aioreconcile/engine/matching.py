@@ -52,10 +52,13 @@ def normalise_repository_url(url: str) -> str:
         if port is not None and port != _DEFAULT_PORTS.get(parts.scheme.lower()):
             host = f"{host}:{port}"
         path = parts.path
-    elif scp := _SCP_LIKE.fullmatch(text):
+    # Without a scheme, what precedes the last "@" is userinfo (git's scp-like
+    # ``[user@]host:path``; no hosting service allows "@" in a repository path): dropped, so a
+    # password written there never reaches the reasons and log lines that show this form.
+    elif scp := _SCP_LIKE.fullmatch(text.rpartition("@")[2]):
         host, path = scp["host"].lower(), scp["path"]
     else:  # host/org/repo, as this function returns it
-        host, _, path = text.partition("/")
+        host, _, path = text.rpartition("@")[2].partition("/")
         host = host.lower()
     return f"{host}/{_trim(path)}" if host else _trim(path)
 

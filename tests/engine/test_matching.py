@@ -94,6 +94,31 @@ def test_normalise_never_raises(url: str) -> None:
     assert isinstance(normalise_repository_url(url), str)
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "bot:s3cret@git.example.com/acme/app.git",  # no scheme, so no scp-like host: either
+        "https:/?bot:s3cret@git.example.com/acme/app",  # found by fuzz.webhook
+        "bot:s3cret@git.example.com:acme/app.git",
+    ],
+)
+def test_a_password_in_a_url_without_a_scheme_is_never_part_of_its_normal_form(url: str) -> None:
+    """The normal form is shown in reasons and log lines (fuzz.webhook found it quoted)."""
+    normal = normalise_repository_url(url)
+    assert "s3cret" not in normal
+    assert normal.startswith("git.example.com")
+    event = PushEvent(
+        provider="github",
+        delivery_id="d-1",
+        repository_urls=(url,),
+        ref="refs/heads/main",
+        before=OLD,
+        after=NEW,
+    )
+    _, reason = matching_syncs(event, [sync("app")], receiver=SCOPE_ALL)
+    assert "s3cret" not in reason
+
+
 def push(ref: str = "refs/heads/main", *, after: str = NEW, deleted: bool = False) -> PushEvent:
     return PushEvent(
         provider="github",
