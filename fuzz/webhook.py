@@ -28,7 +28,14 @@ from aioreconcile.engine.webhooks import (
     signature_header,
     verify,
 )
-from fuzz.harness import FIXTURES, PLANTED, InvariantBroken, check_error, run
+from fuzz.harness import (
+    FIXTURES,
+    PLANTED,
+    InvariantBroken,
+    check_error,
+    planted_as_credential,
+    run,
+)
 
 SECRET = b"fuzz-receiver-secret"
 _PROVIDERS = {str(p): p for p in Provider}
@@ -86,6 +93,8 @@ def signed(provider: Provider, headers: dict[str, str], body: bytes) -> dict[str
 def exercise(provider: Provider, headers: dict[str, str], body: bytes) -> None:
     """One delivery through everything pure the receiver does with it."""
     headers = signed(provider, headers, body)
+    sent = "\n".join([*(f"{k}: {v}" for k, v in headers.items()), body.decode("utf-8", "replace")])
+    planted = planted_as_credential(sent)
     verified = verify(provider, headers, body, SECRET)
     if not isinstance(verified, bool):
         raise InvariantBroken(f"verify answered {verified!r}")
@@ -94,9 +103,9 @@ def exercise(provider: Provider, headers: dict[str, str], body: bytes) -> None:
     try:
         delivery = parse(provider, headers, body)
     except WebhookError as e:
-        check_error(e)
+        check_error(e, planted=planted)
         return
-    check_error(WebhookError(delivery.reason or "no reason"))
+    check_error(WebhookError(delivery.reason or "no reason"), planted=planted)
     printable(delivery.delivery_id)
     printable(delivery.event)
     if delivery.kind is not DeliveryKind.PUSH:
@@ -112,7 +121,7 @@ def exercise(provider: Provider, headers: dict[str, str], body: bytes) -> None:
         printable(push.ref)
     triggers, reasons = triggers_for(delivery.pushes, _SYNCS, receiver=_RECEIVER)
     for reason in reasons:
-        check_error(WebhookError(reason))
+        check_error(WebhookError(reason), planted=planted)
     if len({t.sync for t in triggers}) != len(triggers):
         raise InvariantBroken("a sync triggered twice by one delivery")
 

@@ -24,7 +24,7 @@ from aioreconcile.engine.config import (
     VerifyMode,
 )
 from aioreconcile.engine.errors import AioreconcileError
-from aioreconcile.engine.redaction import ambiguous_userinfo
+from aioreconcile.engine.redaction import ambiguous_userinfo, redact_text
 from aioreconcile.engine.sources import RenderSpec, RenderType
 
 _DURATION: Final = re.compile(
@@ -70,7 +70,9 @@ class _Reader:
         for key in value:
             if key not in allowed:
                 known = ", ".join(sorted(allowed))
-                self.fail(f"{path}.{key}" if path else str(key), f"unknown field (known: {known})")
+                # A mistyped line can make a whole URL the key ({url:https://user:token@...}).
+                name = redact_text(str(key))
+                self.fail(f"{path}.{name}" if path else name, f"unknown field (known: {known})")
         return value
 
     def field(
@@ -432,6 +434,8 @@ def parse_config(text: str, *, origin: str) -> ControllerConfig:
     """Parse and validate; raise ConfigError naming every bad field and the file."""
     try:
         document = yaml.safe_load(text)
+    except RecursionError:
+        raise ConfigError(origin, ["line 1: nested too deeply to be read"]) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""

@@ -95,6 +95,8 @@ def parse_json(text: str, *, origin: str) -> list[Manifest]:
         document = json.loads(text, object_pairs_hook=_refuse_duplicate_keys)
     except json.JSONDecodeError as e:
         raise ManifestError(f"{origin}: line {e.lineno}, column {e.colno}: {e.msg}") from None
+    except RecursionError:
+        raise ManifestError(f"{origin}: nested too deeply to be read") from None
     except _DuplicateKeyError as e:
         raise ManifestError(f"{origin}: duplicate key {e.key!r}") from None
     return _manifests_of(document, origin=origin)
@@ -210,6 +212,11 @@ def _load_yaml(text: str, *, origin: str) -> list[tuple[int, object]]:
                 number += 1
                 starting_next = False
                 content = loader.construct_document(loader.get_node())
+                if "*" in text and _contains_itself(content):  # only an alias (*x) can
+                    raise ManifestError(
+                        f"{origin}: document {number}: a YAML alias refers to a node that "
+                        "contains it; such an object never ends"
+                    )
                 if content is not None:
                     documents.append((number, content))
         finally:
@@ -226,6 +233,31 @@ def _load_yaml(text: str, *, origin: str) -> list[tuple[int, object]]:
     except yaml.YAMLError:
         raise ManifestError(f"{origin}: document {number + 1}: not valid YAML") from None
     return documents
+
+
+def _contains_itself(value: object) -> bool:
+    """Whether a decoded document is cyclic (``&x [*x]``). Go's YAML decoder, and so kubectl,
+    refuses such a document; every walk of it (List expansion, hashing, JSON) would not end.
+    Depth-first, without recursion: a deep document must not raise RecursionError here."""
+    on_path: set[int] = set()
+    stack: list[tuple[object, bool]] = [(value, False)]
+    while stack:
+        node, leaving = stack.pop()
+        if leaving:
+            on_path.discard(id(node))
+            continue
+        if isinstance(node, dict):
+            children: Iterable[object] = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        if id(node) in on_path:
+            return True
+        on_path.add(id(node))
+        stack.append((node, True))
+        stack.extend((child, False) for child in children)
+    return False
 
 
 def _describe_yaml_error(error: yaml.MarkedYAMLError, *, origin: str, document: int) -> str:

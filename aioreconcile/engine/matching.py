@@ -46,7 +46,9 @@ def normalise_repository_url(url: str) -> str:
             host = parts.hostname or ""
             port = parts.port
         except ValueError:
-            return _trim(text)
+            return _trim(text.rpartition("@")[2])
+        if not parts.netloc:  # no valid scheme: not a URL, and what precedes "@" is userinfo
+            return _trim(text.rpartition("@")[2])
         if ":" in host:  # IPv6 literal
             host = f"[{host}]"
         if port is not None and port != _DEFAULT_PORTS.get(parts.scheme.lower()):

@@ -20,6 +20,7 @@ from typing import Any
 
 from aioreconcile.engine.config import Provider
 from aioreconcile.engine.errors import AioreconcileError
+from aioreconcile.engine.redaction import redact_text
 from aioreconcile.engine.triggers import PushedCommit, PushEvent
 
 ZERO_SHA = "0" * 40
@@ -363,12 +364,15 @@ def _parse_generic(headers: Mapping[str, str], body: bytes) -> ParsedDelivery:
 
 def _ignored(delivery_id: str, event: str) -> ParsedDelivery:
     reason = f"event {_quoted_name(event)} is not a push"
-    return ParsedDelivery(DeliveryKind.IGNORED, delivery_id, event[:_MAX_NAME], reason=reason)
+    shown = redact_text(event)[:_MAX_NAME]
+    return ParsedDelivery(DeliveryKind.IGNORED, delivery_id, shown, reason=reason)
 
 
 def _quoted_name(name: object) -> str:
+    """A name from the delivery, as a reason may quote it: short, and redacted before it is
+    cut (a cut URL would no longer be recognised as one)."""
     text = name if isinstance(name, str) else type(name).__name__
-    return repr(text[:_MAX_NAME])
+    return repr(redact_text(text)[:_MAX_NAME])
 
 
 def _first_header(headers: Mapping[str, str], names: list[str]) -> str | None:

@@ -269,3 +269,21 @@ def test_a_ref_with_control_characters_is_refused(ref: str) -> None:
     assert caught.value.problems == [
         "syncs[0].source.ref: must not contain whitespace or control characters"
     ]
+
+
+def test_a_mistyped_url_line_is_named_without_its_credential() -> None:
+    """Found by fuzz.config: ``{url:https://...}`` (no space after the colon) is one unknown
+    key holding the whole URL, and the message quoted it, password and all."""
+    text = "syncs:\n  - name: a\n    source: {url:https://bot:s3cret@git.example.com/x.git}\n"
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, origin="config.yaml")
+    message = str(caught.value)
+    assert "s3cret" not in message
+    assert "config.yaml: syncs[0].source.url:https://***@git.example.com/x.git: unknown" in message
+
+
+@pytest.mark.parametrize("text", ["[" * 100_000, "syncs: " + "[" * 5_000 + "]" * 5_000])
+def test_a_configuration_nested_too_deeply_is_a_config_error(text: str) -> None:
+    """Found while writing fuzz.config: PyYAML's RecursionError escaped parse_config."""
+    with pytest.raises(ConfigError, match=r"^config\.yaml: line 1: nested too deeply"):
+        parse_config(text, origin="config.yaml")

@@ -446,3 +446,44 @@ def test_discovery_wins_over_a_crd_in_the_source() -> None:
     _, result = default_namespace([crd, manifest("ConfigMap", "a")], "apps", is_namespaced=scope_of)
 
     assert str(result.ref) == "ConfigMap/apps/a"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # A List whose items hold the List itself: expanding it never ended (RecursionError).
+        (
+            "apiVersion: v1\nkind: List\n"
+            "items: &items [{apiVersion: v1, kind: List, items: *items}]",
+            "app.yaml: document 1: a YAML alias refers to a node that contains it",
+        ),
+        # An object that contains itself: it parsed, and every later step that walks it would
+        # never end.
+        (
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\ndata: &d {k: *d}\n",
+            "app.yaml: document 1: a YAML alias refers to a node that contains it",
+        ),
+        (
+            "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n---\n"
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: &m {name: b, labels: {x: *m}}\n",
+            "app.yaml: document 2: a YAML alias refers to a node that contains it",
+        ),
+    ],
+)
+def test_a_document_that_contains_itself_is_refused_naming_it(text: str, expected: str) -> None:
+    """Found while writing fuzz.manifests (its seeds now carry such a List)."""
+    with pytest.raises(ManifestError) as caught:
+        parse_documents(text, origin="app.yaml")
+    assert str(caught.value).startswith(expected)
+
+
+def test_an_alias_that_repeats_a_node_is_still_read() -> None:
+    text = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\ndata: {a: &v x, b: *v}\n"
+    (manifest,) = parse_documents(text, origin="app.yaml")
+    assert manifest.body["data"] == {"a": "x", "b": "x"}
+
+
+def test_json_nested_too_deeply_is_a_manifest_error() -> None:
+    """Found while writing fuzz.manifests: json's RecursionError escaped parse_json."""
+    with pytest.raises(ManifestError, match=r"^app\.json: nested too deeply"):
+        parse_json("[" * 100_000, origin="app.json")

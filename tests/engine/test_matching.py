@@ -100,6 +100,7 @@ def test_normalise_never_raises(url: str) -> None:
         "bot:s3cret@git.example.com/acme/app.git",  # no scheme, so no scp-like host: either
         "https:/?bot:s3cret@git.example.com/acme/app",  # found by fuzz.webhook
         "bot:s3cret@git.example.com:acme/app.git",
+        "'https://bot:s3cret@git.example.com/acme/app",  # not a URL: no valid scheme
     ],
 )
 def test_a_password_in_a_url_without_a_scheme_is_never_part_of_its_normal_form(url: str) -> None:

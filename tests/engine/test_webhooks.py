@@ -450,3 +450,25 @@ def test_fuzz_wrong_secret_never_verifies_and_parse_raises_only_webhook_error(
         assert all(push.ref.startswith("refs/") for push in delivery.pushes)
         assert (delivery.kind is DeliveryKind.PUSH) == bool(delivery.pushes)
     assert len(message) < 120
+
+
+@pytest.mark.parametrize(
+    ("provider", "headers", "body"),
+    [
+        (Provider.GITHUB, {"X-GitHub-Event": "https://bot:s3cret@git.example.com/x"}, b"{}"),
+        (
+            Provider.GITLAB,
+            {"X-Gitlab-Event": "System Hook"},
+            b'{"object_kind": "https://bot:s3cret@git.example.com/x"}',
+        ),
+    ],
+)
+def test_an_ignored_event_name_is_quoted_without_a_credential(
+    provider: Provider, headers: dict[str, str], body: bytes
+) -> None:
+    """Found by fuzz.webhook: the reason (answered and logged) quoted the event as sent."""
+    delivery = parse(provider, signed(provider, headers, body), body)
+    assert delivery.kind is DeliveryKind.IGNORED
+    assert "s3cret" not in delivery.reason
+    assert "s3cret" not in delivery.event
+    assert "git.example.com" in delivery.reason
