@@ -111,6 +111,11 @@ items:
   items: [{apiVersion: v1, kind: ConfigMap, metadata: {name: b, namespace: other}}]
 - {apiVersion: v1, kind: Namespace, metadata: {name: team}}
 """
+_CYCLIC = """\
+apiVersion: v1
+kind: List
+items: &items [{apiVersion: v1, kind: List, items: *items}]
+"""
 _TREE = """\
 === app/kustomization.yaml
 resources: [deployment.yaml, ../base, svc.yaml]
@@ -148,6 +153,7 @@ def seeds() -> Iterator[bytes]:
         + _LIST.encode()
     )
     yield b"tree\n" + _TREE.encode()
+    yield b"yaml\n" + _CYCLIC.encode()
 
 
 if __name__ == "__main__":
