@@ -35,6 +35,17 @@ def _watch_read_timeout(text: str) -> float:
     return value
 
 
+def _max_retry_delay(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    least = runtime.MIN_RETRY_DELAY_S
+    if not least <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be at least {least:g} seconds: {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aioreconcile",
@@ -159,6 +170,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="a watch silent this long is taken for a dead connection and restarted; keep it "
         "below your network's idle timeout; at least 20 (default: %(default)g)",
+    )
+    run.add_argument(
+        "--max-retry-delay",
+        type=_max_retry_delay,
+        default=runtime.RunSettings.max_retry_delay_s,
+        metavar="SECONDS",
+        help="the longest wait before a failed sync is retried (its backoff doubles from "
+        "0.1 s up to this, +-20%% jitter) (default: %(default)g)",
     )
     run.add_argument(
         "--log-level",
@@ -609,6 +628,7 @@ def _run_controller(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         leader_election=election,
         watch_read_timeout_s=args.watch_read_timeout,
+        max_retry_delay_s=args.max_retry_delay,
         tracing=runtime.tracing_settings(
             endpoint=getattr(args, "otlp_endpoint", None),
             service_name=getattr(args, "service_name", None),

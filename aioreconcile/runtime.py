@@ -71,6 +71,7 @@ from aioreconcile.engine.resources import (
 from aioreconcile.engine.sources import RenderSpec
 from aioreconcile.reactor.controlling import Controller
 from aioreconcile.reactor.leading import lead, warm_watches
+from aioreconcile.reactor.queueing import Backoff
 from aioreconcile.reactor.requesting import ReconcileRequests, SyncCatalog
 from aioreconcile.reactor.resources import ReceiverResources, SyncResources
 from aioreconcile.reactor.syncing import SyncRequest, sync_once
@@ -276,6 +277,9 @@ def candidate_identity() -> str:
     return f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
 
 
+MIN_RETRY_DELAY_S = Backoff.initial_s  # a cap below the first delay would not be a cap
+
+
 @dataclass(frozen=True)
 class RunSettings:
     """``aioreconcile run [--config FILE]`` in plain data. Without ``config`` the controller
@@ -293,6 +297,9 @@ class RunSettings:
     concurrency: int = 16
     drain_timeout_s: float = 30.0
     watch_read_timeout_s: float = WATCH_READ_TIMEOUT_S
+    # The longest wait before retrying a failed sync (the cap of its jittered exponential
+    # backoff, 0.1 s doubling); Flux's --max-retry-delay.
+    max_retry_delay_s: float = Backoff.cap_s
     tracing: TracingSettings = field(default_factory=TracingSettings.from_environ)
     leader_election: LeaderElectionSettings | None = None  # None: this replica always writes
     watch_namespace: str = ""  # CRD mode: "" watches Syncs in every namespace
@@ -400,6 +407,7 @@ async def _run_controller(
             watcher=watcher,
             registry=registry,
             concurrency=settings.concurrency,
+            retry=Backoff(cap_s=settings.max_retry_delay_s),
             after_reconcile=release_memory,
             tracing=tracing.tracing or NoTracing(),
             on_change=lambda state: crds[0].on_change(state) if crds else None,
@@ -745,6 +753,7 @@ def tracing_settings(
 
 
 __all__ = [
+    "MIN_RETRY_DELAY_S",
     "MIN_WATCH_READ_TIMEOUT_S",
     "ClusterSettings",
     "DirectorySettings",

@@ -219,7 +219,7 @@ def _parse_gitlab(headers: Mapping[str, str], body: bytes) -> ParsedDelivery:
         return _ignored(delivery_id, event)
     payload = _json_object(body)
     kind = payload.get("object_kind")
-    if kind not in _GITLAB_PUSH_KINDS:
+    if not isinstance(kind, str) or kind not in _GITLAB_PUSH_KINDS:
         if event == "System Hook":
             return _ignored(delivery_id, f"System Hook/{_quoted_name(kind)}")
         raise WebhookError(f"a {event} without object_kind push or tag_push")

@@ -67,7 +67,7 @@ from aioreconcile.engine.redaction import printable, redact_text, redact_url
 from aioreconcile.engine.relisting import tombstone
 from aioreconcile.engine.triggers import Push
 from aioreconcile.reactor.ports import Cluster, GitSource, InventoryStore, ManifestRenderer, Watcher
-from aioreconcile.reactor.queueing import WorkQueue
+from aioreconcile.reactor.queueing import Backoff, WorkQueue
 from aioreconcile.reactor.syncing import (
     HEALTH_POLL_S,
     NotReady,
@@ -316,6 +316,7 @@ class Controller:
         tracing: Tracing | None = None,
         after_reconcile: Callable[[], None] | None = None,
         on_change: Callable[[SyncState], None] | None = None,
+        retry: Backoff = Backoff(),  # frozen, so sharing the default is safe
     ) -> None:
         self._cluster = cluster
         # Per sync, the cluster as its service account (impersonated); others use ``cluster``.
@@ -338,7 +339,11 @@ class Controller:
         self._fights = FightGuard()
         self._metrics = _Metrics(registry)
         self.queue: WorkQueue[WorkKey] = WorkQueue(
-            self._process, concurrency=concurrency, registry=registry, name="controller"
+            self._process,
+            concurrency=concurrency,
+            registry=registry,
+            name="controller",
+            backoff=retry,
         )
         self.ready = anyio.Event()
 

@@ -472,3 +472,21 @@ def test_an_ignored_event_name_is_quoted_without_a_credential(
     assert "s3cret" not in delivery.reason
     assert "s3cret" not in delivery.event
     assert "git.example.com" in delivery.reason
+
+
+@pytest.mark.parametrize("event", ["Push Hook", "System Hook"])
+@pytest.mark.parametrize("kind", [{"name": "push"}, ["push"]])
+def test_a_gitlab_object_kind_that_is_not_a_string_is_malformed_or_ignored(
+    event: str, kind: object
+) -> None:
+    """Found by fuzz.webhook: an object or list as ``object_kind`` raised TypeError
+    (unhashable), which the receiver answered 500 instead of 400."""
+    body = json.dumps({"object_kind": kind}).encode()
+    headers = signed(Provider.GITLAB, {"X-Gitlab-Event": event}, body)
+    if event == "System Hook":
+        delivery = parse(Provider.GITLAB, headers, body)
+        assert delivery.kind is DeliveryKind.IGNORED
+        assert f"System Hook/'{type(kind).__name__}'" in delivery.reason
+    else:
+        with pytest.raises(WebhookError, match="without object_kind push or tag_push"):
+            parse(Provider.GITLAB, headers, body)

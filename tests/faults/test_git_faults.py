@@ -1,15 +1,16 @@
-"""The Git server fails while pushes arrive: hung (accepts, never answers: ``FaultProxy`` in
-``hang`` mode in front of the git daemon), then down (the daemon killed with SIGKILL); and the
-branch forced back.
+"""The Git server fails while pushes arrive: hung for 60 s (accepts, never answers:
+``FaultProxy`` in ``hang`` mode in front of the git daemon), then down for 60 s (the daemon
+killed with SIGKILL); and the branch forced back.
 
 Invariant, checked on the real apiserver: the status says FetchFailed with the reason; the
-fetch is retried with growing delays, not in a hot loop; nothing is pruned or rewritten while
-Git is away (every object keeps its uid and its content); the head is applied once the server
-returns; a rewind is followed, logged and counted.
+fetch is retried with growing delays up to the cap (``run --max-retry-delay``), not in a hot
+loop; nothing is pruned or rewritten while Git is away (every object keeps its uid and its
+content); the head is applied once the server returns; a rewind is followed, logged and counted.
 """
 
 import itertools
 import os
+import re
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -44,7 +45,15 @@ async def snapshot(core: Any, namespace: str) -> dict[str, tuple[str, Any]]:
     return {cm.metadata.name: (cm.metadata.uid, cm.data) for cm in listed.items}
 
 
-async def test_git_server_hung_then_down_while_pushes_arrive(
+OUTAGE_S = 60.0
+"""How long the Git server stays hung, then down: the issue's 60 s, each."""
+RETRY_CAP_S = 8.0
+"""``run --max-retry-delay`` here: low enough that the 60 s show the backoff reach its cap."""
+JITTER = 0.2  # reactor.queueing.Backoff's
+SLACK_S = 1.5  # a loaded machine: the controller's own scheduling, git's start
+
+
+async def test_git_server_hung_then_down_for_60_s_each_while_pushes_arrive(
     kube: Kube,
     namespace: str,
     upstream: Callable[[str], Upstream],
@@ -60,6 +69,7 @@ async def test_git_server_hung_then_down_while_pushes_arrive(
             sync_config(f"git://127.0.0.1:{proxy.port}/outage.git", namespace, timeout="2s"),
             kubeconfig=kube.kubeconfig,
             namespace=namespace,
+            extra_args=("--max-retry-delay", f"{RETRY_CAP_S:g}"),
         )
         await controller.start()
         await wait_until(lambda: controller.applied(first), seconds=60, what="the first commit")
@@ -73,46 +83,47 @@ async def test_git_server_hung_then_down_while_pushes_arrive(
                 unchanged_while_away.append(await snapshot(core, namespace) == before)
                 await anyio.sleep(0.5)
 
+        async def fetch_failed(words: tuple[str, ...]) -> bool:
+            state = await controller.status()
+            message = str(state["message"])
+            return state["reason"] == "FetchFailed" and all(w in message for w in words)
+
         async with anyio.create_task_group() as watching:
             await watching.start(watch_cluster)
 
-            # Hung: the server accepts and never answers.
+            # Hung for 60 s: the server accepts and never answers.
             proxy.mode = "hang"
             hung_from = len(proxy.opened_at)
+            hung_at = time.monotonic()
             second = repo.commit(manifests(*(config_map(n, namespace, v="2") for n in names)))
             assert await controller.push(second, before=first) == 202
-
-            async def fetch_failed(words: tuple[str, ...]) -> bool:
-                state = await controller.status()
-                message = str(state["message"])
-                return state["reason"] == "FetchFailed" and all(w in message for w in words)
-
             await wait_until(
                 lambda: fetch_failed(("did not finish within 2 s",)),
                 seconds=30,
                 what="FetchFailed naming the timeout",
             )
-            await anyio.sleep(4)
-            hung_attempts = len(proxy.opened_at) - hung_from
-            assert proxy.hung == hung_attempts >= 2
+            await anyio.sleep(OUTAGE_S - (time.monotonic() - hung_at))
+            hung = proxy.opened_at[hung_from:]
+            assert proxy.hung == len(hung)
 
-            # Down: the daemon is killed; connections to it are refused.
+            # Down for 60 s: the daemon is killed; connections to it are reset.
             git_server.process.kill9()
             proxy.mode = "forward"
             down_from = len(proxy.opened_at)
+            down_at = time.monotonic()
             third = repo.commit(manifests(*(config_map(n, namespace, v="3") for n in names)))
             assert await controller.push(third, before=second) == 202
             await wait_until(
                 lambda: fetch_failed(("failed",)), seconds=30, what="FetchFailed, server down"
             )
-            await anyio.sleep(6)
+            await anyio.sleep(OUTAGE_S - (time.monotonic() - down_at))
             down = proxy.opened_at[down_from:]
             state = await controller.status()
-            print(f"hung: {hung_attempts} attempts; down: {len(down)}; {state['message']!r}")
+            print(f"hung: {len(hung)} attempts; down: {len(down)}; {state['message']!r}")
 
             watching.cancel_scope.cancel()
 
-        # Back: applied without another push.
+        # Back: applied without another push, within one capped retry.
         await git_server.restart()
         back = time.monotonic()
         await wait_until(
@@ -121,14 +132,31 @@ async def test_git_server_hung_then_down_while_pushes_arrive(
         figure("git-hung-then-down-applied-after-return", time.monotonic() - back)
 
     metrics = await controller.metrics()
-    # Retried with growing delays: the gaps between attempts while down (fast failures) grow.
-    gaps = [b - a for a, b in itertools.pairwise(down)]
-    print("gaps between attempts while down:", [round(g, 2) for g in gaps])
-    assert len(down) >= 3
-    assert gaps[-1] > 2 * gaps[0]
-    assert counter(metrics, "aioreconcile_queue_retries_total") >= hung_attempts + len(down) - 2
-    # Nothing pruned or rewritten while Git was away.
-    assert len(unchanged_while_away) >= 10
+    # Retried with growing delays, then at the cap: while hung each attempt is the 2 s timeout
+    # plus the delay; while down, failures are instant and every gap is one capped delay.
+    hung_gaps = [b - a for a, b in itertools.pairwise(hung)]
+    down_gaps = [b - a for a, b in itertools.pairwise(down)]
+    print("gaps while hung:", [round(g, 2) for g in hung_gaps])
+    print("gaps while down:", [round(g, 2) for g in down_gaps])
+    assert len(hung) >= 8
+    assert hung_gaps[-1] > 2 * hung_gaps[0]
+    assert all(g <= 2 + RETRY_CAP_S * (1 + JITTER) + SLACK_S for g in hung_gaps)
+    assert len(down) >= 5
+    assert all(
+        RETRY_CAP_S * (1 - JITTER) - SLACK_S <= g <= RETRY_CAP_S * (1 + JITTER) + SLACK_S
+        for g in down_gaps
+    )
+    delays = [
+        float(found[1])
+        for line in controller.log()
+        if (found := re.search(r"retrying in ([0-9.]+)s", line.get("message", "")))
+    ]
+    print("delays logged:", delays)
+    assert min(delays) < 0.2
+    assert max(delays) <= RETRY_CAP_S * (1 + JITTER)
+    assert counter(metrics, "aioreconcile_queue_retries_total") >= len(hung) + len(down) - 2
+    # Nothing pruned or rewritten while Git was away (2 x 60 s, looked at every 0.5 s).
+    assert len(unchanged_while_away) >= 2 * OUTAGE_S
     assert all(unchanged_while_away)
     after = await snapshot(core, namespace)
     assert {n: uid for n, (uid, _) in after.items()} == {n: uid for n, (uid, _) in before.items()}
