@@ -316,7 +316,7 @@ class Controller:
         tracing: Tracing | None = None,
         after_reconcile: Callable[[], None] | None = None,
         on_change: Callable[[SyncState], None] | None = None,
-        retry: Backoff = Backoff(),  # frozen, so sharing the default is safe
+        retry: Backoff | None = None,  # how failed work is retried (run --max-retry-delay)
     ) -> None:
         self._cluster = cluster
         # Per sync, the cluster as its service account (impersonated); others use ``cluster``.
@@ -343,7 +343,7 @@ class Controller:
             concurrency=concurrency,
             registry=registry,
             name="controller",
-            backoff=retry,
+            backoff=retry or Backoff(),
         )
         self.ready = anyio.Event()
 

@@ -8,6 +8,7 @@ unaffected: another object's drift is healed at once every 15 s, and a push is a
 
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import anyio
@@ -73,6 +74,9 @@ async def test_a_field_fight_engages_the_guard_names_the_writer_and_spares_the_r
     async def data(name: str) -> Any:
         return (await core.read_namespaced_config_map(name, namespace)).data
 
+    async def as_git(name: str) -> bool:
+        return bool(await data(name) == {"v": "git"})
+
     async def guarded() -> bool:
         return bool((await controller.status())["driftFightPauses"] >= 1)
 
@@ -89,18 +93,14 @@ async def test_a_field_fight_engages_the_guard_names_the_writer_and_spares_the_r
             await core.patch_namespaced_config_map(
                 name, namespace, {"data": {"v": "edited"}}, field_manager="someone"
             )
-            healed_s = await wait_until(
-                lambda n=name: _equals(data(n), {"v": "git"}), seconds=10, what=f"{name} healed"
-            )
+            healed_s = await wait_until(partial(as_git, name), seconds=10, what=f"{name} healed")
             figure(f"fight-other-object-healed-at-{at:.0f}s", healed_s)
             if at == 30.0:
                 extra = yaml.safe_dump(config_map("extra", namespace, v="1"))
                 second = repo.commit({"deploy/extra.yaml": extra})
                 assert await controller.push(second, before=first) == 202
                 pushed = time.monotonic()
-                await wait_until(
-                    lambda s=second: controller.applied(s), seconds=30, what="the push"
-                )
+                await wait_until(partial(controller.applied, second), seconds=30, what="the push")
                 figure("fight-push-applied-during-fight", time.monotonic() - pushed)
         await anyio.sleep(max(FIGHT_S - (time.monotonic() - began), 0))
         fight.cancel_scope.cancel()
@@ -126,7 +126,3 @@ async def test_a_field_fight_engages_the_guard_names_the_writer_and_spares_the_r
     assert all(w.get("writers") == [RIVAL] for w in warnings), warnings
     assert await data("extra") == {"v": "1"}
     assert all([await data(n) == {"v": "git"} for n in others])
-
-
-async def _equals(value: Any, expected: Any) -> bool:
-    return bool(await value == expected)
