@@ -130,6 +130,32 @@ class KubeTransport:
         )
         return view
 
+    def drop_idle_connections(self) -> int:
+        """Abort every idle connection of the pool (shared with impersonating views); the next
+        requests open new ones. How many were dropped.
+
+        Called when a watch went silent: whatever silenced it (a blackhole, a NAT entry or a
+        conntrack entry dropped) silenced the idle connections to the same server alike, and
+        aiohttp hands a pooled connection out for 15 s after its last use without knowing it
+        is dead. A request on one waits its whole time limit (a restarted watch: a second read
+        timeout; a heal: 60 s). kubelet does the same for the same reason: a failed heartbeat
+        closes all its connections (``closeAllConns``, client-go ``util/connrotation``).
+        aiohttp has no public call for it, hence its pool (``BaseConnector._conns``) here.
+        """
+        connector = self._session.connector
+        if connector is None:
+            return 0
+        dropped = 0
+        for connections in connector._conns.values():
+            while connections:
+                protocol, _ = connections.popleft()
+                if protocol.transport is not None:
+                    protocol.transport.abort()  # no TLS close_notify: nobody would answer it
+                protocol.close()
+                dropped += 1
+        connector._conns.clear()
+        return dropped
+
     async def close(self) -> None:
         if not self._owner:
             return

@@ -295,12 +295,16 @@ class KindWatch:
             except ReadTimedOut as e:
                 # Half-open, or only quiet: either way a new request from where we are is right.
                 # Waiting the read timeout was the delay; no backoff on top.
+                # The idle pooled connections went silent with it, most likely: not one of
+                # them may carry the new watch (or a heal) into a second timeout.
                 self.stats.silent_restarts += 1
+                dropped = self.transport.drop_idle_connections()
                 logger.debug(
-                    "%s: watch from rv %s silent (%s), restarting it",
+                    "%s: watch from rv %s silent (%s), restarting it (%d idle connections dropped)",
                     self._name,
                     self.resource_version,
                     e,
+                    dropped,
                 )
                 continue
             except (TransientError, ApiError) as e:
