@@ -35,9 +35,10 @@ class InvariantBroken(AssertionError):
 
 
 _AS_CREDENTIAL = re.compile(
-    rf"(?:\b[a-z][a-z0-9+.-]*://(?:[^\s/@:]*:|[^\s'\"?#]*\?(?:[^\s'\"]*&)?private_token=)"
-    rf"|(?:token|password): )"
-    rf"{PLANTED}(?=[@&\s\"'}}\]]|$)"
+    rf"\b[a-z][a-z0-9+.-]*://[^\s/@:]*:{PLANTED}(?=@)"
+    rf"|\b[a-z][a-z0-9+.-]*://[^\s'\"?#]*\?(?:[^\s'\"]*&)?private_token={PLANTED}"
+    rf"(?=[&\s\"'}}\]]|$)"
+    rf"|(?:token|password): {PLANTED}(?=[\s\"'}}\]]|$)"
 )
 
 
