@@ -140,7 +140,9 @@ class KubeTransport:
         is dead. A request on one waits its whole time limit (a restarted watch: a second read
         timeout; a heal: 60 s). kubelet does the same for the same reason: a failed heartbeat
         closes all its connections (``closeAllConns``, client-go ``util/connrotation``).
-        aiohttp has no public call for it, hence its pool (``BaseConnector._conns``) here.
+        A watch that was merely quiet drops them too; that costs the next requests a new
+        connection each, once per read timeout at most. aiohttp has no public call for it,
+        hence its pool (``BaseConnector._conns``) here.
         """
         connector = self._session.connector
         if connector is None:
