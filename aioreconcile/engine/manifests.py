@@ -238,13 +238,16 @@ def _load_yaml(text: str, *, origin: str) -> list[tuple[int, object]]:
 def _contains_itself(value: object) -> bool:
     """Whether a decoded document is cyclic (``&x [*x]``). Go's YAML decoder, and so kubectl,
     refuses such a document; every walk of it (List expansion, hashing, JSON) would not end.
-    Depth-first, without recursion: a deep document must not raise RecursionError here."""
+    Depth-first, without recursion (a deep document must not raise RecursionError here), and
+    each node once: aliases may share one node a million times over without a cycle."""
     on_path: set[int] = set()
+    done: set[int] = set()
     stack: list[tuple[object, bool]] = [(value, False)]
     while stack:
         node, leaving = stack.pop()
         if leaving:
             on_path.discard(id(node))
+            done.add(id(node))
             continue
         if isinstance(node, dict):
             children: Iterable[object] = node.values()
@@ -254,6 +257,8 @@ def _contains_itself(value: object) -> bool:
             continue
         if id(node) in on_path:
             return True
+        if id(node) in done:
+            continue
         on_path.add(id(node))
         stack.append((node, True))
         stack.extend((child, False) for child in children)

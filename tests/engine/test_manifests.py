@@ -1,6 +1,7 @@
 """What a source may contain: parsing, lists, identity, duplicates and namespaces, as data."""
 
 import copy
+import time
 from textwrap import dedent
 
 import pytest
@@ -487,3 +488,16 @@ def test_json_nested_too_deeply_is_a_manifest_error() -> None:
     """Found while writing fuzz.manifests: json's RecursionError escaped parse_json."""
     with pytest.raises(ManifestError, match=r"^app\.json: nested too deeply"):
         parse_json("[" * 100_000, origin="app.json")
+
+
+def test_aliases_shared_many_times_are_checked_once_each() -> None:
+    """The cycle check walks each node once: a document that aliases one list 2**24 times over
+    (each level two aliases of the one below) is read at once, not walked path by path."""
+    levels = ["l0: &l0 [x, y]"] + [f"l{i}: &l{i} [*l{i - 1}, *l{i - 1}]" for i in range(1, 25)]
+    text = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\nx:\n" + "".join(
+        f"  {line}\n" for line in levels
+    )
+    began = time.monotonic()
+    (manifest,) = parse_documents(text, origin="app.yaml")
+    assert time.monotonic() - began < 1.0
+    assert manifest.ref.name == "a"
