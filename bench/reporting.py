@@ -12,9 +12,24 @@ import orjson
 def machine() -> dict[str, Any]:
     return {
         "cores": os.cpu_count(),
+        "cpu": _proc_field("/proc/cpuinfo", "model name"),
+        "memory": _proc_field("/proc/meminfo", "MemTotal"),
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
+
+
+def _proc_field(path: str, key: str) -> str | None:
+    """The first ``key: value`` of a /proc file (None off Linux)."""
+    try:
+        with open(path) as f:
+            for line in f:
+                name, _, value = line.partition(":")
+                if name.strip() == key:
+                    return value.strip()
+    except OSError:
+        return None
+    return None
 
 
 def emit(

@@ -1,194 +1,390 @@
-"""What tracing costs on the apply path: disabled vs exporting every span to a real Jaeger.
+"""What tracing costs ``aioreconcile run``: the same pushes through two controllers, one
+exporting every span the reactor creates to a real Jaeger, one with tracing off, interleaved.
 
-    python -m bench.tracing [--objects 1000] [--runs 5] [--concurrency 16] [--kubeconfig K]
+    python -m bench.tracing [--objects 1000] [--rounds 20] [--kubeconfig K]
 
 Without --kubeconfig it starts its own real control plane; it always starts a real Jaeger
-(``aioreconcile.testing.start_jaeger``) and exports over OTLP/HTTP with the production setup
-(``start_tracing``: private provider, BatchSpanProcessor). Each run is a cold in-process
-``runtime.apply_directory`` of N objects into a fresh namespace, timed together with the spans the
-controller emits for it: the commit root, an ``apply`` stage and one span per ChangeSet entry
-(``objects(outcome.changeset.entries, operation="apply")``). Modes alternate (and swap order every
-repetition) so drift in the cluster (etcd growing) hits both alike. After each traced run the
-batch is flushed outside the timed region, so no export from one run leaks into the next; the
-flush time is reported on its own. Target: median overhead < 5 %.
+(``aioreconcile.testing.start_jaeger``) and ``git daemon``. Two ``aioreconcile run`` processes
+(bench.running), each with one sync (``--objects`` ConfigMaps in a Namespace of their own, own
+repository) and a GitHub receiver: ``off`` with no OTEL variable, ``on`` with
+``OTEL_EXPORTER_OTLP_ENDPOINT`` (and ``OTEL_SERVICE_NAME``) pointing at Jaeger, as users set
+them, so its spans go through run's own setup (BatchSpanProcessor, OTLP/HTTP).
+
+A round commits a new ``data.value`` for every ConfigMap of one controller's repository (not
+timed), waits until that controller is quiet, then sends a signed push webhook (t0). Timed:
+
+- ``applied``: t0 to the last changed object seen by this process's own watch;
+- ``recorded``: t0 to ``GET /status`` showing the commit applied;
+- ``cpu``: the controller's CPU time (git children included) from just before t0 until it is
+  quiet again, after the ``on`` controller's trace is complete in Jaeger: the export of the
+  round's spans (about N + 15) is inside it;
+- ``exported`` (``on`` only): t0 until Jaeger's query API returns the commit's trace with its
+  root and all N object spans.
+
+Each round runs both controllers, the order swapped every round (off-on, on-off, ...), so a
+pair shares the machine's conditions. The overhead is the ratio on/off of each pair, reported
+as the geometric mean with a 95 % bootstrap confidence interval, plus the medians and the
+spread of each mode. The first push of each controller is a warm-up, not counted. Both
+controllers watch cluster-wide (file mode), so each also receives the other's watch events:
+the same for both modes.
 """
 
 import argparse
-import json
+import hashlib
+import hmac
+import math
+import os
+import platform
+import random
 import secrets
 import statistics
+import sys
 import tempfile
 import time
-import urllib.request
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import anyio
+import orjson
 
-from bench.apply import objects, write_directory
+from aioreconcile.adapters.kube.transport import KubeTransport
+from aioreconcile.adapters.telemetry.jaeger_query import search_url
+from aioreconcile.engine.model import JsonObject
+from bench.drift import Objects, Repository, git_daemon, key_of, remove, watch_configmaps
 from bench.reporting import emit
+from bench.running import Controller, run_controller
 
-SERVICE = "aioreconcile-bench"
+SECRET_ENV = "BENCH_WEBHOOK_SECRET"
+MODES = ("off", "on")
+LIMIT_S = 120.0
 
 
-async def _apply_once(
-    tracing: Any, directory: Path, kubeconfig: Path, *, concurrency: int, sha: str
-) -> tuple[float, int, float]:
-    """Seconds of the traced apply, objects applied, and seconds spent in ``objects()``."""
-    from aioreconcile import runtime
-    from aioreconcile.reactor.tracing import CommitInfo
+@dataclass
+class Side:
+    mode: str
+    sync: str
+    objects: Objects
+    repo: Repository
+    url: str
+    controller: Controller
+    sha: str
 
-    settings = runtime.DirectorySettings(
-        path=directory,
-        sync="bench-tracing",
-        concurrency=concurrency,
-        cluster=runtime.ClusterSettings(kubeconfig=kubeconfig),
+
+class Seen:
+    """This process's watch: when every expected ``data.value`` has been seen."""
+
+    def __init__(self) -> None:
+        self.expected: dict[tuple[str, str], str] = {}
+        self.done = anyio.Event()
+        self.last = 0.0
+
+    def expect(self, values: dict[tuple[str, str], str]) -> None:
+        self.expected = dict(values)
+        self.done = anyio.Event()
+
+    def on_event(self, kind: str, obj: JsonObject, now: float) -> None:
+        key = key_of(obj)
+        value = self.expected.get(key)
+        if (
+            kind == "MODIFIED"
+            and value is not None
+            and (obj.get("data") or {}).get("value") == value
+        ):
+            del self.expected[key]
+            if not self.expected:
+                self.last = now
+                self.done.set()
+
+
+async def send_push(session: aiohttp.ClientSession, side: Side, before: str, after: str) -> None:
+    body = orjson.dumps(
+        {
+            "ref": "refs/heads/main",
+            "before": before,
+            "after": after,
+            "created": False,
+            "deleted": False,
+            "forced": False,
+            "repository": {"name": side.sync, "clone_url": side.url, "html_url": side.url},
+            "head_commit": {"id": after, "message": "bench: change"},
+            "commits": [{"id": after, "message": "bench: change"}],
+        }
     )
-    info = CommitInfo(
-        sync="bench-tracing",
-        repository_url="https://git.example.com/acme/deploy.git",
-        ref="main",
-        ref_type="branch",
-        sha=sha,
-        trigger="push",
-    )
-    started = time.perf_counter()
-    with tracing.commit(info), tracing.stage("apply") as stage:
-        outcome = await runtime.apply_directory(settings)
-        spans_began = time.perf_counter()
-        tracing.objects(outcome.changeset.entries, operation="apply")
-        span_seconds = time.perf_counter() - spans_began
-        stage.set_attributes({"aioreconcile.objects": len(outcome.changeset.entries)})
-    seconds = time.perf_counter() - started
-    if not outcome.ok:
-        raise SystemExit(f"apply failed: {outcome.message}")
-    return seconds, len(outcome.changeset.entries), span_seconds
-
-
-def _count_traces(query_url: str) -> int:
-    with urllib.request.urlopen(
-        f"{query_url}/api/traces?service={SERVICE}&limit=1000", timeout=10
+    signature = hmac.new(os.environ[SECRET_ENV].encode(), body, hashlib.sha256).hexdigest()
+    async with session.post(
+        f"{side.controller.hooks}/github",
+        data=body,
+        headers={
+            "X-GitHub-Event": "push",
+            "X-GitHub-Delivery": str(uuid.uuid4()),
+            "X-Hub-Signature-256": f"sha256={signature}",
+            "Content-Type": "application/json",
+        },
     ) as response:
-        return len(json.loads(response.read()).get("data") or [])
+        await response.read()
+        if response.status != 202:
+            raise SystemExit(f"webhook answered {response.status}, expected 202")
 
 
-async def measure(kubeconfig: Path, *, n: int, runs: int, concurrency: int, workdir: Path) -> None:
-    from aioreconcile.adapters.telemetry.setup import TracingSettings, start_tracing
-    from aioreconcile.reactor.tracing import NoTracing
+async def trace_complete(
+    session: aiohttp.ClientSession, query_url: str, *, service: str, side: Side, sha: str
+) -> int:
+    """Spans of the commit's trace once Jaeger has its root and every object span; else 0."""
+    url = search_url(
+        query_url,
+        service=service,
+        tags={"vcs.ref.head.revision": sha},
+        lookback="1h",
+        limit=20,
+    )
+    async with session.get(url) as response:
+        document = orjson.loads(await response.read())
+    for trace in document.get("data") or []:
+        names = [span["operationName"] for span in trace["spans"]]
+        if f"reconcile {side.sync}" in names and names.count("apply ConfigMap") >= side.objects.n:
+            return len(names)
+    return 0
+
+
+async def push_round(
+    side: Side,
+    session: aiohttp.ClientSession,
+    seen: Seen,
+    *,
+    round_: int,
+    jaeger_query: str,
+    service: str,
+) -> dict[str, Any]:
+    objects = side.objects
+    for i in range(objects.n):
+        objects.values[i] = f"{side.mode}-{round_}-{i}"
+    before = side.sha
+    side.sha = side.repo.commit(objects.files(range(objects.n)), f"round {round_}")
+    seen.expect({objects.ref(i): objects.values[i] for i in range(objects.n)})
+    await side.controller.wait_quiet()
+    load = os.getloadavg()[0]
+    cpu = side.controller.cpu_seconds()
+    t0 = time.perf_counter()
+    await send_push(session, side, before, side.sha)
+    with anyio.fail_after(LIMIT_S):
+        await seen.done.wait()
+    applied = seen.last - t0
+    await side.controller.wait_applied(session, {side.sync: side.sha}, limit_s=LIMIT_S, poll_s=0.02)
+    recorded = time.perf_counter() - t0
+    exported, spans = float("nan"), 0
+    if side.mode == "on":
+        while not (
+            spans := await trace_complete(
+                session, jaeger_query, service=service, side=side, sha=side.sha
+            )
+        ):
+            if time.perf_counter() - t0 > LIMIT_S:
+                raise SystemExit(f"the trace of {side.sha} is not complete in Jaeger")
+            await anyio.sleep(0.1)
+        exported = time.perf_counter() - t0
+    await side.controller.wait_quiet()
+    return {
+        "round": round_,
+        "mode": side.mode,
+        "load1": load,
+        "applied_s": applied,
+        "recorded_s": recorded,
+        "cpu_s": side.controller.cpu_seconds() - cpu,
+        "exported_s": exported,
+        "spans": spans,
+    }
+
+
+def ratio_interval(
+    pairs: Sequence[float], *, resamples: int = 10_000, seed: int = 1
+) -> tuple[float, float, float]:
+    """Geometric mean of the ratios and its 95 % percentile-bootstrap interval."""
+    logs = [math.log(r) for r in pairs]
+    rng = random.Random(seed)
+    means = sorted(statistics.fmean(rng.choices(logs, k=len(logs))) for _ in range(resamples))
+    low, high = means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1]
+    return math.exp(statistics.fmean(logs)), math.exp(low), math.exp(high)
+
+
+def summarise(results: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    rows = []
+    for mode in MODES:
+        mine = [r for r in results if r["mode"] == mode]
+        row: dict[str, Any] = {"mode": mode, "rounds": len(mine)}
+        for key in ("applied_s", "recorded_s", "cpu_s", "exported_s"):
+            values = [r[key] for r in mine]
+            if all(math.isnan(v) for v in values):
+                continue
+            row[f"{key[:-2]}_p50_s"] = statistics.median(values)
+            row[f"{key[:-2]}_min_s"] = min(values)
+            row[f"{key[:-2]}_max_s"] = max(values)
+        rows.append(row)
+    by_round = {(r["round"], r["mode"]): r for r in results}
+    rounds = sorted({r["round"] for r in results})
+    overhead: dict[str, Any] = {}
+    for key in ("applied_s", "recorded_s", "cpu_s"):
+        pairs = [by_round[(n, "on")][key] / by_round[(n, "off")][key] for n in rounds]
+        mean, low, high = ratio_interval(pairs)
+        overhead[key[:-2]] = {
+            "ratio_geomean": mean,
+            "ci95": [low, high],
+            "ratio_median": statistics.median(pairs),
+            "ratio_min": min(pairs),
+            "ratio_max": max(pairs),
+            "pairs": pairs,
+        }
+    return rows, overhead
+
+
+async def measure(kubeconfig: Path, args: argparse.Namespace, workdir: Path) -> None:
     from aioreconcile.testing import start_jaeger
 
-    async with start_jaeger() as jaeger:
-        disabled = start_tracing(TracingSettings())
-        exporting = start_tracing(
-            TracingSettings(endpoint=jaeger.otlp_http_endpoint, service_name=SERVICE)
-        )
-        handles = {"disabled": disabled, "jaeger": exporting}
-        samples: dict[str, list[float]] = {"disabled": [], "jaeger": []}
-        span_costs: list[float] = []
-        flushes: list[float] = []
-        applied = 0
-        # Warm-up: imports, discovery cache, connection setup, first namespace.
-        warm = workdir / "warm"
-        write_directory(warm, _docs(n, f"bench-tr-warm-{secrets.token_hex(3)}"))
-        await _apply_once(NoTracing(), warm, kubeconfig, concurrency=concurrency, sha="0" * 40)
-        for repetition in range(runs):
-            order = ["disabled", "jaeger"] if repetition % 2 == 0 else ["jaeger", "disabled"]
-            for mode in order:
-                directory = workdir / f"{mode}-{repetition}"
-                write_directory(
-                    directory, _docs(n, f"bench-tr-{mode[0]}{repetition}-{secrets.token_hex(3)}")
-                )
-                seconds, applied, span_seconds = await _apply_once(
-                    handles[mode].tracing or NoTracing(),
-                    directory,
-                    kubeconfig,
-                    concurrency=concurrency,
-                    sha=secrets.token_hex(20),
-                )
-                samples[mode].append(seconds)
-                if mode == "jaeger":
-                    span_costs.append(span_seconds)
-                    began = time.perf_counter()
-                    await anyio.to_thread.run_sync(exporting.force_flush)
-                    flushes.append(time.perf_counter() - began)
-        await anyio.to_thread.run_sync(exporting.shutdown)
-        await anyio.sleep(1.0)  # Jaeger's own batch (200 ms) before we count
-        exported = await anyio.to_thread.run_sync(_count_traces, jaeger.query_url)
-
-    off = statistics.median(samples["disabled"])
-    on = statistics.median(samples["jaeger"])
-    # Runs of one repetition are neighbours in time; their ratio cancels the cluster's drift.
-    paired = statistics.median(
-        j / d for d, j in zip(samples["disabled"], samples["jaeger"], strict=True)
-    )
-    rows = [
-        {
-            "mode": mode,
-            "objects": applied,
-            "runs": len(values),
-            "median_s": statistics.median(values),
-            "min_s": min(values),
-            "max_s": max(values),
-            "obj_per_s": applied / statistics.median(values),
+    token = secrets.token_hex(3)
+    service = f"bench-tracing-{token}"
+    os.environ[SECRET_ENV] = secrets.token_hex(32)
+    served = workdir / "served"
+    served.mkdir()
+    objects = {m: Objects(args.objects, prefix=f"bench-tr-{token}-{m}") for m in MODES}
+    repos = {m: Repository.create(served, workdir, f"tr-{m}") for m in MODES}
+    shas = {m: repos[m].commit(objects[m].files(), "initial") for m in MODES}
+    namespaces = [ns for o in objects.values() for ns in o.namespaces]
+    results: list[dict[str, Any]] = []
+    async with (
+        start_jaeger(workdir / "jaeger") as jaeger,
+        git_daemon(served, workdir) as base,
+        await KubeTransport.connect(kubeconfig) as transport,
+    ):
+        env = {
+            "off": {},
+            "on": {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": jaeger.otlp_http_endpoint,
+                "OTEL_SERVICE_NAME": service,
+            },
         }
-        for mode, values in samples.items()
-    ]
+        try:
+            async with (
+                run_controller(
+                    _config("tr-off", f"{base}tr-off.git"),
+                    kubeconfig=kubeconfig,
+                    workdir=workdir,
+                    namespace=objects["off"].namespaces[0],
+                    name="off",
+                    env=env["off"],
+                ) as off,
+                run_controller(
+                    _config("tr-on", f"{base}tr-on.git"),
+                    kubeconfig=kubeconfig,
+                    workdir=workdir,
+                    namespace=objects["on"].namespaces[0],
+                    name="on",
+                    env=env["on"],
+                ) as on,
+                aiohttp.ClientSession() as session,
+                anyio.create_task_group() as tasks,
+            ):
+                controllers = {"off": off, "on": on}
+                sides = {
+                    m: Side(
+                        m,
+                        f"tr-{m}",
+                        objects[m],
+                        repos[m],
+                        f"{base}tr-{m}.git",
+                        controllers[m],
+                        shas[m],
+                    )
+                    for m in MODES
+                }
+                for m in MODES:
+                    await controllers[m].wait_applied(
+                        session, {f"tr-{m}": shas[m]}, limit_s=600, poll_s=0.2
+                    )
+                seen = Seen()
+                await tasks.start(watch_configmaps, transport, seen.on_event)
+                started = time.time()
+                load_before = os.getloadavg()
+                for round_ in range(-1, args.rounds):  # round -1: the warm-up
+                    order = MODES if round_ % 2 == 0 else MODES[::-1]
+                    for mode in order:
+                        result = await push_round(
+                            sides[mode],
+                            session,
+                            seen,
+                            round_=round_,
+                            jaeger_query=jaeger.query_url,
+                            service=service,
+                        )
+                        print(
+                            f"round {round_} {mode}: applied {result['applied_s']:.3f} s, "
+                            f"cpu {result['cpu_s']:.3f} s, load {result['load1']:.2f}",
+                            file=sys.stderr,
+                        )
+                        if round_ >= 0:
+                            results.append(result)
+                tasks.cancel_scope.cancel()
+        finally:
+            await remove(transport, namespaces)
+    rows, overhead = summarise(results)
     emit(
         "tracing",
         rows,
         extra={
-            "concurrency": concurrency,
-            "overhead_pct": (on - off) / off * 100,
-            "paired_overhead_pct": (paired - 1) * 100,
-            "span_cost_pct": statistics.median(span_costs) / off * 100,
-            "objects_spans_median_ms": statistics.median(span_costs) * 1000,
-            "flush_after_run_median_ms": statistics.median(flushes) * 1000,
-            "traces_in_jaeger": exported,
-            "samples": samples,
+            "command": " ".join(["python -m bench.tracing", *sys.argv[1:]]),
+            "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(started)),
+            "load_average_before": load_before,
+            "load_average_after": os.getloadavg(),
+            "load1_min": min(r["load1"] for r in results),
+            "load1_max": max(r["load1"] for r in results),
+            "objects": args.objects,
+            "python": platform.python_version(),
+            "overhead": overhead,
+            "rounds": results,
         },
     )
-    print(
-        f"\noverhead (median jaeger vs disabled): {(on - off) / off * 100:+.1f} %, "
-        f"paired median {(paired - 1) * 100:+.1f} %  "
-        f"(objects() {statistics.median(span_costs) * 1000:.1f} ms for {applied} spans; "
-        f"{exported} traces in Jaeger)"
-    )
+    for key, value in overhead.items():
+        low, high = value["ci95"]
+        print(
+            f"{key}: on/off {value['ratio_geomean']:.3f} (95 % CI {low:.3f}-{high:.3f}), "
+            f"median pair {value['ratio_median']:.3f}, "
+            f"pairs {value['ratio_min']:.3f}-{value['ratio_max']:.3f}"
+        )
 
 
-def _docs(n: int, namespace: str) -> list[dict[str, Any]]:
-    return [
-        *objects(n, namespace),
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
-    ]
+def _config(sync: str, url: str) -> dict[str, Any]:
+    return {
+        "syncs": [
+            {
+                "name": sync,
+                "source": {"url": url, "ref": "main", "path": "deploy", "interval": "1h"},
+                "selfHeal": True,
+            }
+        ],
+        "receivers": [
+            {"name": "github", "provider": "github", "secretEnv": SECRET_ENV, "syncs": [sync]}
+        ],
+    }
 
 
 async def main(args: argparse.Namespace) -> None:
+    for name in [n for n in os.environ if n.startswith("OTEL_")]:
+        del os.environ[name]  # the "off" controller must not inherit a tracing setting
     with tempfile.TemporaryDirectory(prefix="aioreconcile-bench-tracing-") as tmp:
         if args.kubeconfig:
-            await measure(
-                args.kubeconfig,
-                n=args.objects,
-                runs=args.runs,
-                concurrency=args.concurrency,
-                workdir=Path(tmp),
-            )
+            await measure(args.kubeconfig, args, Path(tmp))
             return
         from aioreconcile.testing import start_control_plane
 
         async with start_control_plane() as plane:
-            await measure(
-                plane.kubeconfig,
-                n=args.objects,
-                runs=args.runs,
-                concurrency=args.concurrency,
-                workdir=Path(tmp),
-            )
+            await measure(plane.kubeconfig, args, Path(tmp))
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--objects", type=int, default=1000)
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=20, help="pairs measured (after a warm-up)")
     parser.add_argument("--kubeconfig", type=Path, default=None)
     anyio.run(main, parser.parse_args())
