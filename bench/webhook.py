@@ -16,7 +16,7 @@ streams, ``--concurrency`` connections, each sending its next request when the p
 is read (much cheaper per request than an HTTP client library, so the rate is the server's).
 Two kinds of delivery, measured in separate phases:
 
-- ``valid``: a realistic 2.5 KiB GitHub push for ``deploy``'s repository and ref, naming its
+- ``valid``: a realistic 1.8 KiB GitHub push for ``deploy``'s repository and ref, naming its
   head, correctly signed, each with a new ``X-GitHub-Delivery``: cap, HMAC, parse, duplicate
   check, match, one INFO log line, ``Controller.push`` (the queue coalesces the triggers of one
   sync while its reconcile runs, so a burst costs a handful of ``git fetch``es: that is what
@@ -65,7 +65,7 @@ FETCHES = "aioreconcile_git_head_fetches_total"
 
 
 def push_body(url: str, sha: str) -> bytes:
-    """A realistic GitHub push (~2.5 KiB): one commit, the repository's URLs, the pusher."""
+    """A realistic GitHub push (~1.8 KiB): one commit, the repository's URLs, the pusher."""
     commit = {
         "id": sha,
         "tree_id": "f9d2a07e9488b91af2641b26b9407fe22a451433",
