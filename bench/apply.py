@@ -1,4 +1,4 @@
-"""How fast the engine applies, compared with the ceiling of a raw server-side-apply loop.
+"""How fast the engine applies, compared with two ceilings of a raw server-side-apply loop.
 
     python -m bench.apply [--sizes 1000] [--repeats 3] [--concurrency 16] [--kubeconfig K]
                           [--profile DIR]
@@ -6,19 +6,28 @@
 Without --kubeconfig it starts its own real control plane (aioreconcile.testing). For each N and
 repeat, realistic manifests (bench/manifests.py: ConfigMaps of ~2.6 KiB, Deployments, Services)
 are applied on three paths, each by the engine (``runtime.apply_directory``, timed inside a fresh
-child process, YAML parsing and client set-up included) and, right after, by its raw ceiling
-(aiohttp + orjson + a semaphore with the same concurrency, pre-serialised bodies, no engine),
-each into its own empty namespace:
+child process, YAML parsing and client set-up included) and, right after, by two raw loops
+(aiohttp + orjson + a semaphore with the same concurrency, no engine), each into its own
+namespace:
 
-- cold: N objects created; the ceiling PATCHes (server-side apply) all N;
+- the wire ceiling (``raw_s``, ``engine_vs_raw``): bodies given parsed and pre-serialised, and
+  told which objects changed; only the requests are timed;
+- the file ceiling (``files_s``, ``engine_vs_files``): given the engine's input, a directory of
+  the same YAML files, timed whole: read and parse them (PyYAML's C loader), LIST each kind and
+  PATCH the objects not contained in live (``contained``; cold: every object).
+
+The paths:
+
+- cold: N objects created; the ceilings PATCH (server-side apply) all N;
 - update: 10 % of the objects changed (ConfigMap values, Deployment images, Service ports); the
-  ceiling LISTs each kind once (what any applier must read to know what changed) and PATCHes
+  ceilings LIST each kind once (what any applier must read to know what changed) and PATCH
   only the changed objects;
-- no-op: the same directory again; the ceiling is the LISTs alone.
+- no-op: the same directory again; the ceilings LIST and PATCH nothing.
 
-It prints seconds for both and ``engine_vs_raw`` (raw seconds / engine seconds: 1.0 is the
-ceiling) per path, per repeat, and the median with min-max. ``--profile DIR`` writes a cProfile
-of each engine apply there instead (slower: not for figures).
+It prints seconds and both ratios (ceiling seconds / engine seconds: 1.0 is the ceiling) per
+path, per repeat, with the 1-minute load average before each repeat, and the median with
+min-max. ``--profile DIR`` writes a cProfile of each engine apply there instead (slower: not
+for figures; the render's worker thread is not in it).
 """
 
 import argparse
@@ -188,42 +197,111 @@ class RawClient:
         meta = doc["metadata"]
         return f"{self.server}{prefix}/namespaces/{meta['namespace']}/{plural}/{meta['name']}"
 
+    async def _patch(
+        self,
+        session: aiohttp.ClientSession,
+        limiter: anyio.CapacityLimiter,
+        url: str,
+        body: bytes,
+    ) -> None:
+        async with (
+            limiter,
+            session.patch(
+                url,
+                data=body,
+                params={"fieldManager": "bench-raw", "force": "true"},
+                headers={"Content-Type": "application/apply-patch+yaml"},
+            ) as response,
+        ):
+            orjson.loads(await response.read())
+            response.raise_for_status()
+
+    async def _list(
+        self,
+        session: aiohttp.ClientSession,
+        limiter: anyio.CapacityLimiter,
+        namespace: str,
+        into: dict[tuple[str, str], Any],
+    ) -> None:
+        async def listed(prefix: str, plural: str) -> None:
+            url = f"{self.server}{prefix}/namespaces/{namespace}/{plural}"
+            async with limiter, session.get(url) as response:
+                response.raise_for_status()
+                for item in orjson.loads(await response.read())["items"]:
+                    into[(plural, item["metadata"]["name"])] = item
+
+        async with anyio.create_task_group() as tasks:
+            for prefix, plural in PATHS.values():
+                tasks.start_soon(listed, prefix, plural)
+
     async def run(
         self, docs: Sequence[dict[str, Any]], concurrency: int, *, list_namespace: str | None
     ) -> float:
-        """Seconds to LIST each kind in ``list_namespace`` (if given), then PATCH ``docs``."""
+        """The wire ceiling: seconds to LIST each kind in ``list_namespace`` (if given), then
+        PATCH ``docs``, which are given parsed and already known to be the changed ones."""
         requests = [(self._url(doc), orjson.dumps(doc)) for doc in docs]
         limiter = anyio.CapacityLimiter(concurrency)
         started = time.perf_counter()
         async with self.session(concurrency) as session:
-
-            async def listed(prefix: str, plural: str) -> None:
-                url = f"{self.server}{prefix}/namespaces/{list_namespace}/{plural}"
-                async with limiter, session.get(url) as response:
-                    orjson.loads(await response.read())
-                    response.raise_for_status()
-
-            async def one(url: str, body: bytes) -> None:
-                async with (
-                    limiter,
-                    session.patch(
-                        url,
-                        data=body,
-                        params={"fieldManager": "bench-raw", "force": "true"},
-                        headers={"Content-Type": "application/apply-patch+yaml"},
-                    ) as response,
-                ):
-                    orjson.loads(await response.read())
-                    response.raise_for_status()
-
             if list_namespace is not None:
-                async with anyio.create_task_group() as tasks:
-                    for prefix, plural in PATHS.values():
-                        tasks.start_soon(listed, prefix, plural)
+                await self._list(session, limiter, list_namespace, {})
             async with anyio.create_task_group() as tasks:
                 for url, body in requests:
-                    tasks.start_soon(one, url, body)
+                    tasks.start_soon(self._patch, session, limiter, url, body)
         return time.perf_counter() - started
+
+    async def run_files(
+        self, directory: Path, concurrency: int, *, list_namespace: str | None
+    ) -> tuple[float, int]:
+        """The file ceiling: what a raw applier does given the engine's input, timed whole.
+
+        Read and parse the same YAML files (PyYAML's C loader, the engine's, without its
+        checks); on update and no-op, LIST each kind and PATCH only the objects not contained
+        in live (``contained``); cold, PATCH every object. Seconds and the number of PATCHes."""
+        limiter = anyio.CapacityLimiter(concurrency)
+        started = time.perf_counter()
+        docs = await anyio.to_thread.run_sync(parse_directory, directory)  # as the engine does
+        async with self.session(concurrency) as session:
+            if list_namespace is not None:
+                live: dict[tuple[str, str], Any] = {}
+                await self._list(session, limiter, list_namespace, live)
+                # LIST items carry no apiVersion and kind; the lookup key matched those.
+                docs = [
+                    d
+                    for d in docs
+                    if not contained(
+                        {k: v for k, v in d.items() if k not in ("apiVersion", "kind")},
+                        live.get((PATHS[d["kind"]][1], d["metadata"]["name"])),
+                    )
+                ]
+            async with anyio.create_task_group() as tasks:
+                for doc in docs:
+                    tasks.start_soon(
+                        self._patch, session, limiter, self._url(doc), orjson.dumps(doc)
+                    )
+        return time.perf_counter() - started, len(docs)
+
+
+def parse_directory(directory: Path) -> list[dict[str, Any]]:
+    docs: list[dict[str, Any]] = []
+    for file in sorted(directory.glob("*.yaml")):
+        docs.extend(yaml.load_all(file.read_bytes(), Loader=yaml.CSafeLoader))
+    return docs
+
+
+def contained(desired: object, live: object) -> bool:
+    """The least a raw applier must check to skip an object: every declared value is live."""
+    if isinstance(desired, dict):
+        return isinstance(live, dict) and all(
+            k in live and contained(v, live[k]) for k, v in desired.items()
+        )
+    if isinstance(desired, list):
+        return (
+            isinstance(live, list)
+            and len(desired) == len(live)
+            and all(contained(d, x) for d, x in zip(desired, live, strict=True))
+        )
+    return type(desired) is type(live) and desired == live
 
 
 def profiled(directory: Path | None, path: str, n: int, repeat: int) -> Path | None:
@@ -241,9 +319,8 @@ async def measure(kubeconfig: Path, args: argparse.Namespace, workdir: Path) -> 
     for n in [int(s) for s in args.sizes.split(",")]:
         changed = every_tenth(n)
         for repeat in range(args.repeats):
-            engine_ns, raw_ns = (
-                f"bench-engine-{run_id}-{n}-{repeat}",
-                f"bench-raw-{run_id}-{n}-{repeat}",
+            engine_ns, raw_ns, files_ns = (
+                f"bench-{who}-{run_id}-{n}-{repeat}" for who in ("engine", "raw", "files")
             )
             namespace_doc = {
                 "apiVersion": "v1",
@@ -251,48 +328,68 @@ async def measure(kubeconfig: Path, args: argparse.Namespace, workdir: Path) -> 
                 "metadata": {"name": engine_ns},
             }
             await raw.create_namespace(raw_ns)
+            await raw.create_namespace(files_ns)
             profiles = Path(args.profile) if args.profile else None
             directory = workdir / f"objects-{n}-{repeat}"
+            raw_directory = workdir / f"raw-{n}-{repeat}"
 
+            load = os.getloadavg()[0]
             write_directory(directory, [*manifests(n, engine_ns), namespace_doc])
+            write_directory(raw_directory, manifests(n, files_ns))
             cold = run_child(
                 directory, kubeconfig, args.concurrency, profiled(profiles, "cold", n, repeat)
             )
             raw_cold = await raw.run(manifests(n, raw_ns), args.concurrency, list_namespace=None)
+            files_cold = await raw.run_files(raw_directory, args.concurrency, list_namespace=None)
             write_directory(directory, [*manifests(n, engine_ns, changed=changed), namespace_doc])
+            write_directory(raw_directory, manifests(n, files_ns, changed=changed))
             update = run_child(
                 directory, kubeconfig, args.concurrency, profiled(profiles, "update", n, repeat)
             )
             new = [d for i, d in enumerate(manifests(n, raw_ns, changed=changed)) if i in changed]
             raw_update = await raw.run(new, args.concurrency, list_namespace=raw_ns)
+            files_update = await raw.run_files(
+                raw_directory, args.concurrency, list_namespace=files_ns
+            )
             noop = run_child(
                 directory, kubeconfig, args.concurrency, profiled(profiles, "noop", n, repeat)
             )
             raw_noop = await raw.run([], args.concurrency, list_namespace=raw_ns)
-            for path, result, ceiling in (
-                ("cold", cold, raw_cold),
-                ("update", update, raw_update),
-                ("noop", noop, raw_noop),
+            files_noop = await raw.run_files(
+                raw_directory, args.concurrency, list_namespace=files_ns
+            )
+            for path, result, ceiling, (files_s, patched) in (
+                ("cold", cold, raw_cold, files_cold),
+                ("update", update, raw_update, files_update),
+                ("noop", noop, raw_noop, files_noop),
             ):
                 rows.append(
                     {
                         "objects": n,
                         "path": path,
                         "repeat": repeat,
+                        "load_1m": load,
                         "engine_s": result["seconds"],
                         "raw_s": ceiling,
                         "engine_vs_raw": ceiling / result["seconds"],
+                        "files_s": files_s,
+                        "files_patched": patched,
+                        "engine_vs_files": files_s / result["seconds"],
                         "totals": ",".join(f"{k}={v}" for k, v in sorted(result["totals"].items())),
                         "engine_peak_rss_mib": result["peak_rss_mib"],
                     }
                 )
             print(rows[-3:], file=sys.stderr, flush=True)
+    sizes = sorted({r["objects"] for r in rows})
     medians = {
-        f"{n}/{path}": summary(
-            [r["engine_vs_raw"] for r in rows if (r["objects"], r["path"]) == (n, path)]
-        )
-        for n in sorted({r["objects"] for r in rows})
-        for path in ("cold", "update", "noop")
+        ratio: {
+            f"{n}/{path}": summary(
+                [r[ratio] for r in rows if (r["objects"], r["path"]) == (n, path)]
+            )
+            for n in sizes
+            for path in ("cold", "update", "noop")
+        }
+        for ratio in ("engine_vs_raw", "engine_vs_files")
     }
     emit(
         "apply",
@@ -300,13 +397,14 @@ async def measure(kubeconfig: Path, args: argparse.Namespace, workdir: Path) -> 
         extra={
             "concurrency": args.concurrency,
             "repeats": args.repeats,
-            "engine_vs_raw": medians,
+            **medians,
             "load_average": os.getloadavg(),
         },
     )
-    for key, value in medians.items():
-        spread = f"{value['min']:.3f}-{value['max']:.3f}"
-        print(f"{key}: engine_vs_raw median {value['median']:.3f} ({spread})")
+    for ratio, values in medians.items():
+        for key, value in values.items():
+            spread = f"{value['min']:.3f}-{value['max']:.3f}"
+            print(f"{key}: {ratio} median {value['median']:.3f} ({spread})")
 
 
 async def main(args: argparse.Namespace) -> None:

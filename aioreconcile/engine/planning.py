@@ -12,6 +12,7 @@ one request where a dry-run would make it two.
 """
 
 import copy
+import functools
 import hashlib
 import hmac
 import json
@@ -447,17 +448,32 @@ def _is_subset(desired: object, live: object) -> bool:
 
     Extra keys in live are the server's defaults and other managers' fields. Scalars must have
     the same type: ``1``, ``1.0``, ``"1"`` and ``True`` are four different values to the API.
+    Leaves are compared inline (``_equal``'s rule for scalars): most nodes of a manifest are
+    leaves, and a call per leaf was most of ``decide``'s time.
     """
     if isinstance(desired, dict):
-        return isinstance(live, dict) and all(
-            key in live and _is_subset(value, live[key]) for key, value in desired.items()
-        )
+        if not isinstance(live, dict):
+            return False
+        for key, value in desired.items():
+            if key not in live:
+                return False
+            other = live[key]
+            if isinstance(value, dict | list):
+                if not _is_subset(value, other):
+                    return False
+            elif type(value) is not type(other) or value != other:
+                return False
+        return True
     if isinstance(desired, list):
-        return (
-            isinstance(live, list)
-            and len(desired) == len(live)
-            and all(_is_subset(d, item) for d, item in zip(desired, live, strict=True))
-        )
+        if not isinstance(live, list) or len(desired) != len(live):
+            return False
+        for value, other in zip(desired, live, strict=True):
+            if isinstance(value, dict | list):
+                if not _is_subset(value, other):
+                    return False
+            elif type(value) is not type(other) or value != other:
+                return False
+        return True
     return _equal(desired, live)
 
 
@@ -583,7 +599,8 @@ def _still_desired(fields: object, desired: object) -> _Ownership:
     ``f:<name>`` a map field, ``k:<json>`` a list item by its key fields, ``v:<json>`` a set
     item by value, ``i:<n>`` a list item by index, and ``.`` the node itself (no child to find).
     A leaf ``{}`` owns the whole value beneath it (atomic maps and lists), so only its presence
-    is checked; values are compared by ``_is_subset`` afterwards.
+    is checked; values are compared by ``_is_subset`` afterwards. ``f:`` into a map, by far the
+    most common element, is looked up inline; ``_find`` reads the others.
     """
     if not isinstance(fields, dict):
         return _Ownership.UNKNOWN
@@ -591,9 +608,17 @@ def _still_desired(fields: object, desired: object) -> _Ownership:
     for element, children in fields.items():
         if element == ".":
             continue
-        ownership, child = _find(element, desired)
-        if ownership is _Ownership.DESIRED and children != {}:  # a leaf has no child to find
-            ownership = _still_desired(children, child)
+        if isinstance(element, str) and element.startswith("f:") and isinstance(desired, dict):
+            name = element[2:]
+            if name not in desired:
+                return _Ownership.ORPHANED
+            child = desired[name]
+            # an applied null: whether it removes is the schema's call
+            ownership = _Ownership.DESIRED if child is not None else _Ownership.UNKNOWN
+        else:
+            ownership, child = _find(element, desired)
+        if ownership is _Ownership.DESIRED and (children or not isinstance(children, dict)):
+            ownership = _still_desired(children, child)  # a leaf ``{}`` has no child to find
         if ownership is _Ownership.ORPHANED:
             return ownership
         if ownership is _Ownership.UNKNOWN:
@@ -629,7 +654,7 @@ def _find(element: object, desired: object) -> tuple[_Ownership, object]:
     if kind not in ("k", "v"):
         return _Ownership.UNKNOWN, None
     try:
-        wanted = json.loads(content)
+        wanted = _decoded(content)
     except ValueError:
         return _Ownership.UNKNOWN, None
     if kind == "v":
@@ -640,6 +665,14 @@ def _find(element: object, desired: object) -> tuple[_Ownership, object]:
     if not isinstance(wanted, dict) or not wanted:
         return _Ownership.UNKNOWN, None
     return _find_keyed(wanted, desired)
+
+
+@functools.lru_cache(maxsize=4096)
+def _decoded(content: str) -> object:
+    """A ``k:``/``v:`` element's JSON, decoded once: the same keys (``{"name":"web"}``,
+    ``{"containerPort":80,"protocol":"TCP"}``) recur in every object of a sync. Callers only
+    read the result."""
+    return json.loads(content)
 
 
 def _find_keyed(key: JsonObject, items: list[Any]) -> tuple[_Ownership, object]:

@@ -256,6 +256,42 @@ def test_merge_keys_may_be_overridden() -> None:
     assert only.body["metadata"] == {"name": "own", "keep": True}
 
 
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        pytest.param("data:\n  1: a\n  '1': b\n", "duplicate key '1'", id="int and string key"),
+        pytest.param("data:\n  true: a\n  'true': b\n", "duplicate key 'true'", id="bool key"),
+        pytest.param("data:\n  [a]: b\n", "found unhashable key", id="list as a key"),
+    ],
+)
+def test_keys_that_collide_as_json_keys_are_refused(text: str, error: str) -> None:
+    with pytest.raises(ManifestError, match=error):
+        parse_documents("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n" + text, origin="f")
+
+
+def test_a_merged_key_keeps_its_place_when_overridden() -> None:
+    """As YAML's merge reads it (PyYAML's ``flatten_mapping``): merged keys first, own keys
+    override them in place; the engine's one-pass constructor must give the same map."""
+    text = dedent("""\
+        apiVersion: v1
+        kind: ConfigMap
+        metadata: {name: a}
+        data:
+          <<: [{first: "1", second: "2"}, {third: "3"}]
+          own: "4"
+          second: "5"
+        """)
+
+    [only] = parse_documents(text, origin="f.yaml")
+
+    assert list(only.body["data"].items()) == [
+        ("first", "1"),
+        ("second", "5"),
+        ("third", "3"),
+        ("own", "4"),
+    ]
+
+
 def test_values_are_read_as_the_api_reads_them() -> None:
     """Timestamps stay text and scalar keys become strings, so every body is JSON."""
     text = dedent("""\

@@ -15,7 +15,7 @@ object (``_recreate``), as Flux's ``kustomize.toolkit.fluxcd.io/force`` does.
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Final, TypeVar
 
 import anyio
@@ -88,6 +88,53 @@ def _failed(ref: ObjectRef, error: Exception, started: float) -> ChangeSetEntry:
     return _entry(ref, Action.FAILED, started, error=str(error))
 
 
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """One object that needs a request: what ``_prepare`` decided, and what it was decided on."""
+
+    ref: ObjectRef
+    resource: Resource
+    desired: JsonObject
+    live: JsonObject | None
+    decision: planning.Decision
+    started: float
+
+
+def _prepare(
+    manifest: Manifest,
+    resource: Resource,
+    live: JsonObject | None,
+    options: ApplyOptions,
+    *,
+    known_changed: bool = False,
+) -> tuple[ChangeSetEntry, JsonObject | None] | _Prepared:
+    """What can be settled without a request (pure): the stamped body, a refusal, an object
+    already as declared (``UNCHANGED``, its entry and live returned); otherwise a ``_Prepared``
+    for ``Applier._write``. ``known_changed`` skips the decision (and so the dry-run)."""
+    started = time.monotonic()
+    ref = _ref_with_version(manifest.ref, resource)
+    desired = planning.stamp(
+        manifest.body,
+        sync=options.sync,
+        revision=options.revision,
+        traceparent=options.traceparent,
+        inventory=options.inventory,
+    )
+    before = _resource_version(live)
+    refused = planning.refusal(desired, live, sync=options.sync)
+    if refused is not None:
+        action, why = refused
+        return _entry(ref, action, started, error=why, before=before, after=before), None
+    decision = (
+        planning.Decision.APPLY
+        if known_changed
+        else planning.decide(desired, live, field_manager=options.field_manager)
+    )
+    if decision is planning.Decision.UNCHANGED:
+        return _entry(ref, Action.UNCHANGED, started, before=before, after=before), live
+    return _Prepared(ref, resource, desired, live, decision, started)
+
+
 class Applier:
     """Applies manifests to one cluster through a shared transport and discovery cache."""
 
@@ -148,20 +195,35 @@ class Applier:
     ) -> tuple[list[ChangeSetEntry], dict[ObjectRef, JsonObject]]:
         unresolved: dict[int, ChangeSetEntry] = {}
         current = await self._live_for(members, options, unresolved)
-
-        async def one(index: int) -> tuple[ChangeSetEntry, JsonObject | None]:
-            manifest = members[index]
+        # Decided here, without a task each: on a re-apply most objects need no request, and a
+        # task and a limiter slot per object cost more than the decision itself (~80 us).
+        results: dict[int, tuple[ChangeSetEntry, JsonObject | None]] = {}
+        pending: list[tuple[int, _Prepared]] = []
+        for index, manifest in enumerate(members):
             resource = self._discovery.cached(manifest.ref)
             if index in unresolved or resource is None:
-                return unresolved[index], None
-            result = await self._apply_one(manifest, resource, current.get(manifest.ref), options)
+                results[index] = unresolved[index], None
+                continue
+            prepared = _prepare(manifest, resource, current.get(manifest.ref), options)
+            if isinstance(prepared, _Prepared):
+                pending.append((index, prepared))
+                continue
+            results[index] = prepared
+            if options.on_entry is not None:
+                options.on_entry(prepared[0])
+
+        async def one(item: tuple[int, _Prepared]) -> tuple[ChangeSetEntry, JsonObject | None]:
+            result = await self._write(item[1], options)
             if options.on_entry is not None:
                 options.on_entry(result[0])
             return result
 
-        results = await _map_concurrently(one, range(len(members)), limit=options.concurrency)
-        live_after = {entry.ref: obj for entry, obj in results if obj is not None}
-        return [entry for entry, _ in results], live_after
+        written = await _map_concurrently(one, pending, limit=options.concurrency)
+        for (index, _), result in zip(pending, written, strict=True):
+            results[index] = result
+        ordered = [results[i] for i in range(len(members))]
+        live_after = {entry.ref: obj for entry, obj in ordered if obj is not None}
+        return [entry for entry, _ in ordered], live_after
 
     async def _live_for(
         self,
@@ -228,26 +290,25 @@ class Applier:
         *,
         known_changed: bool = False,
     ) -> tuple[ChangeSetEntry, JsonObject | None]:
-        started = time.monotonic()
-        ref = _ref_with_version(manifest.ref, resource)
-        desired = planning.stamp(
-            manifest.body,
-            sync=options.sync,
-            revision=options.revision,
-            traceparent=options.traceparent,
-            inventory=options.inventory,
+        prepared = _prepare(manifest, resource, live, options, known_changed=known_changed)
+        if not isinstance(prepared, _Prepared):
+            return prepared
+        return await self._write(prepared, options)
+
+    async def _write(
+        self, prepared: _Prepared, options: ApplyOptions
+    ) -> tuple[ChangeSetEntry, JsonObject | None]:
+        """The requests of one object ``_prepare`` could not settle: a dry-run first when the
+        decision is ``VERIFY``, then the apply; a recreate for a changed immutable field."""
+        ref, resource, desired, live = (
+            prepared.ref,
+            prepared.resource,
+            prepared.desired,
+            prepared.live,
         )
-        before = _resource_version(live)
-        refused = planning.refusal(desired, live, sync=options.sync)
-        if refused is not None:
-            action, why = refused
-            return _entry(ref, action, started, error=why, before=before, after=before), None
+        started, before = prepared.started, _resource_version(live)
         try:
-            decision = (
-                planning.Decision.APPLY
-                if known_changed
-                else planning.decide(desired, live, field_manager=options.field_manager)
-            )
+            decision = prepared.decision
             if decision is planning.Decision.VERIFY and live is not None:
                 preview = await self._server_apply(
                     resource, ref, planning.carry_stamps(desired, live), options, dry_run=True
