@@ -31,6 +31,7 @@ import os
 import random
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -329,6 +330,7 @@ async def running_controller(
     name: str,
     apply_timeout: float = 600,
     trim: bool = True,
+    tracemalloc: Path | None = None,
 ) -> AsyncIterator[Running]:
     """Repository with ``objects``, served by git daemon, applied by ``aioreconcile run``."""
     served = workdir / "served"
@@ -354,10 +356,12 @@ async def running_controller(
         port, ops_port = free_port(), free_port()
         # The child inherits it; kept out of argv, so neither ps nor the log shows it.
         os.environ[SECRET_ENV] = SECRET
+        if tracemalloc is not None:
+            os.environ["MEMDUMP_OUT"] = str(tracemalloc)  # inherited by the child
         argv = [
             sys.executable,
             "-m",
-            "aioreconcile",
+            "bench.memdump" if tracemalloc is not None else "aioreconcile",
             "run",
             "--config",
             str(config_path),
@@ -572,6 +576,15 @@ async def state_cost(running: Running, transport: KubeTransport, name: str) -> d
     }
 
 
+def wait_for_file(path: Path, limit_s: float) -> None:
+    """Blocking (a worker thread): until ``path`` exists, or fail after ``limit_s``."""
+    deadline = time.monotonic() + limit_s
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} not written within {limit_s:g} s")
+        time.sleep(0.2)
+
+
 async def remove(transport: KubeTransport, namespaces: Sequence[str]) -> None:
     """Delete what a size created, so the next size's controller does not list it in its
     cluster-wide watch (a Namespace alone would stay Terminating without a controller-manager)."""
@@ -597,11 +610,20 @@ async def measure(kubeconfig: Path, args: argparse.Namespace, workdir: Path) -> 
         size_dir.mkdir()
         async with await KubeTransport.connect(kubeconfig) as transport:
             try:
+                dump = Path(args.tracemalloc) / f"{name}.txt" if args.tracemalloc else None
                 async with running_controller(
-                    kubeconfig, size_dir, objects, name=name, trim=not args.no_trim
+                    kubeconfig,
+                    size_dir,
+                    objects,
+                    name=name,
+                    trim=not args.no_trim,
+                    tracemalloc=dump,
                 ) as running:
                     idle = await measure_idle(running, args.settle, args.idle)
                     idle |= await state_cost(running, transport, name)
+                    if dump is not None:
+                        os.kill(running.pid, signal.SIGUSR1)
+                        await anyio.to_thread.run_sync(wait_for_file, dump, 120.0)
                     drift = await measure_drift(running, transport, args.edits, rng)
             finally:
                 await remove(transport, objects.namespaces)
@@ -654,4 +676,10 @@ if __name__ == "__main__":
         "--realistic", action="store_true", help="ConfigMaps, Deployments, Services"
     )
     parser.add_argument("--no-trim", action="store_true", help="no malloc_trim in the controller")
+    parser.add_argument(
+        "--tracemalloc",
+        default=None,
+        help="diagnostic, not for figures: run the controller under tracemalloc (bench.memdump) "
+        "and write where its memory is, after the idle window, to DIR/<size>.txt",
+    )
     anyio.run(main, parser.parse_args())

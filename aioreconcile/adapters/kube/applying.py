@@ -94,8 +94,8 @@ class _Prepared:
 
     ref: ObjectRef
     resource: Resource
-    desired: JsonObject
-    live: JsonObject | None
+    manifest: Manifest  # stamped again by ``_write``: 10,000 stamped copies held at once
+    live: JsonObject | None  # (a cold apply) would raise the peak by tens of MiB
     decision: planning.Decision
     started: float
 
@@ -113,13 +113,7 @@ def _prepare(
     for ``Applier._write``. ``known_changed`` skips the decision (and so the dry-run)."""
     started = time.monotonic()
     ref = _ref_with_version(manifest.ref, resource)
-    desired = planning.stamp(
-        manifest.body,
-        sync=options.sync,
-        revision=options.revision,
-        traceparent=options.traceparent,
-        inventory=options.inventory,
-    )
+    desired = _stamped(manifest, options)
     before = _resource_version(live)
     refused = planning.refusal(desired, live, sync=options.sync)
     if refused is not None:
@@ -132,7 +126,17 @@ def _prepare(
     )
     if decision is planning.Decision.UNCHANGED:
         return _entry(ref, Action.UNCHANGED, started, before=before, after=before), live
-    return _Prepared(ref, resource, desired, live, decision, started)
+    return _Prepared(ref, resource, manifest, live, decision, started)
+
+
+def _stamped(manifest: Manifest, options: ApplyOptions) -> JsonObject:
+    return planning.stamp(
+        manifest.body,
+        sync=options.sync,
+        revision=options.revision,
+        traceparent=options.traceparent,
+        inventory=options.inventory,
+    )
 
 
 class Applier:
@@ -300,12 +304,8 @@ class Applier:
     ) -> tuple[ChangeSetEntry, JsonObject | None]:
         """The requests of one object ``_prepare`` could not settle: a dry-run first when the
         decision is ``VERIFY``, then the apply; a recreate for a changed immutable field."""
-        ref, resource, desired, live = (
-            prepared.ref,
-            prepared.resource,
-            prepared.desired,
-            prepared.live,
-        )
+        ref, resource, live = prepared.ref, prepared.resource, prepared.live
+        desired = _stamped(prepared.manifest, options)
         started, before = prepared.started, _resource_version(live)
         try:
             decision = prepared.decision
@@ -438,13 +438,7 @@ class Applier:
         shows no difference; live itself for an object an apply would skip."""
         resource = await self._discovery.resolve(manifest.ref)
         ref = _ref_with_version(manifest.ref, resource)
-        desired = planning.stamp(
-            manifest.body,
-            sync=options.sync,
-            revision=options.revision,
-            traceparent=options.traceparent,
-            inventory=options.inventory,
-        )
+        desired = _stamped(manifest, options)
         live = await self.get(ref)
         refused = planning.refusal(desired, live, sync=options.sync)
         if live is not None and refused is not None and refused[0] is Action.SKIPPED:
