@@ -1,7 +1,7 @@
 """How fast the controller takes back a foreign edit, and what it costs at rest.
 
     python -m bench.drift [--sizes 100,1000,10000] [--edits 200] [--idle 20] [--kubeconfig K]
-                          [--realistic] [--no-trim]
+                          [--realistic] [--no-trim] [--tracemalloc DIR]
 
 For each N: a bare Git repository with N ConfigMaps (files of 100, in one Namespace per 2,500
 objects, the Namespaces declared in the repository too) is served by ``git daemon`` on loopback,
@@ -20,7 +20,9 @@ from Git again (the controller's corrective write). An edit not healed within 5 
 ``--realistic`` makes the repository realistic (bench/manifests.py: three objects in five
 ConfigMaps of ~2.6 KiB, one a Deployment, one a Service; edits go to the ConfigMaps only).
 ``--no-trim`` runs the controller with ``AIORECONCILE_MALLOC_TRIM=off``, so its idle RSS is not
-lowered by ``malloc_trim`` after each reconcile (runtime.release_memory).
+lowered by ``malloc_trim`` after each reconcile (runtime.release_memory). ``--tracemalloc DIR``
+(a diagnostic, not for figures) runs the controller under tracemalloc (bench/memdump.py) and
+writes where its live memory was allocated, after the idle window, to DIR/drift-<N>.txt.
 
 Without --kubeconfig a real control plane is started (aioreconcile.testing); each size gets its
 own Namespaces, repository and controller, and its ConfigMaps and Namespaces are deleted after.
@@ -55,6 +57,7 @@ from aioreconcile.adapters.kube.watching import BOOKMARK, stream_events
 from aioreconcile.engine.errors import NotFoundError, TransientError
 from aioreconcile.engine.model import JsonObject
 from aioreconcile.engine.planning import as_stored, our_fields, stamp
+from aioreconcile.reactor.controlling import _compact
 from aioreconcile.testing.processes import ManagedProcess
 from bench import manifests
 from bench.reporting import emit
@@ -545,18 +548,18 @@ async def measure_idle(running: Running, settle: float, idle: float) -> dict[str
 async def state_cost(running: Running, transport: KubeTransport, name: str) -> dict[str, Any]:
     """What the controller keeps per object (SyncState.desired and .stored), computed by the
     functions it uses (``stamp``, ``as_stored`` over ``our_fields``) from the manifests and the
-    live objects, as orjson bytes: the mean size of each form."""
+    live objects: the mean size of each form as orjson bytes, and as the controller keeps it
+    (``_compact``, deflated): the ``*_kept_*`` figures."""
     objects = running.objects
     traceparent = "00-" + "0" * 32 + "-" + "0" * 16 + "-01"  # a traceparent's length
-    desired = [
-        len(
-            orjson.dumps(
-                stamp(objects.body(i), sync=name, revision=running.sha, traceparent=traceparent)
-            )
-        )
+    desired_forms = [
+        stamp(objects.body(i), sync=name, revision=running.sha, traceparent=traceparent)
         for i in range(objects.n)
     ]
+    desired = [len(orjson.dumps(form)) for form in desired_forms]
+    desired_kept = [len(_compact(form)) for form in desired_forms]
     stored: list[int] = []
+    stored_kept: list[int] = []
     for namespace in objects.namespaces:
         for collection in (
             CONFIGMAPS.collection_path(namespace),
@@ -569,10 +572,14 @@ async def state_cost(running: Running, transport: KubeTransport, name: str) -> d
             for item in listed.body.get("items") or []:
                 fields = our_fields(item)
                 if fields is not None:
-                    stored.append(len(orjson.dumps(as_stored(item, fields))))
+                    form = as_stored(item, fields)
+                    stored.append(len(orjson.dumps(form)))
+                    stored_kept.append(len(_compact(form)))
     return {
         "desired_bytes_per_object": sum(desired) / max(1, len(desired)),
         "stored_bytes_per_object": sum(stored) / max(1, len(stored)),
+        "desired_kept_bytes_per_object": sum(desired_kept) / max(1, len(desired_kept)),
+        "stored_kept_bytes_per_object": sum(stored_kept) / max(1, len(stored_kept)),
     }
 
 
