@@ -19,6 +19,7 @@ from aioreconcile.engine.errors import AioreconcileError
 from aioreconcile.engine.leadership import LeaseTimings
 from aioreconcile.engine.naming import is_valid_label_value
 from aioreconcile.engine.redaction import printable, redact_text, redact_url
+from aioreconcile.engine.sharding import MAX_SHARDS
 from aioreconcile.engine.sources import RenderSpec, RenderType
 
 _OUTPUT_HELP = "output format (default: %(default)s)"
@@ -555,6 +556,15 @@ def _add_leader_election_flags(run: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="this replica's name in the Lease (default: <hostname>_<random>)",
     )
+    run.add_argument(
+        "--shards",
+        type=int,
+        default=0,
+        metavar="S",
+        help="CRD mode: split the Syncs in S shards, one Lease each (<id>-shard-<k>); the "
+        "replicas share them, each writing only for the Syncs of the shards it holds. Implies "
+        "--leader-elect and uses its flags (default: off, one Lease for all)",
+    )
     for flag, default, text in (
         ("lease-duration", "15s", "a standby takes over a leader silent this long (whole s)"),
         ("renew-deadline", "10s", "a leader that could not renew for this long stops"),
@@ -569,7 +579,14 @@ def _add_leader_election_flags(run: argparse.ArgumentParser) -> None:
 
 
 def _leader_election(args: argparse.Namespace) -> runtime.LeaderElectionSettings | None:
-    if not args.leader_elect:
+    if args.shards:
+        if not 1 <= args.shards <= MAX_SHARDS:
+            raise SystemExit(f"aioreconcile run: --shards: 1..{MAX_SHARDS}, got {args.shards}")
+        if args.config is not None:
+            raise SystemExit("aioreconcile run: --shards splits Sync objects: CRD mode only")
+    elif args.shards < 0:
+        raise SystemExit(f"aioreconcile run: --shards: 1..{MAX_SHARDS}, got {args.shards}")
+    if not args.leader_elect and not args.shards:
         return None
     durations: dict[str, float] = {}
     for flag in ("lease-duration", "renew-deadline", "retry-period"):
@@ -627,6 +644,7 @@ def _run_controller(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         concurrency=args.concurrency,
         leader_election=election,
+        shards=args.shards,
         watch_read_timeout_s=args.watch_read_timeout,
         max_retry_delay_s=args.max_retry_delay,
         tracing=runtime.tracing_settings(

@@ -40,6 +40,7 @@ from aioreconcile.adapters.kube.resources import (
     run_watch,
     watch_resources,
 )
+from aioreconcile.adapters.kube.sharding import ShardElector
 from aioreconcile.adapters.kube.watching import (
     MIN_WATCH_READ_TIMEOUT_S,
     WATCH_READ_TIMEOUT_S,
@@ -305,6 +306,7 @@ class RunSettings:
     watch_namespace: str = ""  # CRD mode: "" watches Syncs in every namespace
     status_period_s: float = 1.0  # CRD mode: at most one status write per Sync per period
     event_window_s: float = 30.0  # CRD mode: Events per Sync and reason aggregated this long
+    shards: int = 0  # CRD mode, with leader_election: split the Syncs in this many shards
 
 
 def release_memory() -> None:
@@ -423,9 +425,11 @@ async def _run_controller(
                     registry=registry,
                     status_period_s=settings.status_period_s,
                     event_window_s=settings.event_window_s,
+                    shards=settings.shards,
                 )
             )
-        elector = _elector(cluster, settings.leader_election, registry)
+        sharder = _shard_elector(cluster, settings, registry, crds[0]) if crds else None
+        elector = None if sharder else _elector(cluster, settings.leader_election, registry)
         requests: ReconcileRequests | None = None
         if crds:
             requests = ReconcileRequests(
@@ -451,11 +455,18 @@ async def _run_controller(
             tracing=tracing.tracing,
         )
         warm = anyio.Event()  # a standby's watches have listed: ready to take over
+        role: Callable[[], str] | None = None
+        if sharder is not None:
+            role = partial(_shards_role, sharder)
+        elif elector is not None:
+            role = partial(_elector_role, elector)
         ops = build_ops_app(
-            status=lambda: {"syncs": controller.status()} | _leadership_view(elector),
+            status=lambda: (
+                {"syncs": controller.status()} | _leadership_view(elector) | _sharding_view(sharder)
+            ),
             metrics=registry.exposition,
             ready=lambda: controller.ready.is_set() or warm.is_set(),
-            role=None if elector is None else lambda: "leader" if elector.leading else "standby",
+            role=role,
         )
         limits = settings.limits
         lost: list[LeadershipLost] = []
@@ -498,6 +509,8 @@ async def _run_controller(
                     if elector is None:
                         await tasks.start(controller.run)
                         await tasks.start(crd_mode)
+                        if sharder is not None:
+                            tasks.start_soon(_hold_shards, sharder, tasks.cancel_scope, lost)
                     else:
 
                         async def work() -> None:
@@ -575,6 +588,77 @@ async def _lead(
     except LeadershipLost as e:
         lost.append(e)
         scope.cancel()
+
+
+def _shard_elector(
+    cluster: KubeCluster, settings: RunSettings, registry: Registry, syncs: SyncResources
+) -> ShardElector | None:
+    """``run --shards``: this replica's shard Leases, its ``aioreconcile_shards_held`` kept."""
+    election = settings.leader_election
+    if not settings.shards or election is None:
+        return None
+    identity = election.identity or candidate_identity()
+    gauge = registry.gauge(
+        "aioreconcile_shards_held",
+        "How many shard Leases this replica holds (run --shards).",
+        ["identity"],
+    ).labels(identity=identity)
+    gauge.set(0)
+
+    def gained(shard: int) -> None:
+        syncs.gain_shard(shard)
+        gauge.set(len(syncs.held_shards))
+
+    async def lost(shard: int) -> None:
+        await syncs.lose_shard(shard)
+        gauge.set(len(syncs.held_shards))
+
+    return ShardElector(
+        cluster.transport,
+        namespace=election.namespace or pod_namespace(),
+        name=election.name,
+        identity=identity,
+        shards=settings.shards,
+        timings=election.timings,
+        on_gain=gained,
+        on_lose=lost,
+    )
+
+
+async def _hold_shards(
+    sharder: ShardElector, scope: anyio.CancelScope, lost: list[LeadershipLost]
+) -> None:
+    """Hold shards until cancelled; a lost member Lease stops the process (as a lost leader
+    Lease does), a lost shard only that shard's work (``ShardElector``)."""
+    try:
+        await sharder.run()
+    except LeadershipLost as e:
+        lost.append(e)
+        scope.cancel()
+
+
+def _elector_role(elector: LeaseElector) -> str:
+    return "leader" if elector.leading else "standby"
+
+
+def _shards_role(sharder: ShardElector) -> str:
+    held = sorted(sharder.held)
+    return f"shards {','.join(map(str, held))}" if held else "shards none"
+
+
+def _sharding_view(sharder: ShardElector | None) -> dict[str, object]:
+    if sharder is None:
+        return {}
+    return {
+        "sharding": {
+            "leases": f"{sharder.namespace}/{sharder.name}-shard-*",
+            "identity": sharder.identity,
+            "shards": sharder.shards,
+            "held": sorted(sharder.held),
+            "members": sharder.members(),
+            "holders": {str(k): v or None for k, v in sharder.holders().items()},
+        }
+    }
 
 
 def _leadership_view(elector: LeaseElector | None) -> dict[str, object]:

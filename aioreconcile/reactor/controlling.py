@@ -335,6 +335,7 @@ class Controller:
         self._on_change = on_change
         self.states = {spec.name: SyncState(spec) for spec in syncs}
         self._pollers: dict[str, anyio.CancelScope] = {}
+        self._running: dict[str, set[anyio.CancelScope]] = {}  # per sync, its work under way
         self._tasks: anyio.abc.TaskGroup | None = None
         self._owners: dict[ObjectRef, str] = {}  # which sync declares each object
         self._fights = FightGuard()
@@ -536,6 +537,15 @@ class Controller:
         self._watch_all()
         return state
 
+    async def abandon(self, name: str) -> SyncState | None:
+        """Forget a sync at once: its reconcile or heals under way are cancelled (mid-request
+        if need be), and this returns once they have ended. For a sync this replica may no
+        longer write for (its shard's Lease was lost or given back); unlike ``remove``, nothing
+        is let finish."""
+        for scope in self._running.get(name, ()):
+            scope.cancel()
+        return await self.remove(name)
+
     def _require_dependencies(self, state: SyncState) -> None:
         """``dependsOn``: every named sync last applied its head successfully. Otherwise the
         sync is not Ready with DependencyNotReady and retried with backoff (Flux requeues a
@@ -568,6 +578,18 @@ class Controller:
         return store.key if store is not None else None
 
     async def _process(self, key: WorkKey) -> None:
+        scope = anyio.CancelScope()
+        running = self._running.setdefault(key[1], set())
+        running.add(scope)
+        try:
+            with scope:
+                await self._process_one(key)
+        finally:
+            running.discard(scope)
+            if not running:
+                self._running.pop(key[1], None)
+
+    async def _process_one(self, key: WorkKey) -> None:
         if key[0] == "sync":
             state = self.states.get(key[1])
             if state is None or state.spec.suspend:

@@ -22,6 +22,12 @@ acts on. A Sync being deleted is removed from the controller (a reconcile under 
 first), then its objects are deleted (``prune: true``, Flux's garbage collection on deletion)
 or released from our labels (``prune: false``), its inventory ConfigMap is deleted, and the
 finalizer removed.
+
+Sharding (``run --shards``): every replica watches every Sync (its cache is warm for a
+takeover) but acts only on those of the shards whose Lease it holds (``engine.sharding.place``:
+the ``sharding.aioreconcile.dev/key`` label, else a stable hash). ``gain_shard`` queues a
+shard's Syncs; ``lose_shard`` cancels their work under way, forgets them, and returns once
+nothing of that shard runs any more, so the shard's Lease may be given back.
 """
 
 import logging
@@ -60,6 +66,7 @@ from aioreconcile.engine.resources import (
     sync_identity,
     sync_status,
 )
+from aioreconcile.engine.sharding import Placement, place
 from aioreconcile.reactor.controlling import Controller, SyncState
 from aioreconcile.reactor.ports import Cluster, ReceiverRoutes, SyncParts, SyncResourceClient
 from aioreconcile.reactor.queueing import WorkQueue
@@ -98,6 +105,7 @@ class _Sync:
     written: JsonObject | None = None  # the status as last written (or found)
     seen_reconciles: int = 0  # for Events: what the last look saw
     seen_heals: int = 0
+    shard: int = 0
 
 
 @dataclass
@@ -123,7 +131,10 @@ class SyncResources:
     registry: Registry
     status_period_s: float = STATUS_PERIOD_S
     event_window_s: float = EVENT_WINDOW_S
+    shards: int = 0  # run --shards: act only on the Syncs of held shards; 0: on every Sync
     clock: Callable[[], float] = time.monotonic
+    _held: set[int] = field(default_factory=set)
+    _working: dict[Key, set[anyio.CancelScope]] = field(default_factory=dict)
     _latest: dict[Key, JsonObject | None] = field(default_factory=dict)
     _syncs: dict[Key, _Sync] = field(default_factory=dict)
     _by_identity: dict[str, Key] = field(default_factory=dict)
@@ -160,6 +171,8 @@ class SyncResources:
             return
         self._latest[key] = event.object
         known = self._syncs.get(key)
+        if known is None and not self._ours(self._placement(key, event.object)):
+            return  # another replica's shard: kept for a takeover, not acted on
         if known is None or known.signature != _signature(event.object):
             self.queue.put(key)
 
@@ -180,6 +193,42 @@ class SyncResources:
         key = self._by_identity.get(state.spec.name)
         if key is not None:
             self._mark(key)
+
+    # --- sharding ------------------------------------------------------------------------------
+
+    @property
+    def held_shards(self) -> frozenset[int]:
+        return frozenset(self._held)
+
+    def gain_shard(self, shard: int) -> None:
+        """This replica holds ``shard``'s Lease now: act on its Syncs (the watch cache has them)."""
+        self._held.add(shard)
+        for key, obj in self._latest.items():
+            if obj is not None and self._placement(key, obj).shard == shard:
+                self.queue.put(key)
+
+    async def lose_shard(self, shard: int) -> None:
+        """``shard``'s Lease is lost or about to be given back: cancel the work of its Syncs
+        (their lanes here, their reconciles and heals in the controller), forget them, and
+        return once none of it runs. Nothing is deleted or released: the next holder goes on."""
+        self._held.discard(shard)
+        for key, sync in list(self._syncs.items()):
+            if sync.shard != shard:
+                continue
+            for scope in self._working.get(key, ()):
+                scope.cancel()
+            await self.controller.abandon(sync.identity)
+            self._forget(key)
+        logger.info("shard given up: its syncs are no longer ours", extra={"shard": shard})
+
+    def _placement(self, key: Key, obj: JsonObject) -> Placement:
+        if not self.shards:
+            return Placement(0)
+        labels = (obj.get("metadata") or {}).get("labels") or {}
+        return place(key[0], key[1], labels, self.shards)
+
+    def _ours(self, placement: Placement) -> bool:
+        return not self.shards or placement.shard in self._held
 
     def _mark(self, key: Key) -> None:
         self._dirty.add(key)
@@ -220,11 +269,30 @@ class SyncResources:
     # --- one Sync object -------------------------------------------------------------------------
 
     async def _process(self, key: Key) -> None:
+        """One Sync's lane; cancelled by ``lose_shard`` when its shard goes elsewhere."""
+        scope = anyio.CancelScope()
+        working = self._working.setdefault(key, set())
+        working.add(scope)
+        try:
+            with scope:
+                await self._process_one(key)
+        finally:
+            working.discard(scope)
+            if not working:
+                self._working.pop(key, None)
+
+    async def _process_one(self, key: Key) -> None:
         obj = self._latest.get(key)
         known = self._syncs.get(key)
         if obj is None:  # gone without our finalizer (removed by hand): stop, touch nothing
             if known is not None:
                 await self.controller.remove(known.identity)
+                self._forget(key)
+            return
+        placement = self._placement(key, obj)
+        if not self._ours(placement):
+            if known is not None:  # moved to another shard (its label changed)
+                await self.controller.abandon(known.identity)
                 self._forget(key)
             return
         metadata = obj.get("metadata") or {}
@@ -238,7 +306,10 @@ class SyncResources:
         sync = known or self._register(key, obj)
         sync.signature = _signature(obj)
         sync.generation = int(metadata.get("generation") or 0)
+        sync.shard = placement.shard
         try:
+            if placement.problem is not None:
+                raise ConfigError(f"Sync {namespace}/{name}", [placement.problem])
             spec = sync_from_resource(obj)
         except ConfigError as e:
             sync.invalid = str(e)
@@ -350,7 +421,7 @@ class SyncResources:
 
     async def _write_status(self, key: Key) -> None:
         sync = self._syncs.get(key)
-        if sync is None:
+        if sync is None or (self.shards and sync.shard not in self._held):
             return
         view: Mapping[str, Any]
         if sync.invalid is not None:

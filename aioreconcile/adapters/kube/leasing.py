@@ -73,6 +73,7 @@ class LeaseElector:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], datetime] = _utc_now,
         random: Callable[[], float] = _random.random,
+        labels: dict[str, str] | None = None,
     ) -> None:
         if not identity:
             raise ValueError("a leader election identity must not be empty")
@@ -85,6 +86,7 @@ class LeaseElector:
         self._clock = clock
         self._wall = wall
         self._random = random
+        self._labels = dict(labels or {})  # set when we create the Lease (sharding lists by them)
         self._path = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{name}"
         self._lease: JsonObject | None = None  # the whole object last read or written
         self._observed: Observed | None = None
@@ -106,6 +108,20 @@ class LeaseElector:
     @property
     def record(self) -> LeaseRecord | None:
         return self._observed.record if self._observed is not None else None
+
+    @property
+    def observed(self) -> Observed | None:
+        return self._observed
+
+    def abandon(self, why: str) -> None:
+        """Stop counting ourselves as holder without writing (the caller stopped its work)."""
+        if self._leading:
+            self._lose(why)
+
+    @property
+    def deadline(self) -> float | None:
+        """While leading: when (our monotonic clock) we must have renewed or step down."""
+        return self._renewed_at + self.timings.renew_deadline_s if self._leading else None
 
     # --- the loops -----------------------------------------------------------------------------
 
@@ -168,6 +184,66 @@ class LeaseElector:
                 return False
         logger.warning("could not release the Lease in time", extra={"lease": str(self)})
         return False
+
+    async def step(self) -> bool:
+        """One round of ``acquire`` and ``hold`` for a caller that runs the loop itself (the
+        shard elector holds many Leases from one loop): step down if the renew deadline
+        passed, else acquire or renew once (bounded by what is left of the deadline); step
+        down if another holder is seen. Returns whether we lead afterwards."""
+        timings = self.timings
+        sent = self._clock()
+        if self._leading and must_step_down(self._renewed_at, timings=timings, now=sent):
+            self._lose("could not renew within the renew deadline")
+            return False
+        limit = (
+            self._renewed_at + timings.renew_deadline_s - sent
+            if self._leading
+            else timings.renew_deadline_s
+        )
+        renewed = False
+        with anyio.move_on_after(limit):
+            renewed = await self.try_acquire_or_renew()
+        if renewed:
+            self._set_leading(True)
+        elif self._leading and held_by_other(self._observed, identity=self.identity, now=sent):
+            self._lose(f"the Lease is held by {self.holder}")
+        elif self._leading and must_step_down(self._renewed_at, timings=timings, now=self._clock()):
+            self._lose("could not renew within the renew deadline")
+        return self._leading
+
+    def see(self, lease: JsonObject | None) -> None:
+        """The Lease as another read saw it (a LIST of all of a shard set's Leases, None when it
+        was not there): judged as our own GET would be, its expiry clock kept if unchanged."""
+        if lease is None:
+            if not self._leading:
+                self._lease, self._observed = None, None
+            return
+        version = _resource_version(lease)
+        if self._observed is not None and self._observed.resource_version == version:
+            return  # nothing new (our own write, or the same read)
+        self._lease = lease
+        self._observed = observe(
+            self._observed, LeaseRecord.of_lease(lease), version, now=self._clock()
+        )
+        self._report_holder()
+
+    async def delete(self) -> None:
+        """Delete the Lease if it is still the one we last saw (a member Lease on a graceful
+        stop). Never raises: a Lease left behind only ages."""
+        self._set_leading(False)
+        version = self._observed.resource_version if self._observed is not None else None
+        if version is None:
+            return
+        body = {"preconditions": {"resourceVersion": version}}
+        with anyio.move_on_after(self.timings.renew_deadline_s):
+            try:
+                await self._transport.request(
+                    "DELETE", self._path, body=body, time_limit=self.timings.renew_deadline_s
+                )
+            except AioreconcileError as e:
+                logger.info(
+                    "could not delete the Lease", extra={"lease": str(self), "error": str(e)}
+                )
 
     # --- one attempt -----------------------------------------------------------------------------
 
@@ -236,7 +312,8 @@ class LeaseElector:
             body: JsonObject = {
                 "apiVersion": LEASE_API_VERSION,
                 "kind": "Lease",
-                "metadata": {"name": self.name, "namespace": self.namespace},
+                "metadata": {"name": self.name, "namespace": self.namespace}
+                | ({"labels": self._labels} if self._labels else {}),
                 "spec": record.spec(),
             }
             path = self._path.rsplit("/", 1)[0]
