@@ -112,6 +112,7 @@ class ShardElector:
         ]
         self._peers: dict[str, LeaseElector] = {}  # other members' Leases, by Lease name
         self._held: set[int] = set()
+        self._member_lost = False
         self._path = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
 
     def __str__(self) -> str:
@@ -151,33 +152,52 @@ class ShardElector:
         stop): the held shards' work is stopped, their Leases released and our member Lease
         deleted, so the survivors take the shards at their next round. Raises
         ``LeadershipLost`` once our member Lease could not be renewed in time."""
-        started = False
         try:
-            while True:
-                await self._round()
-                if not started:
-                    task_status.started()
-                    started = True
-                await anyio.sleep(self._next_round_in())
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(self._watch_deadlines, tasks.cancel_scope)
+                started = False
+                while not self._member_lost:
+                    await self._round()
+                    if not started:
+                        task_status.started()
+                        started = True
+                    await anyio.sleep(acquire_delay(self.timings, random=self._random()))
+                tasks.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
                 await self._stop()
+        raise LeadershipLost(f"lost this replica's member Lease of {self}: stopped writing")
 
-    def _next_round_in(self) -> float:
-        """A jittered retry period, or sooner when a held Lease's renew deadline comes first:
-        a shard we could not renew is given up on time, whatever the period."""
-        wait = acquire_delay(self.timings, random=self._random())
-        deadlines = [e.deadline for e in (self._member, *self._shards) if e.deadline is not None]
-        if deadlines:
-            wait = min(wait, max(min(deadlines) - self._clock(), 0.0))
-        return wait
+    async def _watch_deadlines(self, scope: anyio.CancelScope) -> None:
+        """Give up each held shard the moment its renew deadline passes, whatever the round
+        is doing (waiting on a slow LIST or PUT): its work stops before the Lease can expire
+        on anyone's clock. Our member Lease past its deadline ends the run."""
+        while True:
+            now = self._clock()
+            deadlines = [e.deadline for e in (self._member, *self._shards) if e.deadline]
+            wait = self.timings.retry_period_s
+            if deadlines:
+                wait = min(wait, max(min(deadlines) - now, 0.0))
+            await anyio.sleep(wait)
+            now = self._clock()
+            if self._member.deadline is not None and now >= self._member.deadline:
+                self._member.abandon("could not renew within the renew deadline")
+                await self._stop_shards(release=False)
+                self._member_lost = True
+                scope.cancel()
+                return
+            for shard, elector in enumerate(self._shards):
+                if elector.deadline is not None and now >= elector.deadline:
+                    elector.abandon("could not renew within the renew deadline")
+                    await self._lost(shard)
 
     async def _round(self) -> None:
         await self._list()
         was_member = self._member.leading
         if not await self._member.step() and was_member:
             await self._stop_shards(release=False)
-            raise LeadershipLost(f"lost this replica's member Lease of {self}: stopped writing")
+            self._member_lost = True
+            return
         if not was_member:
             # Not counted yet, or only just: replicas that started with us are seen at the
             # next LIST, so take no shard before it (no shard taken and given back at once).
@@ -215,7 +235,7 @@ class ShardElector:
                 "GET",
                 self._path,
                 params={"labelSelector": f"{SET_LABEL}={self.name}"},
-                time_limit=self.timings.retry_period_s * 2,
+                time_limit=self.timings.renew_deadline_s / 2,
             )
         except AioreconcileError as e:
             logger.warning("could not list the shard Leases", extra={"error": str(e)})
