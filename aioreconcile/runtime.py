@@ -41,6 +41,7 @@ from aioreconcile.adapters.kube.resources import (
     watch_resources,
 )
 from aioreconcile.adapters.kube.sharding import ShardElector
+from aioreconcile.adapters.kube.transport import KubeTransport
 from aioreconcile.adapters.kube.watching import (
     MIN_WATCH_READ_TIMEOUT_S,
     WATCH_READ_TIMEOUT_S,
@@ -380,7 +381,7 @@ async def _run_controller(
     tracing: TracingHandle,
     task_status: anyio.abc.TaskStatus[Ports],
 ) -> None:
-    async with open_cluster(settings.cluster) as cluster:
+    async with open_cluster(settings.cluster) as cluster, _lease_transport(settings) as leases:
         await cluster.refresh_discovery()
         controller_ref: list[Controller] = []
         crds: list[SyncResources] = []
@@ -428,7 +429,7 @@ async def _run_controller(
                     shards=settings.shards,
                 )
             )
-        sharder = _shard_elector(cluster, settings, registry, crds[0]) if crds else None
+        sharder = _shard_elector(leases, settings, registry, crds[0]) if leases and crds else None
         elector = None if sharder else _elector(cluster, settings.leader_election, registry)
         requests: ReconcileRequests | None = None
         if crds:
@@ -590,8 +591,23 @@ async def _lead(
         scope.cancel()
 
 
+@asynccontextmanager
+async def _lease_transport(settings: RunSettings) -> AsyncIterator[KubeTransport | None]:
+    """With ``--shards``: a connection pool of the shard Leases' own, so that their renewals
+    never queue behind the reconciles' requests and watches on the controller's pool (client-go
+    users give the leader election its own client for the same reason)."""
+    if not settings.shards or settings.leader_election is None:
+        yield None
+        return
+    access = settings.cluster
+    async with await KubeTransport.connect(
+        access.kubeconfig, context=access.context, max_connections=4
+    ) as transport:
+        yield transport
+
+
 def _shard_elector(
-    cluster: KubeCluster, settings: RunSettings, registry: Registry, syncs: SyncResources
+    transport: KubeTransport, settings: RunSettings, registry: Registry, syncs: SyncResources
 ) -> ShardElector | None:
     """``run --shards``: this replica's shard Leases, its ``aioreconcile_shards_held`` kept."""
     election = settings.leader_election
@@ -614,7 +630,7 @@ def _shard_elector(
         gauge.set(len(syncs.held_shards))
 
     return ShardElector(
-        cluster.transport,
+        transport,
         namespace=election.namespace or pod_namespace(),
         name=election.name,
         identity=identity,

@@ -530,10 +530,14 @@ class Controller:
             # Its own event: ``heals_idle`` belongs to a reconcile's ``_writing``.
             state.idle = anyio.Event()
             await state.idle.wait()
-        self._index(name, state.desired, {})
-        self._sources.pop(name, None)
-        self._inventories.pop(name, None)
-        self._clusters.pop(name, None)
+        # Added again while we waited (its shard regained, the Sync recreated): the new
+        # registration keeps its source, inventory and cluster, and what it declares.
+        again = self.states.get(name)
+        self._index(name, state.desired, again.desired if again is not None else {})
+        if again is None:
+            self._sources.pop(name, None)
+            self._inventories.pop(name, None)
+            self._clusters.pop(name, None)
         self._watch_all()
         return state
 

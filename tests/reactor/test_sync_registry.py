@@ -163,6 +163,26 @@ async def test_remove_waits_for_the_reconcile_under_way_and_returns_what_it_appl
     assert {ref.name for ref in state.desired} == {"one"}
 
 
+async def test_a_sync_added_again_while_its_removal_waits_keeps_its_source() -> None:
+    """A shard lost and gained again (or a Sync deleted and recreated) while the old removal
+    still waits for its reconcile: the removal must not take the new registration's source,
+    or every reconcile of the sync fails with a KeyError from then on."""
+    cluster = FakeCluster()
+    cluster.apply_gate = anyio.Event()
+    async with running(cluster, ByDirectory()) as made:
+        made.upsert(spec("ns.app"), source=source(), inventory=None)
+        with anyio.fail_after(5):
+            await cluster.applied.wait()
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(made.remove, "ns.app")
+            await anyio.sleep(0.05)  # the removal waits for the apply under way
+            made.upsert(spec("ns.app", path="two"), source=source(), inventory=None)
+            cluster.apply_gate.set()
+        await until(lambda: made.states["ns.app"].reason == Reason.SUCCEEDED)
+        assert made.states["ns.app"].spec.source.path == "two"
+
+
 async def test_a_sync_waits_for_the_syncs_it_depends_on() -> None:
     cluster, renderer = FakeCluster(), ByDirectory()
     async with running(cluster, renderer) as made:
