@@ -511,7 +511,7 @@ async def _run_controller(
                         await tasks.start(controller.run)
                         await tasks.start(crd_mode)
                         if sharder is not None:
-                            tasks.start_soon(_hold_shards, sharder, tasks.cancel_scope, lost)
+                            tasks.start_soon(sharder.run)
                     else:
 
                         async def work() -> None:
@@ -639,18 +639,6 @@ def _shard_elector(
         on_gain=gained,
         on_lose=lost,
     )
-
-
-async def _hold_shards(
-    sharder: ShardElector, scope: anyio.CancelScope, lost: list[LeadershipLost]
-) -> None:
-    """Hold shards until cancelled; a lost member Lease stops the process (as a lost leader
-    Lease does), a lost shard only that shard's work (``ShardElector``)."""
-    try:
-        await sharder.run()
-    except LeadershipLost as e:
-        lost.append(e)
-        scope.cancel()
 
 
 def _elector_role(elector: LeaseElector) -> str:

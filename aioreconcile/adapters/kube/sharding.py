@@ -17,8 +17,12 @@ Every retry period (jittered) a replica:
 
 A shard that could not be renewed within the renew deadline, or that another replica holds
 now, is lost: ``on_lose`` cancels its work at once, and the process goes on with its other
-shards. Only losing the member Lease itself (the API server unreachable for the renew
-deadline) raises ``LeadershipLost``, as leader election does: the process exits and comes back.
+shards. A replica that could not renew its member Lease within the renew deadline (the
+apiserver unreachable or very slow) gives up every shard and keeps renewing its member Lease
+alone; once it succeeds it is a member again and is given its share. Unlike the single leader
+(which exits, as controller-runtime's managers do) it does not exit: its shards' deadlines
+already stop every write, and a slow apiserver would otherwise restart every replica at once,
+each coming back with cold watch and Git caches.
 
 Costs per retry period: one LIST and one member PUT per replica, one PUT per shard held.
 """
@@ -35,7 +39,7 @@ import anyio.abc
 
 from aioreconcile.adapters.kube.leasing import DEFAULT_TIMINGS, LeaseElector
 from aioreconcile.adapters.kube.transport import KubeTransport
-from aioreconcile.engine.errors import AioreconcileError, LeadershipLost
+from aioreconcile.engine.errors import AioreconcileError
 from aioreconcile.engine.leadership import LeaseTimings, acquire_delay, expired
 from aioreconcile.engine.model import JsonObject
 from aioreconcile.engine.sharding import (
@@ -112,7 +116,6 @@ class ShardElector:
         ]
         self._peers: dict[str, LeaseElector] = {}  # other members' Leases, by Lease name
         self._held: set[int] = set()
-        self._member_lost = False
         self._path = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
 
     def __str__(self) -> str:
@@ -150,28 +153,26 @@ class ShardElector:
     ) -> None:
         """Rounds until cancelled; ``started`` after the first round. Cancelled (a graceful
         stop): the held shards' work is stopped, their Leases released and our member Lease
-        deleted, so the survivors take the shards at their next round. Raises
-        ``LeadershipLost`` once our member Lease could not be renewed in time."""
+        deleted, so the survivors take the shards at their next round."""
         try:
             async with anyio.create_task_group() as tasks:
-                tasks.start_soon(self._watch_deadlines, tasks.cancel_scope)
+                tasks.start_soon(self._watch_deadlines)
                 started = False
-                while not self._member_lost:
+                while True:
                     await self._round()
                     if not started:
                         task_status.started()
                         started = True
                     await anyio.sleep(acquire_delay(self.timings, random=self._random()))
-                tasks.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
                 await self._stop()
-        raise LeadershipLost(f"lost this replica's member Lease of {self}: stopped writing")
 
-    async def _watch_deadlines(self, scope: anyio.CancelScope) -> None:
+    async def _watch_deadlines(self) -> None:
         """Give up each held shard the moment its renew deadline passes, whatever the round
         is doing (waiting on a slow LIST or PUT): its work stops before the Lease can expire
-        on anyone's clock. Our member Lease past its deadline ends the run."""
+        on anyone's clock. Our member Lease past its deadline: every shard is given up, and
+        the rounds go on renewing the member Lease alone until the apiserver answers again."""
         while True:
             now = self._clock()
             deadlines = [e.deadline for e in (self._member, *self._shards) if e.deadline]
@@ -183,9 +184,6 @@ class ShardElector:
             if self._member.deadline is not None and now >= self._member.deadline:
                 self._member.abandon("could not renew within the renew deadline")
                 await self._stop_shards(release=False)
-                self._member_lost = True
-                scope.cancel()
-                return
             for shard, elector in enumerate(self._shards):
                 if elector.deadline is not None and now >= elector.deadline:
                     elector.abandon("could not renew within the renew deadline")
@@ -194,9 +192,9 @@ class ShardElector:
     async def _round(self) -> None:
         await self._list()
         was_member = self._member.leading
-        if not await self._member.step() and was_member:
-            await self._stop_shards(release=False)
-            self._member_lost = True
+        if not await self._member.step():
+            if was_member:  # not counted any more: the others will share our shards
+                await self._stop_shards(release=False)
             return
         if not was_member:
             # Not counted yet, or only just: replicas that started with us are seen at the
