@@ -218,7 +218,7 @@ class SyncResources:
             for scope in self._working.get(key, ()):
                 scope.cancel()
             await self.controller.abandon(sync.identity)
-            self._forget(key)
+            self._forget(key, keep_cached=True)
         logger.info("shard given up: its syncs are no longer ours", extra={"shard": shard})
 
     def _placement(self, key: Key, obj: JsonObject) -> Placement:
@@ -293,7 +293,7 @@ class SyncResources:
         if not self._ours(placement):
             if known is not None:  # moved to another shard (its label changed)
                 await self.controller.abandon(known.identity)
-                self._forget(key)
+                self._forget(key, keep_cached=True)
             return
         metadata = obj.get("metadata") or {}
         namespace, name = key
@@ -358,11 +358,14 @@ class SyncResources:
         self._by_identity[sync.identity] = key
         return sync
 
-    def _forget(self, key: Key) -> None:
+    def _forget(self, key: Key, *, keep_cached: bool = False) -> None:
+        """Forget what we know of a Sync; ``keep_cached`` keeps the watched object, for a
+        Sync that still exists but is another replica's now (its shard may come back)."""
         sync = self._syncs.pop(key, None)
         if sync is not None:
             self._by_identity.pop(sync.identity, None)
-        self._latest.pop(key, None)
+        if not keep_cached:
+            self._latest.pop(key, None)
         self._dirty.discard(key)
         for event_key in [k for k in self._events if k[0] == key]:
             del self._events[event_key]

@@ -150,3 +150,17 @@ async def test_a_bad_shard_label_is_refused_in_the_status_by_the_hash_shards_hol
     assert condition["reason"] == "InvalidSpec"
     assert SHARD_LABEL in condition["message"]
     assert "'seven'" in condition["message"]
+
+
+async def test_a_shard_lost_and_gained_again_starts_its_syncs_again_from_the_cache() -> None:
+    client = Client()
+    async with running(client) as resources:
+        resources.gain_shard(SHOP)
+        resources.on_event(event(sync_object()))
+        await until(lambda: client.statuses and ready(client.statuses[-1]))
+        await resources.lose_shard(SHOP)
+        assert resources.controller.states == {}
+
+        resources.gain_shard(SHOP)  # no new watch event: the cache still has the Sync
+        await until(lambda: "team.shop" in resources.controller.states)
+        await until(lambda: resources.controller.states["team.shop"].reconciles == 1)
