@@ -78,7 +78,8 @@ THREE = {
     },
 }
 MATRIX = {"default": {}, "file-mode": FILE_MODE, "namespaced": NAMESPACED}
-MATRIX |= {"ingress+serviceMonitor": EXPOSED, "replicas-3": THREE}
+SHARDED = {"replicas": 3, "sharding": {"shards": 3}}
+MATRIX |= {"ingress+serviceMonitor": EXPOSED, "replicas-3": THREE, "sharded": SHARDED}
 
 
 def one(objects: list[dict[str, Any]], kind: str, name: str = FULLNAME) -> dict[str, Any]:
@@ -438,6 +439,17 @@ def test_leader_election_values_become_the_flags_and_off_means_no_flag_and_no_le
     assert everywhere  # the rest of the RBAC is still there
 
 
+def test_sharding_becomes_the_flag_and_lets_the_lease_role_list_and_delete() -> None:
+    objects = render(SHARDED)
+    args = container(objects)["args"]
+    assert flag(args, "--shards") == "3"
+    assert "--leader-elect" in args  # the shards use its Lease namespace, id and timings
+    role = one(objects, "Role", f"{FULLNAME}-leader-election")
+    for verb in ("get", "create", "update", "list", "delete"):
+        assert grants(role["rules"], "coordination.k8s.io", "leases", verb), verb
+    assert "--shards" not in container(render({}))["args"]
+
+
 # docs/crds.md, "RBAC in CRD mode": what the controller's own account needs, whatever the Syncs
 # apply (rbac.applyRules narrowed to nothing proves the chart grants it on its own).
 CRD_MODE_NEEDS = [
@@ -499,8 +511,18 @@ def test_watch_namespace_becomes_the_flag_and_its_namespace_gets_the_roles() -> 
             {"rbac": {"scope": "namespaced"}},
             "rbac.scope namespaced in CRD mode needs watchNamespace",
         ),
+        ({**FILE_MODE, "sharding": {"shards": 3}}, "sharding.shards splits Sync objects"),
+        (
+            {"sharding": {"shards": 3}, "leaderElection": {"enabled": False}},
+            "sharding.shards needs leaderElection.enabled",
+        ),
     ],
-    ids=["watchNamespace-in-file-mode", "namespaced-crd-mode-without-watchNamespace"],
+    ids=[
+        "watchNamespace-in-file-mode",
+        "namespaced-crd-mode-without-watchNamespace",
+        "sharding-in-file-mode",
+        "sharding-without-leader-election",
+    ],
 )
 def test_values_the_controller_could_not_honour_are_refused(
     values: dict[str, Any], message: str
