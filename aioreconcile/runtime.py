@@ -81,6 +81,10 @@ from aioreconcile.reactor.tracing import CommitInfo, NoTracing
 
 logger = logging.getLogger(__name__)
 
+# With --shards: the holder of this shard writes the Receivers' status (every replica serves
+# them), as the leader does with --leader-elect.
+RECEIVER_SHARD = 0
+
 # How often a standby re-reads the inventories to follow the kinds the leader manages.
 _STANDBY_REFRESH_S = 60.0
 
@@ -429,7 +433,12 @@ async def _run_controller(
                     shards=settings.shards,
                 )
             )
-        sharder = _shard_elector(leases, settings, registry, crds[0]) if leases and crds else None
+        gained_hooks: list[Callable[[int], None]] = []
+        sharder = (
+            _shard_elector(leases, settings, registry, crds[0], gained_hooks)
+            if leases and crds
+            else None
+        )
         elector = None if sharder else _elector(cluster, settings.leader_election, registry)
         requests: ReconcileRequests | None = None
         if crds:
@@ -488,8 +497,14 @@ async def _run_controller(
                             client=KubeSyncResources(cluster.transport, cluster.discovery),
                             routes=LiveReceivers(app),
                             registry=registry,
-                            writes=lambda: elector is None or elector.leading,
+                            writes=lambda: (
+                                RECEIVER_SHARD in sharder.held
+                                if sharder is not None
+                                else elector is None or elector.leading
+                            ),
                         )
+                        if sharder is not None:
+                            gained_hooks.append(partial(_write_receivers, receivers))
                         # In the background: the election never waits for these LISTs.
                         tasks.start_soon(_receive, settings, cluster, crds[0], requests, receivers)
 
@@ -607,9 +622,14 @@ async def _lease_transport(settings: RunSettings) -> AsyncIterator[KubeTransport
 
 
 def _shard_elector(
-    transport: KubeTransport, settings: RunSettings, registry: Registry, syncs: SyncResources
+    transport: KubeTransport,
+    settings: RunSettings,
+    registry: Registry,
+    syncs: SyncResources,
+    gained_hooks: list[Callable[[int], None]],
 ) -> ShardElector | None:
-    """``run --shards``: this replica's shard Leases, its ``aioreconcile_shards_held`` kept."""
+    """``run --shards``: this replica's shard Leases, its ``aioreconcile_shards_held`` kept;
+    ``gained_hooks`` are told of each shard taken (the Receivers' status writer)."""
     election = settings.leader_election
     if not settings.shards or election is None:
         return None
@@ -624,6 +644,8 @@ def _shard_elector(
     def gained(shard: int) -> None:
         syncs.gain_shard(shard)
         gauge.set(len(syncs.held_shards))
+        for hook in gained_hooks:
+            hook(shard)
 
     async def lost(shard: int) -> None:
         await syncs.lose_shard(shard)
@@ -639,6 +661,13 @@ def _shard_elector(
         on_gain=gained,
         on_lose=lost,
     )
+
+
+def _write_receivers(receivers: ReceiverResources, shard: int) -> None:
+    """The Receivers' status is the holder of ``RECEIVER_SHARD``'s to write: all of it, once
+    taken (a status left unwritten meanwhile is written now)."""
+    if shard == RECEIVER_SHARD:
+        receivers.write_all()
 
 
 def _elector_role(elector: LeaseElector) -> str:
