@@ -116,6 +116,7 @@ class ShardElector:
         ]
         self._peers: dict[str, LeaseElector] = {}  # other members' Leases, by Lease name
         self._held: set[int] = set()
+        self._transitions = [anyio.Lock() for _ in range(shards)]  # gain/lose of each shard
         self._path = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
 
     def __str__(self) -> str:
@@ -214,17 +215,21 @@ class ShardElector:
                 await elector.release()
             return
         if await elector.step():
-            if shard not in self._held:
-                self._held.add(shard)
-                logger.info("holding a shard", extra={"shard": shard, "lease": str(elector)})
-                self._on_gain(shard)
+            async with self._transitions[shard]:  # after a loss under way has ended
+                if elector.leading and shard not in self._held:
+                    self._held.add(shard)
+                    logger.info("holding a shard", extra={"shard": shard, "lease": str(elector)})
+                    self._on_gain(shard)
         elif shard in self._held:
             await self._lost(shard)
 
     async def _lost(self, shard: int) -> None:
-        if shard in self._held:
-            self._held.discard(shard)
-            await self._on_lose(shard)
+        """Stop the shard's work; a renewal that lands meanwhile (late, after the watchdog gave
+        the shard up) starts it again only once this has ended."""
+        async with self._transitions[shard]:
+            if shard in self._held:
+                self._held.discard(shard)
+                await self._on_lose(shard)
 
     async def _list(self) -> None:
         """Read every Lease of the set in one request; judge each on our clock."""
