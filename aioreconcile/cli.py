@@ -47,6 +47,16 @@ def _max_retry_delay(text: str) -> float:
     return value
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aioreconcile",
@@ -160,9 +170,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--concurrency",
-        type=int,
+        type=_at_least_one,
         default=16,
-        help="syncs and heals worked on at once (default: %(default)s)",
+        help="syncs (and their health checks) worked on at once (default: %(default)s)",
+    )
+    run.add_argument(
+        "--heal-concurrency",
+        type=_at_least_one,
+        default=16,
+        help="drifted objects healed at once, a limit of their own so that a storm of heals "
+        "never holds up a push (default: %(default)s)",
     )
     run.add_argument(
         "--watch-read-timeout",
@@ -643,6 +660,7 @@ def _run_controller(args: argparse.Namespace) -> int:
         watch_namespace=args.watch_namespace,
         cache_dir=args.cache_dir,
         concurrency=args.concurrency,
+        heal_concurrency=args.heal_concurrency,
         leader_election=election,
         shards=args.shards,
         watch_read_timeout_s=args.watch_read_timeout,

@@ -300,7 +300,8 @@ class RunSettings:
     limits: ListenerLimits = field(default_factory=ListenerLimits)
     namespace: str = "default"  # where standalone inventories (ConfigMaps) live
     cache_dir: Path | None = None
-    concurrency: int = 16
+    concurrency: int = 16  # syncs reconciled at once
+    heal_concurrency: int = 16  # drift heals at once, a limit of their own (controlling.py)
     drain_timeout_s: float = 30.0
     watch_read_timeout_s: float = WATCH_READ_TIMEOUT_S
     # The longest wait before retrying a failed sync (the cap of its jittered exponential
@@ -415,6 +416,7 @@ async def _run_controller(
             registry=registry,
             concurrency=settings.concurrency,
             retry=Backoff(cap_s=settings.max_retry_delay_s),
+            heal_concurrency=settings.heal_concurrency,
             after_reconcile=release_memory,
             tracing=tracing.tracing or NoTracing(),
             on_change=lambda state: crds[0].on_change(state) if crds else None,

@@ -10,6 +10,13 @@ syncs and a newer commit of the same sync go on (a newer commit supersedes the w
 health-check cancellation on a new revision). Keys coalesce, so ten edits of one object while
 it waits become one heal; a push arriving while its sync runs makes exactly one more run.
 
+Heals and whole-sync work have separate limits on the queue (``heal_concurrency`` beside
+``concurrency``): one foreign write over a thousand managed objects (a ``kubectl label
+--overwrite`` of a namespace, a mutating webhook rolled out) makes a thousand heals due at once,
+and under one FIFO limit a push arriving just after would wait for all of them. Argo CD splits
+its workers the same way (status vs operation processors). The apiserver is still shared: a
+push's apply and a storm's heals each keep at most their own limit of requests in flight.
+
 The desired state of every sync is kept as deflated JSON per object (``_compact``), beside
 what the server stored for our fields (``planning.as_stored`` of our own apply's response) and
 the resourceVersion of our own last write, so a watch event is judged purely
@@ -106,6 +113,7 @@ _RETRIED: Final = frozenset(
     }
 )
 _POLL_JITTER: Final = 0.1
+_HEALS: Final = "heals"  # the queue's pool of ("object", ...) keys
 _WATCH_SYNC_TIMEOUT_S: Final = 30.0
 
 
@@ -311,6 +319,7 @@ class Controller:
         watcher: Watcher,
         registry: Registry,
         concurrency: int = 16,
+        heal_concurrency: int = 16,
         apply_concurrency: int = 16,
         clock: Callable[[], float] = time.monotonic,
         drift_debounce_s: float = 0.02,
@@ -340,12 +349,15 @@ class Controller:
         self._owners: dict[ObjectRef, str] = {}  # which sync declares each object
         self._fights = FightGuard()
         self._metrics = _Metrics(registry)
+        # Heals have their own limit beside the syncs' (see the module docstring).
         self.queue: WorkQueue[WorkKey] = WorkQueue(
             self._process,
             concurrency=concurrency,
             registry=registry,
             name="controller",
             backoff=retry or Backoff(),
+            pools={_HEALS: heal_concurrency},
+            pool_of=_pool_of,
         )
         self.ready = anyio.Event()
 
@@ -1243,6 +1255,11 @@ class Controller:
             state.last_healed = f"{ref} ({entry.action.value}; changed by {writers})"
             self._metrics.heals.labels(sync=sync, result=entry.action.value).inc()
             self._changed(state)
+
+
+def _pool_of(key: WorkKey) -> str | None:
+    """Heals run in their own pool of the queue; syncs and health rounds share the other."""
+    return _HEALS if key[0] == "object" else None
 
 
 def _up_to_date(state: SyncState, sha: str) -> bool:

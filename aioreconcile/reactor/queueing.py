@@ -9,6 +9,12 @@ learnt from kopf's per-object workers:
 * Lanes run in parallel under one global ``CapacityLimiter``; a burst for one key never holds up
   another. A lane exits as soon as its key has nothing due, so memory follows the work, not the
   number of keys ever seen.
+* Keys of a named pool (``pools``, ``pool_of``) run under that pool's own limit instead, so a
+  burst of one kind of work cannot take every slot from another: a storm of a thousand drift
+  heals, each key due before a push arrived, would otherwise hold the push behind all of them
+  (the limiter is FIFO). Argo CD's application controller splits its workers the same way
+  (``--status-processors`` for refreshes, ``--operation-processors`` for syncs), as the
+  apiserver's Priority and Fairness gives each priority level its own concurrency share.
 * The earliest due time wins, everywhere. A failure schedules a retry after a jittered
   exponential backoff, but if the key is already due sooner (it was put while it ran) the retry
   changes nothing: a retry never postpones nor duplicates a run. An outside put while a retry is
@@ -23,7 +29,7 @@ import heapq
 import logging
 import math
 import random as _random
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
@@ -95,6 +101,9 @@ class WorkQueue(Generic[K]):
     ``depth`` counts keys waiting for a run, whether due now, scheduled for later (delayed puts
     and pending retries) or put again while running; ``in_flight`` counts keys whose ``process``
     is executing.
+
+    ``concurrency`` limits the keys of no pool; ``pools`` maps a pool's name to its own limit and
+    ``pool_of(key)`` names the pool of a key (None, or a name not in ``pools``: no pool).
     """
 
     def __init__(
@@ -102,17 +111,22 @@ class WorkQueue(Generic[K]):
         process: Callable[[K], Awaitable[None]],
         *,
         concurrency: int = 16,
+        pools: Mapping[str, int] | None = None,
+        pool_of: Callable[[K], str | None] | None = None,
         backoff: Backoff = Backoff(),  # frozen, so sharing the default is safe
         clock: Clock | None = None,
         random: Callable[[], float] = _random.random,
         registry: Registry | None = None,
         name: str = "work",
     ) -> None:
-        if concurrency < 1:
-            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        limits = {"": concurrency, **(pools or {})}
+        for pool, limit in limits.items():
+            if limit < 1:
+                raise ValueError(f"concurrency {pool or 'of the queue'} must be >= 1, got {limit}")
         self._process = process
-        self._limiter_total = concurrency
-        self._limiter: anyio.CapacityLimiter | None = None
+        self._limits = limits
+        self._pool_of = pool_of
+        self._limiters: dict[str, anyio.CapacityLimiter] = {}
         self._backoff = backoff
         self._clock: Clock = clock if clock is not None else LoopClock()
         self._random = random
@@ -188,7 +202,8 @@ class WorkQueue(Generic[K]):
         if self._started:
             raise RuntimeError(f"work queue {self._name} is already running")
         self._started = True
-        self._limiter = anyio.CapacityLimiter(self._limiter_total)
+        # Made here, inside the event loop that uses them.
+        self._limiters = {pool: anyio.CapacityLimiter(n) for pool, n in self._limits.items()}
         try:
             async with anyio.create_task_group() as tg:
                 task_status.started()
@@ -240,11 +255,15 @@ class WorkQueue(Generic[K]):
             self._lanes.add(key)
             tg.start_soon(self._lane, key, name=f"{self._name} lane for {key!r}")
 
+    def _limiter_of(self, key: K) -> anyio.CapacityLimiter:
+        pool = self._pool_of(key) if self._pool_of is not None else None
+        return self._limiters.get(pool or "") or self._limiters[""]
+
     async def _lane(self, key: K) -> None:
-        assert self._limiter is not None
+        limiter = self._limiter_of(key)
         try:
             while True:
-                async with self._limiter:
+                async with limiter:
                     due = self._due.pop(key)
                     self._depth_gauge.set(len(self._due))
                     self._wait_hist.observe(max(self._clock.now() - due, 0.0))

@@ -188,6 +188,45 @@ async def test_a_burst_for_one_key_does_not_block_other_keys(
     assert recorder.keys() == ["busy", "other", "busy"]
 
 
+async def test_a_pool_has_its_own_limit_so_a_full_pool_never_holds_other_keys(
+    recorder: Recorder, clock: FakeClock
+) -> None:
+    gate = anyio.Event()
+    storm = [f"heal-{i}" for i in range(50)]
+    recorder.gates.update(dict.fromkeys(storm, gate))
+    queue: WorkQueue[str] = WorkQueue(
+        recorder,
+        concurrency=2,
+        pools={"heals": 3},
+        pool_of=lambda key: "heals" if key.startswith("heal-") else None,
+        clock=clock,
+        registry=Registry(),
+    )
+    async with running(queue):
+        for key in storm:
+            queue.put(key)
+        await clock.settle()
+        assert queue.in_flight == 3  # the pool's limit, not the queue's
+
+        queue.put("push")  # due after all 50: still runs at once
+        queue.put("poll")
+        await clock.settle()
+        assert {"push", "poll"} <= set(recorder.keys())
+        called = recorder.keys()
+        assert len([k for k in called if k.startswith("heal-")]) == 3
+
+        gate.set()
+        await clock.settle()
+
+    called = recorder.keys()
+    assert sorted(k for k in called if k.startswith("heal-")) == sorted(storm)
+
+
+def test_a_pool_limit_below_one_is_refused(recorder: Recorder) -> None:
+    with pytest.raises(ValueError, match="heals must be >= 1"):
+        WorkQueue(recorder, pools={"heals": 0}, registry=Registry())
+
+
 # --- backoff ------------------------------------------------------------------------------------
 
 

@@ -1,0 +1,114 @@
+"""A storm of heals never holds up a push: heals and whole-sync work have separate limits.
+
+A foreign write to many managed objects at once (``kubectl label --overwrite`` over a namespace,
+a mutating webhook rolled out) makes one heal per object. The fake cluster's ``get`` is held at a
+gate, so every heal of the storm stays in flight for as long as the test wants; a push to
+another sync must still be applied meanwhile.
+"""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+
+from aioreconcile.engine.config import GitSourceSpec, SyncSpec
+from aioreconcile.engine.events import EventType, WatchEvent
+from aioreconcile.engine.metrics import Registry
+from aioreconcile.engine.model import JsonObject, Manifest, ObjectRef
+from aioreconcile.engine.triggers import Push
+from aioreconcile.reactor.controlling import Controller
+from tests.reactor.fakes import FakeCluster, FakeGitSource, FakeRenderer, NoWatcher
+
+APP_A, APP_B, STORM = "a" * 40, "b" * 40, "c" * 40
+STORM_OBJECTS = 40
+CONCURRENCY = 4
+
+
+def config_map(name: str, namespace: str, value: str) -> Manifest:
+    body = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": namespace, "labels": {"part-of": "shop"}},
+        "data": {"v": value},
+    }
+    return Manifest(ObjectRef.of(body), body, origin=f"{namespace}.yaml")
+
+
+def source(head: str, *, history: tuple[tuple[str, str], ...] = ()) -> FakeGitSource:
+    made = FakeGitSource(head, history=history)
+    made.refuse = False
+    return made
+
+
+@asynccontextmanager
+async def running(cluster: FakeCluster) -> AsyncIterator[tuple[Controller, FakeGitSource]]:
+    app_source = source(APP_A, history=((APP_A, APP_B),))
+    storm = [config_map(f"cm-{i:03d}", "storm", "git") for i in range(STORM_OBJECTS)]
+    made = Controller(
+        [
+            SyncSpec(name="storm", source=GitSourceSpec(url="git://example/storm"), prune=False),
+            SyncSpec(name="app", source=GitSourceSpec(url="git://example/app"), prune=False),
+        ],
+        cluster=cluster,
+        render=FakeRenderer(
+            {
+                STORM: storm,
+                APP_A: [config_map("settings", "app", "from-a")],
+                APP_B: [config_map("settings", "app", "from-b")],
+            }
+        ),
+        sources={"storm": source(STORM), "app": app_source},
+        inventories={},
+        watcher=NoWatcher(),
+        registry=Registry(),
+        concurrency=CONCURRENCY,
+        drift_debounce_s=0.0,
+    )
+    async with anyio.create_task_group() as tasks:
+        await tasks.start(made.run)
+        try:
+            yield made, app_source
+        finally:
+            tasks.cancel_scope.cancel()
+
+
+async def applied(made: Controller, sync: str, sha: str) -> None:
+    with anyio.fail_after(5):
+        while made.states[sync].last_applied_revision != sha:
+            await anyio.sleep(0.005)
+
+
+async def test_a_push_is_applied_while_a_storm_of_heals_holds_every_heal_slot() -> None:
+    cluster = FakeCluster()
+    async with running(cluster) as (made, app_source):
+        await applied(made, "storm", STORM)
+        await applied(made, "app", APP_A)
+
+        # One foreign write relabels every object of the storm sync; each heal is held at its
+        # read, so the storm outlasts the push (far more heals than slots).
+        cluster.gate = anyio.Event()
+
+        def relabel(obj: JsonObject) -> None:
+            obj["metadata"]["labels"]["part-of"] = "intruder"
+
+        for ref in list(made.states["storm"].desired):
+            edited = cluster.edit(ref, relabel)
+            made.on_watch_event(WatchEvent(EventType.MODIFIED, ref, edited))
+        with anyio.fail_after(5):
+            await cluster.reading.wait()
+        await anyio.wait_all_tasks_blocked()
+        assert made.queue.in_flight >= CONCURRENCY  # the storm fills its slots
+
+        app_source.head = APP_B
+        made.push(Push("app", APP_B))
+        with anyio.move_on_after(2) as waited:
+            await applied(made, "app", APP_B)
+        storm_still_held = not cluster.gate.is_set()
+        cluster.gate.set()
+
+        assert not waited.cancelled_caught, "the push waited behind the heals"
+        assert storm_still_held
+        # and the storm is healed too, once its reads go on
+        with anyio.fail_after(5):
+            while made.states["storm"].heals < STORM_OBJECTS:
+                await anyio.sleep(0.005)
