@@ -405,15 +405,17 @@ async def watch_configmaps(
     transport: KubeTransport,
     on_event: EventHandler,
     *,
+    resource: Resource = CONFIGMAPS,
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Watch the managed ConfigMaps from now on; ``on_event(type, object, perf_counter())``.
+    """Watch the managed ConfigMaps (or ``resource``) from now on; ``on_event(type, object,
+    perf_counter())``.
 
     Started (``task_status``) once the watch request is open, so nothing written afterwards is
     missed; reconnects from the last resourceVersion until cancelled."""
     listing = await transport.request(
         "GET",
-        CONFIGMAPS.collection_path(),
+        resource.collection_path(),
         params={"labelSelector": MANAGED_SELECTOR, "limit": "1"},
     )
     rv = str(listing.body["metadata"]["resourceVersion"])
@@ -421,7 +423,7 @@ async def watch_configmaps(
     while True:
         try:
             events = stream_events(
-                transport, CONFIGMAPS, label_selector=MANAGED_SELECTOR, resource_version=rv
+                transport, resource, label_selector=MANAGED_SELECTOR, resource_version=rv
             )
             if not started:
                 # The request is sent lazily; the rv given makes later writes visible anyway.

@@ -14,8 +14,11 @@ Heals and whole-sync work have separate limits on the queue (``heal_concurrency`
 ``concurrency``): one foreign write over a thousand managed objects (a ``kubectl label
 --overwrite`` of a namespace, a mutating webhook rolled out) makes a thousand heals due at once,
 and under one FIFO limit a push arriving just after would wait for all of them. Argo CD splits
-its workers the same way (status vs operation processors). The apiserver is still shared: a
-push's apply and a storm's heals each keep at most their own limit of requests in flight.
+its workers the same way (status vs operation processors). The apiserver is shared too, and on
+it a storm's heals would take as many requests as the push's apply: so while any sync writes,
+heals keep at most ``HEALS_BESIDE_WRITES`` slots, and their full limit comes back when the last
+writer is done (pushes first, as the apiserver's Priority and Fairness serves a higher priority
+level from its own seats). Heals are never stopped: a storm during a long start-up still heals.
 
 The desired state of every sync is kept as deflated JSON per object (``_compact``), beside
 what the server stored for our fields (``planning.as_stored`` of our own apply's response) and
@@ -114,6 +117,8 @@ _RETRIED: Final = frozenset(
 )
 _POLL_JITTER: Final = 0.1
 _HEALS: Final = "heals"  # the queue's pool of ("object", ...) keys
+# Heals in flight while any sync writes (see the module docstring).
+HEALS_BESIDE_WRITES: Final = 2
 _WATCH_SYNC_TIMEOUT_S: Final = 30.0
 
 
@@ -337,6 +342,8 @@ class Controller:
         self._watcher = watcher
         self._clock = clock
         self._apply_concurrency = apply_concurrency
+        self._heal_concurrency = heal_concurrency
+        self._writers = 0  # reconciles inside ``_writing``: heals yield to them
         self._drift_debounce_s = drift_debounce_s
         self._tracing: Tracing = _TimedTracing(tracing or NoTracing())
         self._after_reconcile = after_reconcile
@@ -928,12 +935,19 @@ class Controller:
         and events of its objects aside while it writes, then re-check those it did not write
         itself (an event whose resourceVersion is not the one our apply returned)."""
         state.writing = True
+        self._writers += 1
+        if self._writers == 1:
+            beside = min(HEALS_BESIDE_WRITES, self._heal_concurrency)
+            self.queue.set_limit(_HEALS, beside)
         try:
             while state.heals_running:
                 state.heals_idle = anyio.Event()
                 await state.heals_idle.wait()
             yield
         finally:
+            self._writers -= 1
+            if self._writers == 0:
+                self.queue.set_limit(_HEALS, self._heal_concurrency)
             state.writing = False
             deferred, state.deferred = state.deferred, {}
             for ref, version in deferred.items():

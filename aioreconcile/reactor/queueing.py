@@ -195,6 +195,18 @@ class WorkQueue(Generic[K]):
         if pending is None or due < pending:
             self._schedule(key, due)
 
+    def set_limit(self, pool: str, limit: int) -> None:
+        """Change a pool's limit, also while running: runs under way finish, new ones start only
+        while fewer than ``limit`` of the pool run (anyio's ``CapacityLimiter.total_tokens``)."""
+        if pool not in self._limits:
+            raise KeyError(f"queue {self._name} has no pool {pool!r}")
+        if limit < 1:
+            raise ValueError(f"concurrency {pool} must be >= 1, got {limit}")
+        self._limits[pool] = limit
+        limiter = self._limiters.get(pool)
+        if limiter is not None:
+            limiter.total_tokens = limit
+
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:

@@ -142,7 +142,9 @@ def write_kubeconfig(path: Path, *, server: str, pki: Pki) -> Path:
     return path
 
 
-def _etcd_argv(binary: Path, data_dir: Path, client_port: int, peer_port: int) -> list[str]:
+def _etcd_argv(
+    binary: Path, data_dir: Path, client_port: int, peer_port: int, extra: Sequence[str] = ()
+) -> list[str]:
     client = f"http://127.0.0.1:{client_port}"
     peer = f"http://127.0.0.1:{peer_port}"
     return [
@@ -157,6 +159,7 @@ def _etcd_argv(binary: Path, data_dir: Path, client_port: int, peer_port: int) -
         # A throwaway store: durability buys nothing here and fsync costs every write.
         "--unsafe-no-fsync",
         "--log-level=warn",
+        *extra,
     ]
 
 
@@ -222,12 +225,15 @@ async def start_control_plane(
     *,
     startup_timeout: float = 90.0,
     apiserver_args: Sequence[str] = (),
+    etcd_args: Sequence[str] = (),
     node_address: str | None = None,
 ) -> AsyncIterator[ControlPlane]:
     """Start etcd + kube-apiserver on loopback; stop them and clean up on exit.
 
     With ``workdir`` the files (logs, kubeconfig, etcd data) are kept there after exit; without,
     a temporary directory is used and removed. ``node_address``: see the module docstring.
+    ``apiserver_args`` and ``etcd_args`` are appended to their command lines (bench.scale raises
+    etcd's ``--quota-backend-bytes`` for 100,000 objects; the defaults suit the tests).
     """
     etcd_binary = require("etcd")
     apiserver_binary = require("kube-apiserver")
@@ -247,7 +253,7 @@ async def start_control_plane(
         etcd_url=etcd_url,
         etcd=ManagedProcess(
             "etcd",
-            _etcd_argv(etcd_binary, root / "etcd-data", etcd_port, etcd_peer_port),
+            _etcd_argv(etcd_binary, root / "etcd-data", etcd_port, etcd_peer_port, etcd_args),
             log_path=root / "etcd.log",
         ),
         apiserver=ManagedProcess(

@@ -3,7 +3,8 @@
 A foreign write to many managed objects at once (``kubectl label --overwrite`` over a namespace,
 a mutating webhook rolled out) makes one heal per object. The fake cluster's ``get`` is held at a
 gate, so every heal of the storm stays in flight for as long as the test wants; a push to
-another sync must still be applied meanwhile.
+another sync must still be applied meanwhile, and while a sync writes, heals keep only a few
+slots, so the apiserver serves the push first.
 """
 
 from collections.abc import AsyncIterator
@@ -16,12 +17,13 @@ from aioreconcile.engine.events import EventType, WatchEvent
 from aioreconcile.engine.metrics import Registry
 from aioreconcile.engine.model import JsonObject, Manifest, ObjectRef
 from aioreconcile.engine.triggers import Push
-from aioreconcile.reactor.controlling import Controller
+from aioreconcile.reactor.controlling import HEALS_BESIDE_WRITES, Controller
 from tests.reactor.fakes import FakeCluster, FakeGitSource, FakeRenderer, NoWatcher
 
 APP_A, APP_B, STORM = "a" * 40, "b" * 40, "c" * 40
 STORM_OBJECTS = 40
 CONCURRENCY = 4
+HEAL_CONCURRENCY = 8
 
 
 def config_map(name: str, namespace: str, value: str) -> Manifest:
@@ -62,6 +64,7 @@ async def running(cluster: FakeCluster) -> AsyncIterator[tuple[Controller, FakeG
         watcher=NoWatcher(),
         registry=Registry(),
         concurrency=CONCURRENCY,
+        heal_concurrency=HEAL_CONCURRENCY,
         drift_debounce_s=0.0,
     )
     async with anyio.create_task_group() as tasks:
@@ -109,6 +112,42 @@ async def test_a_push_is_applied_while_a_storm_of_heals_holds_every_heal_slot() 
         assert not waited.cancelled_caught, "the push waited behind the heals"
         assert storm_still_held
         # and the storm is healed too, once its reads go on
+        with anyio.fail_after(5):
+            while made.states["storm"].heals < STORM_OBJECTS:
+                await anyio.sleep(0.005)
+
+
+async def test_heals_yield_to_a_sync_that_writes_and_take_their_full_limit_back_after() -> None:
+    cluster = FakeCluster()
+    async with running(cluster) as (made, app_source):
+        await applied(made, "storm", STORM)
+        await applied(made, "app", APP_A)
+
+        # The app's push is held after its writes, before it records them: it is writing.
+        cluster.apply_gate = anyio.Event()
+        app_source.head = APP_B
+        made.push(Push("app", APP_B))
+        with anyio.fail_after(5):
+            await cluster.applied.wait()
+
+        cluster.gate = anyio.Event()  # every heal is held at its read
+
+        def relabel(obj: JsonObject) -> None:
+            obj["metadata"]["labels"]["part-of"] = "intruder"
+
+        for ref in list(made.states["storm"].desired):
+            made.on_watch_event(WatchEvent(EventType.MODIFIED, ref, cluster.edit(ref, relabel)))
+        await anyio.sleep(0.05)
+        await anyio.wait_all_tasks_blocked()
+        assert made.queue.in_flight == 1 + HEALS_BESIDE_WRITES  # the push, and few heals
+
+        cluster.apply_gate.set()
+        await applied(made, "app", APP_B)
+        await anyio.sleep(0.05)
+        await anyio.wait_all_tasks_blocked()
+        assert made.queue.in_flight == HEAL_CONCURRENCY  # the storm has its whole limit back
+
+        cluster.gate.set()
         with anyio.fail_after(5):
             while made.states["storm"].heals < STORM_OBJECTS:
                 await anyio.sleep(0.005)

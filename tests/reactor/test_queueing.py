@@ -222,6 +222,37 @@ async def test_a_pool_has_its_own_limit_so_a_full_pool_never_holds_other_keys(
     assert sorted(k for k in called if k.startswith("heal-")) == sorted(storm)
 
 
+async def test_a_pool_limit_changed_while_running_holds_new_runs_and_gives_slots_back(
+    recorder: Recorder, clock: FakeClock
+) -> None:
+    gate = anyio.Event()
+    storm = [f"heal-{i}" for i in range(20)]
+    recorder.gates.update(dict.fromkeys(storm, gate))
+    queue: WorkQueue[str] = WorkQueue(
+        recorder,
+        pools={"heals": 6},
+        pool_of=lambda key: "heals",
+        clock=clock,
+        registry=Registry(),
+    )
+    async with running(queue):
+        queue.set_limit("heals", 2)
+        for key in storm:
+            queue.put(key)
+        await clock.settle()
+        assert queue.in_flight == 2
+
+        queue.set_limit("heals", 6)
+        await clock.settle()
+        assert queue.in_flight == 6
+        gate.set()
+        await clock.settle()
+
+    assert len(recorder.keys()) == 20
+    with pytest.raises(KeyError):
+        queue.set_limit("pushes", 1)
+
+
 def test_a_pool_limit_below_one_is_refused(recorder: Recorder) -> None:
     with pytest.raises(ValueError, match="heals must be >= 1"):
         WorkQueue(recorder, pools={"heals": 0}, registry=Registry())
