@@ -27,11 +27,14 @@ async def test_the_scale_benchmark_applies_heals_and_pushes_everything_at_a_smal
     document = await scale.measure(kube.kubeconfig, args, tmp_path)
 
     row = document["rows"][0]
-    assert row["syncs"] == 5 and row["objects"] == 500  # all applied, or measure raised
-    assert row["edits"] == 20 and row["unhealed"] == 0
+    assert row["syncs"] == 5
+    assert row["objects"] == 500
+    assert row["edits"] == 20
+    assert row["unhealed"] == 0
     assert [s["unhealed"] for s in document["storms"]] == [0, 0]
     assert row["pushes_incomplete"] == 0
-    assert len(document["pushes_idle"]) == 2 and len(document["push_storm"]) == 5
+    assert len(document["pushes_idle"]) == 2
+    assert len(document["push_storm"]) == 5
     for storm, push in zip(document["storms"], document["pushes_in_storm"], strict=True):
         assert storm["objects"] == 100
         # The push went out while heals were due, and did not wait in the queue behind them.
