@@ -26,9 +26,10 @@ repository (interval 1h, selfHeal) and one GitHub receiver for all of them. Meas
    sync: the label ``app.kubernetes.io/part-of`` (declared in Git) set to another value on every
    one of them, PATCHes 32 at a time as fast as the apiserver takes them (what ``kubectl label
    --overwrite`` over a namespace does, only faster). ``storm_healed_s`` runs from the first
-   PATCH to the last object seen with Git's label again. A quarter of the way into the PATCHes
-   another sync is pushed as in 4: its latency, and its queue wait from the controller's
-   ``reconciled`` line, say whether heals starve pushes;
+   PATCH to the last object seen with Git's label again (``healed_after_writes_s`` from the last
+   PATCH's response). As soon as the last PATCH is answered (most heals still due) another sync
+   is pushed as in 4: its latency, and its queue wait from the controller's ``reconciled`` line,
+   say whether heals starve pushes;
 6. **push storm**: ``--push-storm`` syncs each get a commit as in 4, then their webhooks are
    sent evenly spread over one second; latency per sync, and from the first webhook to the
    last object applied.
