@@ -100,9 +100,18 @@ async def running(
 
 
 async def attempted(made: Controller, sha: str, *, reason: Reason) -> None:
+    """Wait until the reconcile of ``sha`` has ended with ``reason``. The attempted revision is
+    recorded when the head is fetched, while ``reason`` still holds the previous outcome, so a
+    success is only known once ``sha`` is also the last applied revision."""
     state = made.states["app"]
+
+    def ended() -> bool:
+        if state.last_attempted_revision != sha or state.reason != reason.value:
+            return False
+        return reason != Reason.SUCCEEDED or state.last_applied_revision == sha
+
     with anyio.fail_after(5):
-        while not (state.last_attempted_revision == sha and state.reason == reason.value):
+        while not ended():
             await anyio.sleep(0.005)
 
 
