@@ -289,3 +289,58 @@ async def test_a_thousand_objects_make_a_handful_of_operations_in_jaeger(jaeger:
     assert cli.returncode == 0, cli.stderr
     shown = {line.split()[1] for line in cli.stdout.splitlines() if line.startswith("    apply ")}
     assert shown == {f"{kinds[i % 3][1]}/shop/object-{i}" for i in range(1000)}
+
+
+async def test_a_commit_trace_is_whole_in_jaeger_soon_after_its_root_ends(jaeger: Jaeger) -> None:
+    """The exporter's batch waits up to 5 s (``OTEL_BSP_SCHEDULE_DELAY``) before sending a
+    partial batch: without a flush when the ``reconcile`` root ends, ``aioreconcile trace SHA``
+    right after a push showed a trace with spans missing. With the handle still open (no
+    shutdown, as in a running controller) the whole trace must be queryable well within that."""
+    service = f"aioreconcile-test-{secrets.token_hex(3)}"
+    sha = secrets.token_hex(20)
+    handle = start_tracing(TracingSettings(endpoint=jaeger.otlp_http_endpoint, service_name=service))
+    try:
+        tracing = handle.tracing
+        assert tracing is not None
+        began = time.time()
+        entries = [
+            ChangeSetEntry(
+                ObjectRef("", "ConfigMap", "shop", f"cm-{i}", "v1"),
+                Action.CONFIGURED,
+                duration_s=0.001,
+                started_at=began,
+            )
+            for i in range(20)
+        ]
+        info = CommitInfo(
+            sync="shop",
+            repository_url="https://git.example.com/acme/deploy.git",
+            ref="main",
+            ref_type="branch",
+            sha=sha,
+        )
+        with tracing.commit(info), tracing.stage("apply"):
+            tracing.objects(entries, operation="apply")
+        ended = time.monotonic()
+        url = search_url(
+            jaeger.query_url,
+            service=service,
+            tags={"vcs.ref.head.revision": sha},
+            lookback="1h",
+            limit=5,
+        )
+
+        def stored() -> int:
+            try:
+                return sum(len(t["spans"]) for t in _get(url).get("data") or [])
+            except urllib.error.HTTPError:
+                return 0  # the service is unknown until its first span is stored
+
+        with anyio.move_on_after(4):
+            while await anyio.to_thread.run_sync(stored) < 22:
+                await anyio.sleep(0.05)
+        whole_after = time.monotonic() - ended
+        assert await anyio.to_thread.run_sync(stored) == 22
+        assert whole_after < 2.0, f"the trace was whole in Jaeger only after {whole_after:.2f} s"
+    finally:
+        await anyio.to_thread.run_sync(handle.shutdown)

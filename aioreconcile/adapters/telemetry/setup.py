@@ -8,7 +8,9 @@ benchmarks can build several side by side.
 
 import importlib
 import importlib.util
+import logging
 import os
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from types import TracebackType
@@ -37,6 +39,52 @@ _GRPC_EXPORTER: Final = "opentelemetry.exporter.otlp.proto.grpc.trace_exporter"
 # A commit of thousands of objects ends thousands of spans at once; the SDK's default queue of
 # 2048 would drop the tail of such a trace.
 _MAX_QUEUE: Final = 32768
+
+
+_log = logging.getLogger(__name__)
+_FLUSH_TIMEOUT_MS: Final = 10_000
+
+
+class TraceFlusher:
+    """Exports the pending spans as soon as a commit trace has ended, from a thread of its own.
+
+    The BatchSpanProcessor sends a partial batch only every ``OTEL_BSP_SCHEDULE_DELAY`` (5 s):
+    the last spans of a commit waited that long, and ``aioreconcile trace SHA`` right after a
+    push showed the trace with spans missing. ``TracerProvider.force_flush`` encodes and sends in
+    the calling thread, so it must not run on the event loop; ``request`` only sets an event
+    (safe from the loop and any thread), and requests that arrive while a flush runs are
+    coalesced into one more flush: a storm of commits costs at most one flush after another,
+    never one per commit. Like the OpenTelemetry Collector's batch processor flushing on
+    ``timeout`` or size, but on the natural boundary we know: the end of a trace.
+    """
+
+    def __init__(self, provider: TracerProvider) -> None:
+        self._provider = provider
+        self._wanted = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(
+            target=self._run, name="aioreconcile-trace-flush", daemon=True
+        )
+        self._thread.start()
+
+    def request(self) -> None:
+        self._wanted.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wanted.wait()
+            if self._stopping:
+                return
+            self._wanted.clear()
+            try:
+                self._provider.force_flush(_FLUSH_TIMEOUT_MS)
+            except Exception:  # an exporter failure must not end the flushing thread
+                _log.exception("flushing the spans of an ended trace failed")
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wanted.set()
+        self._thread.join(timeout=_FLUSH_TIMEOUT_MS / 1000)
 
 
 class TracingConfigError(AioreconcileError, ValueError):
@@ -186,9 +234,11 @@ class TracingHandle:
         self,
         tracing: OtelTracing | None,
         provider: TracerProvider | None = None,
+        flusher: TraceFlusher | None = None,
     ) -> None:
         self.tracing = tracing
         self._provider = provider
+        self._flusher = flusher
 
     @property
     def enabled(self) -> bool:
@@ -198,6 +248,9 @@ class TracingHandle:
         return self._provider.force_flush(timeout_millis) if self._provider else True
 
     def shutdown(self) -> None:
+        if self._flusher is not None:
+            self._flusher.stop()
+            self._flusher = None
         if self._provider is not None:
             self._provider.shutdown()
             self._provider = None
@@ -250,4 +303,5 @@ def start_tracing(
     provider.add_span_processor(
         BatchSpanProcessor(exporter or _exporter(settings), max_queue_size=_MAX_QUEUE)
     )
-    return TracingHandle(OtelTracing(provider), provider)
+    flusher = TraceFlusher(provider)
+    return TracingHandle(OtelTracing(provider, trace_ended=flusher.request), provider, flusher)

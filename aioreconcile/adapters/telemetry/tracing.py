@@ -17,7 +17,7 @@ Nothing secret is exported: only the attributes named here, repository URLs as
 
 import time
 import traceback
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Final, Protocol
 
@@ -192,8 +192,9 @@ class OtelSpan:
 
 
 @contextmanager
-def _current(span: trace.Span) -> Iterator[OtelSpan]:
-    """Make ``span`` the current one (contextvars) for the block, end it on exit.
+def _current(span: trace.Span, on_end: Callable[[], None] | None = None) -> Iterator[OtelSpan]:
+    """Make ``span`` the current one (contextvars) for the block, end it on exit, then call
+    ``on_end`` (a commit root: ask for the export of its trace now).
 
     An exception escaping the block is an error of this span; a cancellation (a BaseException
     such as asyncio's CancelledError on shutdown) is not, and is only noted as an attribute.
@@ -211,6 +212,8 @@ def _current(span: trace.Span) -> Iterator[OtelSpan]:
     finally:
         otel_context.detach(token)
         span.end()
+        if on_end is not None:
+            on_end()
 
 
 def _ns(seconds: float | None) -> int | None:
@@ -219,10 +222,17 @@ def _ns(seconds: float | None) -> int | None:
 
 class OtelTracing:
     """``reactor.tracing.Tracing`` with spans from ``provider`` (a private TracerProvider in
-    ``start_tracing``; tests pass one with an in-memory exporter)."""
+    ``start_tracing``; tests pass one with an in-memory exporter).
 
-    def __init__(self, provider: trace.TracerProvider) -> None:
+    ``trace_ended`` is called, without blocking, when a commit trace's root has ended:
+    ``start_tracing`` passes a request to export the pending spans now, so the trace is whole in
+    the backend at once instead of after the batch processor's schedule delay."""
+
+    def __init__(
+        self, provider: trace.TracerProvider, *, trace_ended: Callable[[], None] | None = None
+    ) -> None:
         self._tracer = provider.get_tracer("aioreconcile", __version__)
+        self._trace_ended = trace_ended
 
     def commit(self, info: Commit) -> AbstractContextManager[OtelSpan]:
         """``reconcile <sync>``: the root of a commit trace, unless a webhook's sender gave a
@@ -276,7 +286,7 @@ class OtelTracing:
             attributes=attributes,
             start_time=_ns(info.started_at),
         )
-        return _current(span)
+        return _current(span, self._trace_ended)
 
     def stage(
         self, name: str, attributes: Mapping[str, AttributeValue] | None = None
