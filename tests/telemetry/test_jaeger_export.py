@@ -298,7 +298,9 @@ async def test_a_commit_trace_is_whole_in_jaeger_soon_after_its_root_ends(jaeger
     shutdown, as in a running controller) the whole trace must be queryable well within that."""
     service = f"aioreconcile-test-{secrets.token_hex(3)}"
     sha = secrets.token_hex(20)
-    handle = start_tracing(TracingSettings(endpoint=jaeger.otlp_http_endpoint, service_name=service))
+    handle = start_tracing(
+        TracingSettings(endpoint=jaeger.otlp_http_endpoint, service_name=service)
+    )
     try:
         tracing = handle.tracing
         assert tracing is not None

@@ -273,9 +273,9 @@ def _exporter(settings: TracingSettings) -> SpanExporter:
         module = importlib.import_module(_GRPC_EXPORTER)
         exporter: SpanExporter = module.OTLPSpanExporter(endpoint=endpoint)
         return exporter
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from aioreconcile.adapters.telemetry.otlp import FastOTLPSpanExporter
 
-    return OTLPSpanExporter(endpoint=endpoint)
+    return FastOTLPSpanExporter(endpoint=endpoint)
 
 
 def start_tracing(
