@@ -632,3 +632,97 @@ def test_log_records_carry_the_current_span_ids(tracing: OtelTracing) -> None:
     _, trace_hex, span_hex, _ = root.traceparent.split("-")
     assert vars(inside)["trace_id"] == trace_hex
     assert vars(inside)["span_id"] == span_hex
+
+
+def _object_spans(*, finished_directly: bool) -> list[ReadableSpan]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(shutdown_on_exit=False)
+    processor = SimpleSpanProcessor(exporter)
+    provider.add_span_processor(processor)
+    tracing = OtelTracing(provider, span_processor=processor if finished_directly else None)
+    began = 1_700_000_000.25
+    entries = [
+        entry(
+            "ConfigMap",
+            "settings",
+            Action.CONFIGURED,
+            started_at=began,
+            duration_s=0.004,
+            before="7",
+            after="9",
+        ),
+        entry(
+            "Deployment",
+            "web",
+            Action.CREATED,
+            group="apps",
+            started_at=began + 0.001,
+            duration_s=0.002,
+            after="10",
+        ),
+        entry(
+            "Service",
+            "web",
+            Action.FAILED,
+            started_at=began + 0.002,
+            duration_s=0.001,
+            error="https://bot:s3cr3t@git.example.com denied",
+        ),
+        entry("Namespace", "shop", Action.UNCHANGED, namespace="", started_at=began + 0.003),
+    ]
+    with tracing.commit(commit_info(parent_traceparent=INCOMING)), tracing.stage("apply"):
+        tracing.objects(entries, operation="apply")
+    provider.shutdown()
+    return [s for s in exporter.get_finished_spans() if s.name.startswith("apply ")]
+
+
+def _comparable(span: ReadableSpan) -> tuple[object, ...]:
+    context = span.get_span_context()
+    assert context is not None
+    assert span.parent is not None
+    return (
+        span.name,
+        span.kind,
+        context.trace_flags,
+        context.trace_state,
+        context.is_remote,
+        span.parent.span_id != 0,
+        dict(span.attributes or {}),
+        (span.status.status_code, span.status.description),
+        [(e.name, dict(e.attributes or {}), e.timestamp) for e in span.events],
+        list(span.links),
+        span.start_time,
+        span.end_time,
+        span.resource,
+        span.instrumentation_scope,
+        span.dropped_attributes,
+    )
+
+
+def test_object_spans_finished_directly_are_the_spans_the_sdk_would_make() -> None:
+    """The fast path (finished spans handed to the processor) against ``start_span`` + ``end``:
+    the same names, attributes, status, exception event, times, flags, scope and resource,
+    children of the same parent in the same trace, only the random span ids differ."""
+    direct, sdk = _object_spans(finished_directly=True), _object_spans(finished_directly=False)
+    assert len(direct) == 4
+    assert [_comparable(s) for s in direct] == [_comparable(s) for s in sdk]
+    for spans in (direct, sdk):
+        parents = {s.parent.span_id for s in spans if s.parent is not None}
+        assert len(parents) == 1
+        assert {s.context.trace_id for s in spans if s.context is not None} == {
+            int("0af7651916cd43dd8448eb211c80319c", 16)
+        }
+    assert "s3cr3t" not in repr([_comparable(s) for s in direct])
+
+
+def test_no_object_span_under_an_unsampled_commit() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(shutdown_on_exit=False)
+    processor = SimpleSpanProcessor(exporter)
+    provider.add_span_processor(processor)
+    tracing = OtelTracing(provider, span_processor=processor)
+    unsampled = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"
+    with tracing.commit(commit_info(parent_traceparent=unsampled)), tracing.stage("apply"):
+        tracing.objects([entry("ConfigMap", "settings", Action.CREATED)], operation="apply")
+    provider.shutdown()
+    assert exporter.get_finished_spans() == ()

@@ -44,6 +44,7 @@ _KIND: Final[Mapping[SpanKind, bytes]] = {
     SpanKind.PRODUCER: b"\x30\x04",
     SpanKind.CONSUMER: b"\x30\x05",
 }
+_INTERNAL: Final = _KIND[SpanKind.INTERNAL]
 # Span.flags (field 16, fixed32): SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK, | IS_REMOTE for a remote
 # parent, as the official encoder sets them.
 _FLAGS_LOCAL: Final = b"\x85\x01" + struct.pack("<I", 0x100)
@@ -54,9 +55,12 @@ _CACHED_VALUE_MAX: Final = 40  # string values up to this length may be cached w
 _CACHE_MAX: Final = 4096
 
 
+_SMALL: Final = tuple(bytes((i,)) for i in range(0x80))
+
+
 def _varint(value: int) -> bytes:
     if value < 0x80:
-        return bytes((value,))
+        return _SMALL[value]
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)
@@ -100,7 +104,7 @@ class SpanEncoder:
         self._pairs: dict[tuple[str, str], bytes] = {}
 
     def _key_value(self, key: str, value: Any) -> bytes:
-        if isinstance(value, str) and len(value) <= _CACHED_VALUE_MAX:
+        if type(value) is str and len(value) <= _CACHED_VALUE_MAX:
             pair = self._pairs.get((key, value))
             if pair is None:
                 if len(self._pairs) >= _CACHE_MAX:
@@ -115,6 +119,11 @@ class SpanEncoder:
             if len(self._keys) >= _CACHE_MAX:
                 self._keys.clear()
             encoded_key = self._keys[key] = _length_delimited(b"\x0a", key.encode())
+        if type(value) is str:
+            encoded_value = value.encode()
+            any_value = b"\x0a" + _varint(len(encoded_value)) + encoded_value
+            inner = encoded_key + b"\x12" + _varint(len(any_value)) + any_value
+            return b"\x4a" + _varint(len(inner)) + inner
         encoded = _any_value(value)
         if encoded is None:  # bytes, mappings: whatever the official encoder makes of them
             return _length_delimited(b"\x4a", _encode_key_value(key, value).SerializeToString())
@@ -135,7 +144,8 @@ class SpanEncoder:
         if parent is not None:
             parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
         parts.append(_length_delimited(b"\x2a", span.name.encode()))
-        parts.append(_KIND[span.kind])
+        kind = span.kind
+        parts.append(_INTERNAL if kind is SpanKind.INTERNAL else _KIND[kind])
         parts.append(b"\x39" + _PACK_FIXED64(span.start_time or 0))
         parts.append(b"\x41" + _PACK_FIXED64(span.end_time or 0))
         key_value = self._key_value
@@ -166,22 +176,34 @@ class SpanEncoder:
     def request(self, spans: Sequence[ReadableSpan]) -> bytes:
         """An ``ExportTraceServiceRequest``: spans grouped by resource, then by scope, in the
         order first seen (as the official encoder groups them)."""
-        grouped: defaultdict[Resource, defaultdict[InstrumentationScope | None, list[bytes]]]
+        # By identity first: ``Resource.__hash__`` serialises its attributes to JSON, and every
+        # span of a provider shares one Resource object.
+        resources: dict[int, Resource] = {}
+        canonical: dict[int, int] = {}  # id of a Resource -> id of the first one equal to it
+        grouped: defaultdict[int, defaultdict[InstrumentationScope | None, list[bytes]]]
         grouped = defaultdict(lambda: defaultdict(list))
         for span in spans:
-            grouped[span.resource][span.instrumentation_scope or None].append(
-                _length_delimited(b"\x12", self.span(span))
+            resource = span.resource
+            key = canonical.get(id(resource))
+            if key is None:
+                key = next((k for k, r in resources.items() if r == resource), id(resource))
+                canonical[id(resource)] = key
+                resources.setdefault(key, resource)
+            encoded = self.span(span)
+            grouped[key][span.instrumentation_scope or None].append(
+                b"\x12" + _varint(len(encoded)) + encoded
             )
         resource_spans = []
-        for resource, scopes in grouped.items():
+        for key, scopes in grouped.items():
+            resource = resources[key]
             body = [_length_delimited(b"\x0a", _encode_resource(resource).SerializeToString())]
-            for scope, encoded in scopes.items():
+            for scope, encoded_spans in scopes.items():
                 encoded_scope = (
                     b""
                     if scope is None
                     else _encode_instrumentation_scope(scope).SerializeToString()
                 )
-                scope_body = [_length_delimited(b"\x0a", encoded_scope), *encoded]
+                scope_body = [_length_delimited(b"\x0a", encoded_scope), *encoded_spans]
                 if scope is not None and scope.schema_url:
                     scope_body.append(_length_delimited(b"\x1a", scope.schema_url.encode()))
                 body.append(_length_delimited(b"\x12", b"".join(scope_body)))

@@ -300,8 +300,8 @@ def start_tracing(
         resource=resource,
         shutdown_on_exit=False,
     )
-    provider.add_span_processor(
-        BatchSpanProcessor(exporter or _exporter(settings), max_queue_size=_MAX_QUEUE)
-    )
+    processor = BatchSpanProcessor(exporter or _exporter(settings), max_queue_size=_MAX_QUEUE)
+    provider.add_span_processor(processor)
     flusher = TraceFlusher(provider)
-    return TracingHandle(OtelTracing(provider, trace_ended=flusher.request), provider, flusher)
+    tracing = OtelTracing(provider, trace_ended=flusher.request, span_processor=processor)
+    return TracingHandle(tracing, provider, flusher)
