@@ -1,6 +1,7 @@
 """The OTel adapter of the tracing port, against an in-memory exporter on a private provider."""
 
 import logging
+import threading
 import time
 from collections.abc import Iterator
 
@@ -13,6 +14,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from aioreconcile.adapters.telemetry.correlating import TraceContextFilter, install_log_correlation
 from aioreconcile.adapters.telemetry.setup import (
+    TraceFlusher,
     TracingConfigError,
     TracingSettings,
     start_tracing,
@@ -726,3 +728,56 @@ def test_no_object_span_under_an_unsampled_commit() -> None:
         tracing.objects([entry("ConfigMap", "settings", Action.CREATED)], operation="apply")
     provider.shutdown()
     assert exporter.get_finished_spans() == ()
+
+
+class _SlowFlushProvider(TracerProvider):
+    """Counts flushes; each waits until the test lets it finish."""
+
+    def __init__(self) -> None:
+        super().__init__(shutdown_on_exit=False)
+        self.flushes = 0
+        self.flushing = threading.Event()
+        self.release = threading.Event()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        self.flushes += 1
+        self.flushing.set()
+        self.release.wait(5)
+        return super().force_flush(timeout_millis)
+
+
+def test_a_storm_of_ended_commits_is_flushed_off_the_caller_and_coalesced() -> None:
+    provider = _SlowFlushProvider()
+    flusher = TraceFlusher(provider)
+    try:
+        flusher.request()
+        assert provider.flushing.wait(5)
+        began = time.monotonic()
+        for _ in range(100):  # while the first flush is still running
+            flusher.request()
+        assert time.monotonic() - began < 0.5  # the caller (the event loop) never waits
+        provider.release.set()
+        deadline = time.monotonic() + 5
+        while provider.flushes < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)
+        assert provider.flushes == 2  # the first, then one for all hundred requests
+    finally:
+        provider.release.set()
+        flusher.stop()
+        provider.shutdown()
+
+
+def test_the_end_of_a_commit_asks_for_a_flush_and_a_stage_does_not(
+    exporter: InMemorySpanExporter,
+) -> None:
+    provider = TracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    ended: list[str] = []
+    tracing = OtelTracing(provider, trace_ended=lambda: ended.append("flush"))
+    with tracing.commit(commit_info()):
+        with tracing.stage("apply"):
+            pass
+        assert ended == []
+    assert ended == ["flush"]
+    provider.shutdown()
