@@ -11,7 +11,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from aioreconcile.adapters.telemetry.otlp import SpanEncoder
+from aioreconcile.adapters.telemetry.otlp import FastOTLPSpanExporter, SpanEncoder
 from aioreconcile.adapters.telemetry.tracing import OtelTracing
 from aioreconcile.engine.changeset import Action, ChangeSetEntry
 from aioreconcile.engine.model import ObjectRef
@@ -95,3 +95,12 @@ def test_the_encoder_caches_do_not_change_a_second_batch() -> None:
     first, second = _spans("linked"), _spans("linked")
     encoder.request(first)
     assert ExportTraceServiceRequest.FromString(encoder.request(second)) == encode_spans(second)
+
+
+def test_the_exporter_sends_with_its_own_http_client() -> None:
+    """Guards the private names the fast path uses: with this exporter version it is taken."""
+    exporter = FastOTLPSpanExporter(endpoint="http://127.0.0.1:9/v1/traces")
+    try:
+        assert exporter._fast
+    finally:
+        exporter.shutdown()  # type: ignore[no-untyped-call]

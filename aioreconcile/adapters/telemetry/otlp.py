@@ -214,13 +214,21 @@ class SpanEncoder:
 
 
 class FastOTLPSpanExporter(OTLPSpanExporter):
-    """``OTLPSpanExporter`` (OTLP/HTTP protobuf) whose batches are encoded by ``SpanEncoder``."""
+    """``OTLPSpanExporter`` (OTLP/HTTP protobuf) whose batches are encoded by ``SpanEncoder``.
+
+    It sends through the exporter's own HTTP client (``_client``, with ``_metrics`` and
+    ``_shutdown``: private names of opentelemetry-exporter-otlp-proto-http 1.45); an exporter
+    without them (another version) keeps its own ``export``, so an upgrade costs speed, never
+    spans."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._encoder = SpanEncoder()
+        self._fast = all(hasattr(self, name) for name in ("_client", "_metrics", "_shutdown"))
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        if not self._fast:
+            return super().export(spans)
         if self._shutdown:
             return SpanExportResult.FAILURE
         with self._metrics.export_operation(len(spans)) as result:
