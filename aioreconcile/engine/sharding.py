@@ -23,6 +23,7 @@ Everything here is a function of data; the Leases are written by ``adapters.kube
 
 import hashlib
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -81,12 +82,23 @@ def place(namespace: str, name: str, labels: dict[str, str] | None, shards: int)
     )
 
 
-def assign(shards: int, members: list[str] | set[str] | frozenset[str]) -> dict[int, str]:
-    """Which member should hold each shard: rendezvous hashing with bounded loads.
+def assign(
+    shards: int,
+    members: list[str] | set[str] | frozenset[str],
+    holders: Mapping[int, str] | None = None,
+) -> dict[int, str]:
+    """Which member should hold each shard: rendezvous hashing with bounded loads, sticky.
 
-    Shards are placed in order of their best weight (the most decided first), each on its
-    highest-weight member that holds fewer than ceil(shards / members) so far. Every member
-    computing this over the same member set gets the same answer. No member: no owner."""
+    A shard whose current holder (``holders``, from the shard Leases; "" for none) is a live
+    member stays with it while that member holds fewer than ceil(shards / members): moving a
+    shard costs a reconcile of each of its Syncs on the new holder and a gap while the old one
+    gives it back, so a member leaving moves its own shards only (without this, the bound
+    could also move a survivor's shard to another survivor: two shards reconciled from scratch
+    for one kill). The other shards are then placed in order of their best weight (the most
+    decided first), each on its highest-weight member that holds fewer than that bound so far
+    (Kafka's ``StickyAssignor`` keeps partitions with their consumers the same way). Every
+    member computing this over the same members and holders gets the same answer. No member:
+    no owner."""
     live = sorted(set(members))
     if not live:
         return {}
@@ -96,6 +108,13 @@ def assign(shards: int, members: list[str] | set[str] | frozenset[str]) -> dict[
     load = dict.fromkeys(live, 0)
     owners: dict[int, str] = {}
     for shard in order:
+        holder = (holders or {}).get(shard, "")
+        if holder in load and load[holder] < capacity:
+            owners[shard] = holder
+            load[holder] += 1
+    for shard in order:
+        if shard in owners:
+            continue
         for member in ranked[shard]:
             if load[member] < capacity:
                 owners[shard] = member

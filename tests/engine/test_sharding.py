@@ -132,3 +132,56 @@ def test_lease_names_are_valid_object_names() -> None:
     assert name.match(member)
     assert member.startswith("aioreconcile-member-")
     assert member != member_lease_name("aioreconcile", "Host_1A2b.locaL")
+
+
+def test_a_member_leaving_moves_its_own_shards_only_when_the_holders_are_known() -> None:
+    """Sticky: a survivor keeps the shard it holds, whatever the bound would have reshuffled
+    (3 shards on 3 members, one killed: only its shard moves, for every member naming)."""
+    reshuffled = 0
+    for trial in range(200):
+        members = [f"pod-{trial}-{i}" for i in range(3)]
+        holders = assign(3, members)
+        for gone in members:
+            survivors = [m for m in members if m != gone]
+            after = assign(3, survivors, holders)
+            moved = {s for s in holders if holders[s] != after[s]}
+            assert moved == {s for s, m in holders.items() if m == gone}, (holders, after)
+            assert max(Counter(after.values()).values()) == 2
+            if {s for s in holders if holders[s] != assign(3, survivors)[s]} != moved:
+                reshuffled += 1
+    assert reshuffled > 0  # without the holders, the bound does move a survivor's shard
+
+
+@pytest.mark.parametrize(
+    ("shards", "members", "holders", "expected", "kept"),
+    [
+        # A member over its share (a newcomer joined) keeps the most decided of its shards
+        # and the other goes to the newcomer, not back to it.
+        (3, ["a", "b", "new"], {0: "a", 1: "a", 2: "b"}, {"a": 1, "b": 1, "new": 1}, 2),
+        # A holder that is no live member (killed) keeps nothing.
+        (2, ["a"], {0: "a", 1: "dead"}, {"a": 2}, 1),
+        # No holder yet: plain rendezvous with bounded loads.
+        (4, ["a", "b"], {}, {"a": 2, "b": 2}, 0),
+    ],
+)
+def test_holders_are_kept_within_the_bound(
+    shards: int,
+    members: list[str],
+    holders: dict[int, str],
+    expected: dict[str, int],
+    kept: int,
+) -> None:
+    owners = assign(shards, members, holders)
+    assert sorted(owners) == list(range(shards))
+    assert dict(Counter(owners.values())) == expected
+    assert sum(1 for s, m in holders.items() if owners[s] == m) == kept
+
+
+def test_a_newcomer_takes_only_what_is_over_the_holders_share() -> None:
+    for old in combinations([f"r{i}" for i in range(4)], 3):
+        holders = assign(12, list(old))
+        after = assign(12, [*old, "new"], holders)
+        moved = [s for s in holders if holders[s] != after[s]]
+        assert Counter(after.values())["new"] == 3
+        assert len(moved) == 3, (holders, after)
+        assert all(after[s] == "new" for s in moved), (holders, after)

@@ -76,9 +76,11 @@ class FakeGitSource:
         self.head = head
         self.history = set(history)  # (ancestor, descendant) pairs
         self.fetches = 0
+        self.resolves = 0  # ls-remote calls
         self.refuse = True
 
     async def resolve(self) -> str:
+        self.resolves += 1
         return self.head
 
     async def fetch(self, *, not_before: float | None = None) -> str:

@@ -32,7 +32,8 @@ class SlowGit(FakeGitSource):
         self.release = anyio.Event()
         self.cancelled = False
 
-    async def resolve(self) -> str:
+    async def fetch(self, *, not_before: float | None = None) -> str:
+        self.fetches += 1
         self.fetching.set()
         try:
             await self.release.wait()

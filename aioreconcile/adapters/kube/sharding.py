@@ -8,8 +8,9 @@ Every retry period (jittered) a replica:
    survivor has been watching the dead replica's shard Leases all along and takes them over
    the moment they expire, not one lease duration after it first looks;
 2. renews its own member Lease (the heartbeat Argo CD keeps in a ConfigMap);
-3. computes from the live members who should hold each shard (``engine.sharding.assign``,
-   the same answer on every replica that sees the same members);
+3. computes from the live members and the shards' current holders who should hold each shard
+   (``engine.sharding.assign``, sticky: a live holder within its share keeps its shard; the
+   same answer on every replica that sees the same Leases);
 4. acquires or renews the shards assigned to it (``LeaseElector.step``: a PUT guarded by the
    resourceVersion, client-go's rules), and gives back, gracefully, those no longer assigned
    to it (a member joined): their work is cancelled first (``on_lose`` returns once it ended),
@@ -201,7 +202,7 @@ class ShardElector:
             # Not counted yet, or only just: replicas that started with us are seen at the
             # next LIST, so take no shard before it (no shard taken and given back at once).
             return
-        owners = assign(self.shards, self.members())
+        owners = assign(self.shards, self.members(), self.holders())
         async with anyio.create_task_group() as tasks:
             for shard in range(self.shards):
                 tasks.start_soon(self._keep, shard, owners.get(shard) == self.identity)
