@@ -50,7 +50,7 @@ async def succeeded(made: Controller, names: list[str]) -> None:
 
 
 async def test_overlapping_reconciles_release_memory_once_when_the_last_ends() -> None:
-    cluster, released = FakeCluster(), []
+    cluster, released = FakeCluster(), list[int]()
     cluster.apply_gate = anyio.Event()  # every reconcile waits after its writes: they overlap
     async with running(cluster, released) as made:
         with anyio.fail_after(5):
@@ -63,7 +63,7 @@ async def test_overlapping_reconciles_release_memory_once_when_the_last_ends() -
 
 
 async def test_a_reconcile_that_runs_alone_releases_memory_after_it() -> None:
-    cluster, released = FakeCluster(), []
+    cluster, released = FakeCluster(), list[int]()
     async with running(cluster, released) as made:
         await succeeded(made, NAMES)
         await anyio.sleep(0.05)
