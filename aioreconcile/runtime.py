@@ -316,7 +316,8 @@ class RunSettings:
 
 
 def release_memory() -> None:
-    """After a reconcile, hand the heap it freed back to the OS.
+    """After a reconcile, hand the heap it freed back to the OS (the controller calls it once
+    for a burst of overlapping reconciles, ``Controller._release``: it holds the event loop).
 
     Rendering and applying thousands of objects peaks well above what the controller keeps;
     CPython's allocator and glibc keep that memory mapped, so an idle controller would show the
