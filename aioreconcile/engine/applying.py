@@ -24,6 +24,21 @@ class ApplyOptions:
     settle_timeout_s: float = 60.0
     # Called once per object as it finishes (CLI progress, metrics); never part of equality.
     on_entry: Callable[[ChangeSetEntry], None] | None = field(default=None, compare=False)
+    # Called once per object the server returned (written, or found as declared) as soon as
+    # it is in, after a stage's CRDs or Namespaces settled; what it returns is what
+    # ``ApplyResult.live`` keeps of that object (None: nothing). The controller keeps only its
+    # stored form: 10,000 full responses (managedFields and all) held until the apply ended
+    # were most of its peak, and the allocator kept that peak (docs/controller-benchmarks.md).
+    # Never part of equality.
+    on_live: Callable[[ChangeSetEntry, JsonObject], JsonObject | None] | None = field(
+        default=None, compare=False
+    )
+
+    def kept(self, entry: ChangeSetEntry, obj: JsonObject | None) -> JsonObject | None:
+        """What an ``ApplyResult`` keeps of ``obj``, returned for ``entry`` (``on_live``)."""
+        if obj is None or self.on_live is None:
+            return obj
+        return self.on_live(entry, obj)
 
 
 @dataclass(frozen=True)

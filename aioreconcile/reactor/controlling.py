@@ -786,12 +786,25 @@ class Controller:
             return await self._record_unchanged(state, sha, unchanged, root, started=started)
         traceparent = root.traceparent
         inventory = self._inventory_key(name)
+        stored: dict[ObjectRef, bytes | None] = {}
+
+        def keep_stored(entry: ChangeSetEntry, obj: JsonObject) -> JsonObject | None:
+            # The stored form as each response arrives, so the response can go at once; the
+            # whole object only when its health is judged after the apply (``wait``).
+            ref = entry.ref
+            if ref in state.stored and entry.resource_version_after == state.written.get(ref):
+                stored[ref] = state.stored[ref]  # our write changed nothing: as stored before
+            else:
+                stored[ref] = _stored_form(obj)
+            return obj if spec.wait else None
+
         options = ApplyOptions(
             sync=name,
             revision=sha,
             inventory=inventory,
             traceparent=traceparent,
             concurrency=self._apply_concurrency,
+            on_live=keep_stored,
         )
         request = SyncRequest(
             directory=tree / spec.source.path,
@@ -827,7 +840,7 @@ class Controller:
 
         async with self._writing(state):
             outcome = await self._sync_and_record(
-                state, request, remember_desired, root, started=started
+                state, request, remember_desired, stored, root, started=started
             )
         if self._after_reconcile is not None:
             self._release_pending = True
@@ -925,10 +938,13 @@ class Controller:
         state: SyncState,
         request: SyncRequest,
         remember_desired: Callable[[Sequence[Manifest]], None],
+        stored: Mapping[ObjectRef, bytes | None],
         root: SpanScope,
         *,
         started: float,
     ) -> SyncOutcome:
+        """``stored``: the stored form of each object the apply returned (None: we own no
+        field of it), filled while it applies (``ApplyOptions.on_live``)."""
         outcome = await sync_once(
             request,
             cluster=self._cluster_for(state.spec.name),
@@ -953,7 +969,7 @@ class Controller:
         ):
             await self._watcher.wait_synced()
         with self._tracing.stage("status update"):
-            self._record(state, outcome, seconds=time.monotonic() - started)
+            self._record(state, outcome, seconds=time.monotonic() - started, stored=stored)
         return outcome
 
     @asynccontextmanager
@@ -993,8 +1009,18 @@ class Controller:
             if owner is None or owner not in self.states or ref not in self.states[owner].desired:
                 self._owners[ref] = name
 
-    def _record(self, state: SyncState, outcome: SyncOutcome, *, seconds: float) -> None:
+    def _record(
+        self,
+        state: SyncState,
+        outcome: SyncOutcome,
+        *,
+        seconds: float,
+        stored: Mapping[ObjectRef, bytes | None] | None = None,
+    ) -> None:
+        """``stored``: the stored forms of the objects ``outcome`` applied (``keep_stored``);
+        an outcome without an apply (unchanged, a health check's) has none."""
         name = state.spec.name
+        forms = stored or {}
         progressing = outcome.reason is Reason.PROGRESSING
         state.spec_changed = False
         self._changed(state)
@@ -1004,13 +1030,12 @@ class Controller:
         state.reason, state.message = outcome.reason.value, outcome.message
         state.inventory_size = outcome.inventory_size
         for entry in outcome.applied.entries:
-            obj = outcome.live.get(entry.ref)
-            if obj is None:
-                state.stored.pop(entry.ref, None)  # failed or skipped: nothing of ours to judge
-            elif entry.ref not in state.stored or entry.resource_version_after != state.written.get(
-                entry.ref
-            ):
-                _remember_stored(state, entry.ref, obj)
+            form = forms.get(entry.ref)
+            if form is None:
+                # Failed or skipped, or we own none of its fields: nothing of ours to judge.
+                state.stored.pop(entry.ref, None)
+            else:
+                state.stored[entry.ref] = form
             if entry.resource_version_after is not None:
                 state.written[entry.ref] = entry.resource_version_after
         for entry in outcome.pruned.entries:
@@ -1284,7 +1309,11 @@ class Controller:
                     },
                 )
         if applied is not None:
-            _remember_stored(state, ref, applied)
+            form = _stored_form(applied)
+            if form is None:
+                state.stored.pop(ref, None)
+            else:
+                state.stored[ref] = form
         if entry.resource_version_after is not None:
             state.written[ref] = entry.resource_version_after
         if entry.action is Action.FAILED:
@@ -1352,13 +1381,10 @@ def _read_tree_file(tree: Path, relative: str) -> str | None:
         return None
 
 
-def _remember_stored(state: SyncState, ref: ObjectRef, obj: JsonObject) -> None:
-    """Keep what the server stored for our fields of ``obj`` (nothing if we own none)."""
+def _stored_form(obj: JsonObject) -> bytes | None:
+    """What the server stored for our fields of ``obj``, compact; None if we own none."""
     fields = our_fields(obj)
-    if fields is None:
-        state.stored.pop(ref, None)
-    else:
-        state.stored[ref] = _compact(as_stored(obj, fields))
+    return None if fields is None else _compact(as_stored(obj, fields))
 
 
 def _decoded(encoded: bytes | None) -> JsonObject | None:

@@ -13,7 +13,10 @@ import yaml
 from kubernetes_asyncio import client
 
 from aioreconcile import runtime
-from aioreconcile.engine.changeset import Action
+from aioreconcile.adapters.kube.cluster import KubeCluster
+from aioreconcile.engine.applying import ApplyOptions
+from aioreconcile.engine.changeset import Action, ChangeSetEntry
+from aioreconcile.engine.model import JsonObject, Manifest, ObjectRef
 from aioreconcile.engine.outcomes import Reason, SyncOutcome
 from aioreconcile.engine.sources import RenderSpec
 from aioreconcile.testing.pytest_plugin import Kube
@@ -463,3 +466,54 @@ async def test_a_changed_config_map_is_applied_in_one_request_and_the_others_kee
     assert unchanged.resource_version_after == versions["same"]
     stored = await client.CoreV1Api(kube.api).read_namespaced_config_map("changed", namespace)
     assert stored.data == {"k": "new"}
+
+
+async def test_each_response_is_handed_over_as_it_arrives_and_only_what_is_kept_stays(
+    kube: Kube, namespace: str
+) -> None:
+    """``ApplyOptions.on_live``: the controller keeps a stored form per object, not 10,000
+    responses until the apply ends; a new Namespace still settles (whole) before its objects."""
+    fresh = f"{namespace}-kept"
+    bodies: list[JsonObject] = [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": fresh}}
+    ]
+    bodies += [
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": f"c{i}", "namespace": fresh},
+            "data": {"k": str(i)},
+        }
+        for i in range(3)
+    ]
+    seen: list[tuple[str, str]] = []
+
+    def on_entry(entry: ChangeSetEntry) -> None:
+        seen.append(("entry", entry.ref.name))
+
+    def on_live(entry: ChangeSetEntry, obj: JsonObject) -> JsonObject | None:
+        seen.append(("live", entry.ref.name))
+        assert obj["metadata"]["managedFields"]  # the whole response
+        if obj["kind"] == "Namespace":
+            return None
+        return {"resourceVersion": obj["metadata"]["resourceVersion"]}
+
+    options = ApplyOptions(
+        sync="kept", revision="r1", concurrency=1, on_entry=on_entry, on_live=on_live
+    )
+    try:
+        async with await KubeCluster.connect(kube.kubeconfig) as cluster:
+            await cluster.refresh_discovery()
+            result = await cluster.apply(
+                [Manifest(ObjectRef.of(b), b, origin="t") for b in bodies], options
+            )
+    finally:
+        await client.CoreV1Api(kube.api).delete_namespace(fresh)
+
+    assert [e.action for e in result.changeset.entries] == [Action.CREATED] * 4
+    # One object at a time (concurrency 1): each response went to on_live right after its entry.
+    assert seen == [(kind, n) for n in [fresh, "c0", "c1", "c2"] for kind in ("entry", "live")]
+    assert {ref.name: obj for ref, obj in result.live.items()} == {
+        e.ref.name: {"resourceVersion": e.resource_version_after}
+        for e in result.changeset.entries[1:]
+    }

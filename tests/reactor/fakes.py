@@ -177,7 +177,9 @@ class FakeCluster:
         for manifest in manifests:
             entry, stored = self._store(manifest, options)
             entries.append(entry)
-            live[manifest.ref] = stored
+            kept = options.kept(entry, stored)
+            if kept is not None:
+                live[manifest.ref] = kept
         if self.apply_gate is not None:
             self.applied.set()
             await self.apply_gate.wait()

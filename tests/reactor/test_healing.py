@@ -4,17 +4,19 @@ The fake cluster's ``get`` is held at a gate the test controls, so the interleav
 push, sync, heal write) is played out exactly, every time.
 """
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import anyio
 
+from aioreconcile.engine.applying import ApplyOptions, ApplyResult
 from aioreconcile.engine.config import GitSourceSpec, SyncSpec
 from aioreconcile.engine.events import EventType, WatchEvent
 from aioreconcile.engine.metrics import Registry
 from aioreconcile.engine.model import JsonObject, Manifest, ObjectRef
+from aioreconcile.engine.planning import as_stored, our_fields
 from aioreconcile.engine.triggers import Push
-from aioreconcile.reactor.controlling import Controller, SyncState
+from aioreconcile.reactor.controlling import Controller, SyncState, _compact
 from tests.reactor.fakes import FakeCluster, FakeGitSource, FakeRenderer, NoWatcher
 
 A, B = "a" * 40, "b" * 40
@@ -187,3 +189,34 @@ async def test_removing_a_sync_while_its_reconcile_waits_for_a_heal_finishes_bot
         assert removed
         assert removed[0] is not None
         assert "app" not in made.states
+
+
+class ResultKeepingCluster(FakeCluster):
+    """Keeps each apply's result, as the controller got it."""
+
+    results: list[ApplyResult]
+
+    async def apply(self, manifests: Sequence[Manifest], options: ApplyOptions) -> ApplyResult:
+        result = await super().apply(manifests, options)
+        self.results = [*getattr(self, "results", []), result]
+        return result
+
+
+async def test_a_reconcile_keeps_each_object_s_stored_form_not_the_server_s_response() -> None:
+    cluster, source = ResultKeepingCluster(), git_source()
+    async with running(cluster, source) as made:
+        await applied(made, A)
+
+        # The stored form was taken from the response as it came; the response was not kept.
+        assert [result.live for result in cluster.results] == [{}]
+        stored = cluster.objects[REF]
+        fields = our_fields(stored)
+        assert fields is not None
+        assert made.states["app"].stored == {REF: _compact(as_stored(stored, fields))}
+        # And it still judges: an edit of a declared value is healed.
+        edited = cluster.edit(REF, lambda obj: obj["data"].update(v="edited"))
+        made.on_watch_event(WatchEvent(EventType.MODIFIED, REF, edited))
+        with anyio.fail_after(5):
+            while data(cluster.objects[REF]) != {"v": "from-a"}:
+                await anyio.sleep(0.005)
+        assert made.states["app"].heals == 1

@@ -70,7 +70,9 @@ class Widgets:
         self.body = manifest.body
         live = self._live()
         assert live is not None
-        return ApplyResult(ChangeSet.of([ChangeSetEntry(REF, Action.CONFIGURED)]), {REF: live})
+        entry = ChangeSetEntry(REF, Action.CONFIGURED)
+        kept = options.kept(entry, live)
+        return ApplyResult(ChangeSet.of([entry]), {REF: kept} if kept is not None else {})
 
     async def delete(self, refs: Sequence[ObjectRef], options: ApplyOptions) -> ChangeSet:
         return ChangeSet()

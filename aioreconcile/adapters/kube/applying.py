@@ -181,11 +181,16 @@ class Applier:
         entries: list[ChangeSetEntry] = []
         live: dict[ObjectRef, JsonObject] = {}
         for stage, members in planning.staged(manifests, is_namespaced=self._scope_or_namespaced):
-            stage_entries, stage_live = await self._apply_stage(members, options)
+            settles = (
+                stage in (planning.Stage.CRDS, planning.Stage.NAMESPACES) and not options.dry_run
+            )
+            # A settling stage needs its objects whole until they settled (few: CRDs, Namespaces).
+            stage_entries, stage_live = await self._apply_stage(members, options, keep=not settles)
+            if settles:
+                await self._settle(list(stage_live.values()), options)
+                stage_live = _kept_all(stage_entries, stage_live, options)
             entries += stage_entries
             live |= stage_live
-            if stage in (planning.Stage.CRDS, planning.Stage.NAMESPACES) and not options.dry_run:
-                await self._settle([live[e.ref] for e in stage_entries if e.ref in live], options)
         return ApplyResult(ChangeSet.of(entries), live)
 
     def _scope_or_namespaced(self, ref: ObjectRef) -> bool:
@@ -195,8 +200,9 @@ class Applier:
         return True if scope is None else scope
 
     async def _apply_stage(
-        self, members: Sequence[Manifest], options: ApplyOptions
+        self, members: Sequence[Manifest], options: ApplyOptions, *, keep: bool
     ) -> tuple[list[ChangeSetEntry], dict[ObjectRef, JsonObject]]:
+        """``keep``: pass each object through ``options.on_live`` as it arrives."""
         unresolved: dict[int, ChangeSetEntry] = {}
         current = await self._live_for(members, options, unresolved)
         # Decided here, without a task each: on a re-apply most objects need no request, and a
@@ -208,19 +214,21 @@ class Applier:
             if index in unresolved or resource is None:
                 results[index] = unresolved[index], None
                 continue
-            prepared = _prepare(manifest, resource, current.get(manifest.ref), options)
+            # Popped: the LIST's copy goes with the object's own request, not with the stage.
+            prepared = _prepare(manifest, resource, current.pop(manifest.ref, None), options)
             if isinstance(prepared, _Prepared):
                 pending.append((index, prepared))
                 continue
-            results[index] = prepared
+            results[index] = _kept(*prepared, options) if keep else prepared
             if options.on_entry is not None:
                 options.on_entry(prepared[0])
+        current.clear()
 
         async def one(item: tuple[int, _Prepared]) -> tuple[ChangeSetEntry, JsonObject | None]:
             result = await self._write(item[1], options)
             if options.on_entry is not None:
                 options.on_entry(result[0])
-            return result
+            return _kept(*result, options) if keep else result
 
         written = await _map_concurrently(one, pending, limit=options.concurrency)
         for (index, _), result in zip(pending, written, strict=True):
@@ -507,6 +515,19 @@ class Applier:
         except AioreconcileError as e:
             return _failed(ref, e, started)
         return _entry(ref, Action.DELETED, started, before=_resource_version(live))
+
+
+def _kept(
+    entry: ChangeSetEntry, obj: JsonObject | None, options: ApplyOptions
+) -> tuple[ChangeSetEntry, JsonObject | None]:
+    return entry, options.kept(entry, obj)
+
+
+def _kept_all(
+    entries: Sequence[ChangeSetEntry], live: dict[ObjectRef, JsonObject], options: ApplyOptions
+) -> dict[ObjectRef, JsonObject]:
+    kept = ((e.ref, options.kept(e, live.get(e.ref))) for e in entries)
+    return {ref: obj for ref, obj in kept if obj is not None}
 
 
 def _resource_version(obj: JsonObject | None) -> str | None:
