@@ -1,5 +1,6 @@
 """The values every part passes around: which object, at which revision, wanting what."""
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NewType
@@ -17,12 +18,18 @@ class ManifestError(AioreconcileError, ValueError):
     """An object in the source is unusable; the message names the file and the field."""
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class ObjectRef:
     """The identity of an object in a cluster.
 
     ``version`` is carried but not compared: moving a manifest from ``v1beta1`` to ``v1`` names
     the same stored object, and must not make the old one look stale and get pruned.
+
+    A controller keeps several per object (desired, stored, written, the watch caches) for as
+    long as it runs: slots (no ``__dict__``) and interned group, version, kind and namespace
+    (a few distinct values: one copy each, ``sys.intern``) keep them small, and keep fewer
+    small objects scattered through the memory a reconcile's peak used, pinning it
+    (docs/controller-benchmarks.md).
     """
 
     group: str  # "" for the core group
@@ -66,7 +73,13 @@ class ObjectRef:
         if not isinstance(namespace, str):
             raise ManifestError("metadata.namespace is not a string")
         group, _, version = api_version.rpartition("/")
-        return cls(group=group, kind=kind, namespace=namespace, name=name, version=version)
+        return cls(
+            group=sys.intern(group),
+            kind=sys.intern(kind),
+            namespace=sys.intern(namespace),
+            name=name,
+            version=sys.intern(version),
+        )
 
     @classmethod
     def parse_inventory_id(cls, entry: str, version: str = "") -> "ObjectRef":
