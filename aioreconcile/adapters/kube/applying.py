@@ -48,17 +48,22 @@ def _ref_with_version(ref: ObjectRef, resource: Resource) -> ObjectRef:
 async def _map_concurrently(
     function: Callable[[T], Awaitable[R]], items: Sequence[T], *, limit: int
 ) -> list[R]:
-    """``[await function(i) for i in items]``, at most ``limit`` at a time, results in order."""
-    results: dict[int, R] = {}
-    limiter = anyio.CapacityLimiter(max(1, limit))
+    """``[await function(i) for i in items]``, at most ``limit`` at a time, results in order.
 
-    async def one(index: int, item: T) -> None:
-        async with limiter:
+    ``limit`` workers take the next item as they finish one (as client-go's workqueue workers
+    do), rather than a task per item waiting on a limiter: 10,000 waiting tasks were ~59 MiB
+    of a cold apply's peak, which the allocator kept after it (docs/controller-benchmarks.md).
+    """
+    results: dict[int, R] = {}
+    pending = iter(enumerate(items))
+
+    async def worker() -> None:
+        for index, item in pending:
             results[index] = await function(item)
 
     async with anyio.create_task_group() as tasks:
-        for index, item in enumerate(items):
-            tasks.start_soon(one, index, item)
+        for _ in range(min(max(1, limit), len(items))):
+            tasks.start_soon(worker)
     return [results[i] for i in range(len(items))]
 
 
