@@ -21,10 +21,11 @@ writer is done (pushes first, as the apiserver's Priority and Fairness serves a 
 level from its own seats). Heals are never stopped: a storm during a long start-up still heals.
 
 The desired state of every sync is kept as deflated JSON per object (``_compact``), beside
-what the server stored for our fields (``planning.as_stored`` of our own apply's response) and
-the resourceVersion of our own last write, so a watch event is judged purely
-(``engine.drift.judge``) in microseconds, on stored values (``cpu: 1`` is stored as ``"1"``),
-and our own writes are never taken for drift.
+what the server stored for our fields (``planning.as_stored`` of our own apply's response,
+taken as each response arrives, ``ApplyOptions.on_live``, so the responses are not all held
+until the apply ends) and the resourceVersion of our own last write, so a watch event is
+judged purely (``engine.drift.judge``) in microseconds, on stored values (``cpu: 1`` is stored
+as ``"1"``), and our own writes are never taken for drift.
 
 Heals never race their sync. A reconcile that is about to write waits for the heals of its
 sync already running, and while it writes, heals and events of its objects are set aside and
