@@ -19,7 +19,6 @@ import ssl
 import time
 import urllib.request
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -309,7 +308,6 @@ async def test_three_replicas_split_300_syncs_and_survivors_take_a_killed_pods_s
     node_namespace: str,
     product_image: str,
     served: tuple[Repository, str],  # noqa: F811
-    tmp_path: Path,
 ) -> None:
     namespace = node_namespace
     repository, url = served
