@@ -58,7 +58,9 @@ from aioreconcile.engine.errors import NotFoundError, TransientError
 from aioreconcile.engine.model import JsonObject
 from aioreconcile.engine.planning import as_stored, our_fields, stamp
 from aioreconcile.reactor.controlling import _compact
+from aioreconcile.testing.controller import controller_process
 from aioreconcile.testing.processes import ManagedProcess
+from aioreconcile.testing.processes import git_daemon as git_daemon_process
 from bench import manifests
 from bench.reporting import emit
 
@@ -302,20 +304,7 @@ async def _wait_for_port(port: int, process: ManagedProcess, limit_s: float = 10
 async def git_daemon(served: Path, workdir: Path) -> AsyncIterator[str]:
     """``git://127.0.0.1:<port>/`` serving every repository under ``served``."""
     port = free_port()
-    daemon = ManagedProcess(
-        "git-daemon",
-        [
-            "git",
-            "daemon",
-            "--reuseaddr",
-            f"--base-path={served}",
-            "--export-all",
-            "--listen=127.0.0.1",
-            f"--port={port}",
-            str(served),
-        ],
-        log_path=workdir / "git-daemon.log",
-    )
+    daemon = git_daemon_process(served, port=port, log_path=workdir / "git-daemon.log")
     try:
         daemon.start()
         await _wait_for_port(port, daemon)
@@ -354,34 +343,20 @@ async def running_controller(
                 {"name": "github", "provider": "github", "secretEnv": SECRET_ENV, "syncs": [name]}
             ],
         }
-        config_path = workdir / "config.yaml"
-        config_path.write_text(yaml.safe_dump(config))
-        port, ops_port = free_port(), free_port()
         # The child inherits it; kept out of argv, so neither ps nor the log shows it.
         os.environ[SECRET_ENV] = SECRET
         if tracemalloc is not None:
             os.environ["MEMDUMP_OUT"] = str(tracemalloc)  # inherited by the child
-        argv = [
-            sys.executable,
-            "-m",
-            "bench.memdump" if tracemalloc is not None else "aioreconcile",
-            "run",
-            "--config",
-            str(config_path),
-            "--kubeconfig",
-            str(kubeconfig),
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--ops-listen",
-            f"127.0.0.1:{ops_port}",
-            "--namespace",
-            objects.namespaces[0],
-            "--cache-dir",
-            str(workdir / "git-cache"),
-        ]
         if not trim:
             os.environ["AIORECONCILE_MALLOC_TRIM"] = "off"  # inherited by the child
-        process = ManagedProcess("controller", argv, log_path=workdir / "controller.log")
+        made = controller_process(
+            config,
+            kubeconfig=kubeconfig,
+            namespace=objects.namespaces[0],
+            workdir=workdir,
+            module="bench.memdump" if tracemalloc is not None else "aioreconcile",
+        )
+        port, ops_port, process = made.port, made.ops_port, made.process
         try:
             started = time.perf_counter()
             process.start()  # setpriv execs: the pid is the Python interpreter's

@@ -43,10 +43,10 @@ from typing import Any
 import aiohttp
 import anyio
 import orjson
-import yaml
 
 from aioreconcile.adapters.kube.transport import KubeTransport
 from aioreconcile.engine.model import JsonObject
+from aioreconcile.testing.controller import controller_process
 from aioreconcile.testing.processes import ManagedProcess
 from bench.drift import (
     SECRET,
@@ -191,29 +191,11 @@ async def running_controller(
                 {"name": "github", "provider": "github", "secretEnv": SECRET_ENV, "syncs": names}
             ],
         }
-        config_path = workdir / "config.yaml"
-        config_path.write_text(yaml.safe_dump(config))
-        port, ops_port = free_port(), free_port()
         os.environ[SECRET_ENV] = SECRET  # inherited by the child, never on its argv
-        argv = [
-            sys.executable,
-            "-m",
-            "aioreconcile",
-            "run",
-            "--config",
-            str(config_path),
-            "--kubeconfig",
-            str(kubeconfig),
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--ops-listen",
-            f"127.0.0.1:{ops_port}",
-            "--namespace",
-            syncs[0].namespaces[0],
-            "--cache-dir",
-            str(workdir / "git-cache"),
-        ]
-        process = ManagedProcess("controller", argv, log_path=workdir / "controller.log")
+        made = controller_process(
+            config, kubeconfig=kubeconfig, namespace=syncs[0].namespaces[0], workdir=workdir
+        )
+        port, ops_port, process = made.port, made.ops_port, made.process
         try:
             process.start()
             running = Controller(repo, url, port, ops_port, process, names, sha)

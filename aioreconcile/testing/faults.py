@@ -37,10 +37,13 @@ import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 import anyio
 import anyio.abc
+import yaml
 from anyio.abc import SocketStream
 
 _CHUNK = 65536
@@ -175,6 +178,18 @@ class FaultProxy:
         if link.silent:
             await anyio.sleep_forever()  # half-open: nobody is told
         link.done.set()
+
+
+def kubeconfig_via(kubeconfig: Path, port: int, directory: Path) -> Path:
+    """A copy of ``kubeconfig`` whose server is ``127.0.0.1:port`` (a ``FaultProxy``'s): TLS
+    still verifies, as the apiserver's certificate names 127.0.0.1 whatever the port."""
+    document = yaml.safe_load(kubeconfig.read_text())
+    for cluster in document["clusters"]:
+        server = urlsplit(cluster["cluster"]["server"])
+        cluster["cluster"]["server"] = f"{server.scheme}://127.0.0.1:{port}"
+    path = directory / f"kubeconfig-via-{port}"
+    path.write_text(yaml.safe_dump(document))
+    return path
 
 
 @asynccontextmanager

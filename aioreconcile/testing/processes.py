@@ -134,3 +134,22 @@ class ManagedProcess:
     def _signal_group(popen: "subprocess.Popen[bytes]", sig: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(popen.pid, sig)
+
+
+def git_daemon(served: Path, *, port: int, log_path: Path) -> ManagedProcess:
+    """``git daemon`` serving every repository under ``served`` on ``git://127.0.0.1:<port>/``,
+    made, not started: a Git server a test can kill, freeze and start again on the same port."""
+    return ManagedProcess(
+        "git-daemon",
+        [
+            "git",
+            "daemon",
+            "--reuseaddr",
+            f"--base-path={served}",
+            "--export-all",
+            "--listen=127.0.0.1",
+            f"--port={port}",
+            str(served),
+        ],
+        log_path=log_path,
+    )

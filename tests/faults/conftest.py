@@ -7,11 +7,8 @@ Each scenario prints ``FAULT-FIGURE <name> <seconds>`` lines: the convergence ti
 fault, copied into docs/reliability.md.
 """
 
-import hashlib
-import hmac
 import json
 import re
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -20,17 +17,19 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import anyio
 import pytest
 import yaml
 
+from aioreconcile.testing.controller import controller_process as run_controller
+from aioreconcile.testing.controller import github_push
 from aioreconcile.testing.controlplane import free_port
-from aioreconcile.testing.processes import ManagedProcess
+from aioreconcile.testing.faults import kubeconfig_via
+from aioreconcile.testing.processes import ManagedProcess, git_daemon
 from tests.git.conftest import Upstream, served_root, upstream
 
-__all__ = ["served_root", "upstream"]
+__all__ = ["kubeconfig_via", "served_root", "upstream"]
 
 SECRET = "faults-webhook-secret"
 SECRET_ENV = "FAULTS_WEBHOOK_SECRET"
@@ -106,20 +105,7 @@ class GitServer:
 @pytest.fixture
 async def git_server(served_root: Path, tmp_path: Path) -> AsyncIterator[GitServer]:
     port = free_port()
-    process = ManagedProcess(
-        "git-daemon",
-        [
-            "git",
-            "daemon",
-            "--reuseaddr",
-            f"--base-path={served_root}",
-            "--export-all",
-            "--listen=127.0.0.1",
-            f"--port={port}",
-            str(served_root),
-        ],
-        log_path=tmp_path / "git-daemon.log",
-    )
+    process = git_daemon(served_root, port=port, log_path=tmp_path / "git-daemon.log")
     server = GitServer(process, port)
     await server.restart()
     try:
@@ -178,30 +164,12 @@ class Controller:
 
     async def push(self, sha: str, *, before: str = "0" * 40) -> int:
         """A signed GitHub push delivery naming ``sha``; returns the HTTP status."""
-        body = json.dumps(
-            {
-                "ref": "refs/heads/main",
-                "before": before,
-                "after": sha,
-                "created": False,
-                "deleted": False,
-                "forced": False,
-                "repository": {"clone_url": self.repository_url},
-                "head_commit": {"id": sha, "message": "change"},
-                "commits": [],
-            }
-        ).encode()
-        signature = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+        body, headers = github_push(SECRET, clone_url=self.repository_url, sha=sha, before=before)
         request = urllib.request.Request(
             f"{self.hooks}github",
             data=body,
             method="POST",
-            headers={
-                "X-GitHub-Event": "push",
-                "X-GitHub-Delivery": f"d-{sha}-{time.monotonic_ns()}",
-                "X-Hub-Signature-256": f"sha256={signature}",
-                "Content-Type": "application/json",
-            },
+            headers=headers,
         )
 
         def send() -> int:
@@ -277,34 +245,19 @@ def controller_process(
         extra_args: tuple[str, ...] = (),
     ) -> Controller:
         index = len(made)
-        config_path = tmp_path / f"controller-{index}.yaml"
-        config_path.write_text(yaml.safe_dump(config))
-        port, ops_port = free_port(), free_port()
-        argv = [
-            sys.executable,
-            "-m",
-            "aioreconcile",
-            "run",
-            "--config",
-            str(config_path),
-            "--kubeconfig",
-            str(kubeconfig),
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--ops-listen",
-            f"127.0.0.1:{ops_port}",
-            "--namespace",
-            namespace,
-            "--cache-dir",
-            str(cache_dir or tmp_path / f"git-cache-{index}"),
-            *extra_args,
-        ]
-        log = tmp_path / f"controller-{index}.log"
-        process = ManagedProcess("aioreconcile", argv, log_path=log)
+        made_process = run_controller(
+            config,
+            kubeconfig=kubeconfig,
+            namespace=namespace,
+            workdir=tmp_path,
+            name=f"controller-{index}",
+            cache_dir=cache_dir,
+            extra_args=extra_args,
+        )
         controller = Controller(
-            process,
-            ops=f"http://127.0.0.1:{ops_port}",
-            hooks=f"http://127.0.0.1:{port}/hooks/",
+            made_process.process,
+            ops=made_process.ops,
+            hooks=made_process.hooks,
             repository_url=config["syncs"][0]["source"]["url"],
             sync=config["syncs"][0]["name"],
         )
@@ -317,18 +270,6 @@ def controller_process(
         for controller in made:
             controller.process.resume()
             controller.process.kill_now()
-
-
-def kubeconfig_via(kubeconfig: Path, port: int, directory: Path) -> Path:
-    """A copy of ``kubeconfig`` whose server is ``127.0.0.1:port`` (TLS still verifies: the
-    apiserver's certificate names 127.0.0.1, whatever the port)."""
-    document = yaml.safe_load(kubeconfig.read_text())
-    for cluster in document["clusters"]:
-        server = urlsplit(cluster["cluster"]["server"])
-        cluster["cluster"]["server"] = f"{server.scheme}://127.0.0.1:{port}"
-    path = directory / f"kubeconfig-via-{port}"
-    path.write_text(yaml.safe_dump(document))
-    return path
 
 
 def commit_many(repo: Upstream, docs: list[dict[str, Any]], message: str) -> str:
