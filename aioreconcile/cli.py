@@ -186,7 +186,8 @@ def _parser() -> argparse.ArgumentParser:
         type=_watch_read_timeout,
         default=runtime.RunSettings.watch_read_timeout_s,
         metavar="SECONDS",
-        help="a watch silent this long is taken for a dead connection and restarted; keep it "
+        help="a watch silent this long is taken for a dead connection and restarted, and any "
+        "other request waiting this long for a byte is retried on a new connection; keep it "
         "below your network's idle timeout; at least 20 (default: %(default)g)",
     )
     run.add_argument(

@@ -126,8 +126,12 @@ def directory_revision(path: Path) -> str:
 
 
 @asynccontextmanager
-async def open_cluster(settings: ClusterSettings) -> AsyncIterator[KubeCluster]:
-    async with await KubeCluster.connect(settings.kubeconfig, context=settings.context) as cluster:
+async def open_cluster(
+    settings: ClusterSettings, *, read_timeout_s: float | None = None
+) -> AsyncIterator[KubeCluster]:
+    async with await KubeCluster.connect(
+        settings.kubeconfig, context=settings.context, read_timeout_s=read_timeout_s
+    ) as cluster:
         yield cluster
 
 
@@ -387,7 +391,11 @@ async def _run_controller(
     tracing: TracingHandle,
     task_status: anyio.abc.TaskStatus[Ports],
 ) -> None:
-    async with open_cluster(settings.cluster) as cluster, _lease_transport(settings) as leases:
+    # The watches' read timeout bounds every request too: a connection silent that long is dead.
+    async with (
+        open_cluster(settings.cluster, read_timeout_s=settings.watch_read_timeout_s) as cluster,
+        _lease_transport(settings) as leases,
+    ):
         await cluster.refresh_discovery()
         controller_ref: list[Controller] = []
         crds: list[SyncResources] = []

@@ -37,9 +37,13 @@ class KubeCluster:
         *,
         context: str | None = None,
         max_connections: int = 64,
+        read_timeout_s: float | None = None,
     ) -> "KubeCluster":
         transport = await KubeTransport.connect(
-            kubeconfig, context=context, max_connections=max_connections
+            kubeconfig,
+            context=context,
+            max_connections=max_connections,
+            read_timeout_s=read_timeout_s,
         )
         return cls(transport)
 

@@ -16,7 +16,13 @@ Every connection has TCP keepalive on (probes after 30 s idle, every 10 s, dead 
 as client-go's dialer has (``KeepAlive: 30 * time.Second``): a peer that vanished without a FIN
 (a node gone, a NAT entry dropped) then breaks the socket within about a minute instead of the
 kernel's two hours. Keepalive cannot see a middlebox that still answers probes but forwards
-nothing; a watch bounds that with its read timeout (``stream(read_timeout_s=...)``).
+nothing; a watch bounds that with its read timeout (``stream(read_timeout_s=...)``), and so does
+every other request when the transport is given one (``read_timeout_s``): a request waiting
+longer than that for a byte gives up, drops the idle pool (``drop_idle_connections``) and is
+retried on a new connection. Without it, a request handed a pooled connection gone silent
+(before any watch noticed) waited its whole time limit (60 s) while the sync queued behind it
+(found by the soak, ``bench/soak.py``). client-go bounds the same with HTTP/2 health pings
+(``ReadIdleTimeout``, kubernetes/kubernetes#87615).
 """
 
 import copy
@@ -95,8 +101,15 @@ def _api_error(status: int, raw: bytes) -> ApiError:
 class KubeTransport:
     """One connection pool to one API server; safe to share across tasks."""
 
-    def __init__(self, access: ClusterAccess, *, max_connections: int = 64) -> None:
+    def __init__(
+        self,
+        access: ClusterAccess,
+        *,
+        max_connections: int = 64,
+        read_timeout_s: float | None = None,
+    ) -> None:
         self._access = access
+        self._read_timeout_s = read_timeout_s  # per wait for bytes; None: the time limit only
         self.host: str = access.host
         self._owner = True
         self._impersonation: tuple[tuple[str, str], ...] = ()
@@ -114,9 +127,12 @@ class KubeTransport:
         *,
         context: str | None = None,
         max_connections: int = 64,
+        read_timeout_s: float | None = None,
     ) -> "KubeTransport":
         return cls(
-            await cluster_access(kubeconfig, context=context), max_connections=max_connections
+            await cluster_access(kubeconfig, context=context),
+            max_connections=max_connections,
+            read_timeout_s=read_timeout_s,
         )
 
     def impersonating(self, user: str, groups: Sequence[str]) -> "KubeTransport":
@@ -203,11 +219,15 @@ class KubeTransport:
                     params=params,
                     data=data,
                     headers=headers,
-                    timeout=aiohttp.ClientTimeout(total=time_limit),
+                    timeout=aiohttp.ClientTimeout(total=time_limit, sock_read=self._read_timeout_s),
                 ) as response:
                     raw = await response.read()
                     status = response.status
             except (TimeoutError, aiohttp.ClientConnectionError) as e:
+                if isinstance(e, aiohttp.SocketTimeoutError):
+                    # Silent past the read timeout: the path is dead for the pool's idle
+                    # connections too; the retry takes a new one (as a silent watch does).
+                    self.drop_idle_connections()
                 if delay is None:
                     raise TransientError(f"{method} {path}: {type(e).__name__}: {e}") from e
                 await anyio.sleep(delay)
