@@ -8,7 +8,6 @@ environment (bench.webhook's many syncs, bench.tracing's OTLP variables).
 
 import os
 import re
-import sys
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -18,10 +17,9 @@ from typing import Any
 
 import aiohttp
 import anyio
-import yaml
 
+from aioreconcile.testing.controller import controller_process
 from aioreconcile.testing.processes import ManagedProcess
-from bench.drift import free_port
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -109,32 +107,16 @@ async def run_controller(
 
     ``env`` is added to this process's environment for the child only (secrets and OTEL_*
     variables reach it the way users give them, never on its argv)."""
-    config_path = workdir / f"{name}.yaml"
-    config_path.write_text(yaml.safe_dump(dict(config)))
-    port, ops_port = free_port(), free_port()
-    argv = [
-        sys.executable,
-        "-m",
-        "aioreconcile",
-        "run",
-        "--config",
-        str(config_path),
-        "--kubeconfig",
-        str(kubeconfig),
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--ops-listen",
-        f"127.0.0.1:{ops_port}",
-        "--namespace",
-        namespace,
-        "--cache-dir",
-        str(workdir / f"{name}-git-cache"),
-        "--log-level",
-        "info",
-    ]
-    process = ManagedProcess(
-        name, argv, log_path=workdir / f"{name}.log", env={**os.environ, **(env or {})}
+    made = controller_process(
+        config,
+        kubeconfig=kubeconfig,
+        namespace=namespace,
+        workdir=workdir,
+        name=name,
+        extra_args=("--log-level", "info"),
+        env={**os.environ, **(env or {})},
     )
+    process, port, ops_port = made.process, made.port, made.ops_port
     try:
         process.start()  # setpriv execs: the pid is the Python interpreter's
         assert process.pid is not None
