@@ -3,8 +3,9 @@
 A separate process, not a task in the caller's event loop, because what they measure or break
 belongs to a process: it can be killed with SIGKILL mid-apply and started again on the same
 ports and Git cache, frozen with SIGSTOP, and its resident memory and open file descriptors read
-from ``/proc/<pid>``. One starter for all of them, so the argv (listeners on loopback, the
-inventory namespace, the cache directory) is written once.
+from ``/proc/<pid>``. One starter for all of them, and one argv (``run_argv``: listeners on
+loopback, the inventory namespace, the cache directory; file mode or CRD mode) also for the
+e2e tests that run it as an anyio process, so it is written once.
 
 Webhook secrets reach the child through its environment (inherited, or ``env``), never its
 argv, so neither ``ps`` nor the ``--- starting`` line of its log shows them.
@@ -64,27 +65,70 @@ def controller_process(
     config_path = workdir / f"{name}.yaml"
     config_path.write_text(yaml.safe_dump(dict(config)))
     port, ops_port = free_port(), free_port()
-    argv = [
+    argv = run_argv(
+        kubeconfig=kubeconfig,
+        port=port,
+        ops_port=ops_port,
+        cache_dir=cache_dir or workdir / f"{name}-git-cache",
+        config=config_path,
+        namespace=namespace,
+        extra_args=extra_args,
+        module=module,
+    )
+    process = ManagedProcess(name, argv, log_path=workdir / f"{name}.log", env=env)
+    return ControllerProcess(process, port, ops_port, config_path)
+
+
+def run_argv(
+    *,
+    kubeconfig: Path,
+    port: int,
+    ops_port: int,
+    cache_dir: Path,
+    config: Path | None = None,
+    namespace: str | None = None,
+    extra_args: Sequence[str] = (),
+    module: str = "aioreconcile",
+) -> list[str]:
+    """The argv of ``aioreconcile run`` on loopback ``port`` (webhooks) and ``ops_port``:
+    file mode with ``config``, CRD mode without. ``namespace`` is the inventory namespace
+    (``--namespace``), left to the default when None."""
+    return [
         sys.executable,
         "-m",
         module,
         "run",
-        "--config",
-        str(config_path),
+        *(["--config", str(config)] if config is not None else []),
         "--kubeconfig",
         str(kubeconfig),
         "--listen",
         f"127.0.0.1:{port}",
         "--ops-listen",
         f"127.0.0.1:{ops_port}",
-        "--namespace",
-        namespace,
+        *(["--namespace", namespace] if namespace is not None else []),
         "--cache-dir",
-        str(cache_dir or workdir / f"{name}-git-cache"),
+        str(cache_dir),
         *extra_args,
     ]
-    process = ManagedProcess(name, argv, log_path=workdir / f"{name}.log", env=env)
-    return ControllerProcess(process, port, ops_port, config_path)
+
+
+def leader_election_args(
+    namespace: str, identity: str, *, lease_s: float, renew_s: float, retry_s: float
+) -> list[str]:
+    """The ``--leader-election-*`` options (not ``--leader-elect`` itself: ``--shards`` elects
+    per shard) with the Lease in ``namespace`` held as ``identity``."""
+    return [
+        "--leader-election-namespace",
+        namespace,
+        "--leader-election-identity",
+        identity,
+        "--leader-election-lease-duration",
+        f"{lease_s}s",
+        "--leader-election-renew-deadline",
+        f"{renew_s}s",
+        "--leader-election-retry-period",
+        f"{retry_s}s",
+    ]
 
 
 def github_push(

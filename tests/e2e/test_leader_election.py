@@ -5,8 +5,6 @@ lease duration, and the new leader heals a drift made meanwhile. Failover is tim
 import json
 import signal
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -22,7 +20,8 @@ import yaml
 from kubernetes_asyncio import client
 
 from aioreconcile.testing.pytest_plugin import Kube
-from tests.e2e.test_run_command import _free_port, _get
+from tests.e2e.replicas import start_replica
+from tests.e2e.test_run_command import _get
 from tests.git.conftest import Upstream
 
 pytestmark = pytest.mark.integration
@@ -65,40 +64,17 @@ class Cluster:
     replicas: list[Replica]
 
     async def start(self, identity: str) -> Replica:
-        ops_port = _free_port()
-        log = self.directory / f"{identity}.log"
-        command = [
-            sys.executable,
-            "-m",
-            "aioreconcile",
-            "run",
-            "--config",
-            str(self.config),
-            "--kubeconfig",
-            str(self.kube.kubeconfig),
-            "--listen",
-            f"127.0.0.1:{_free_port()}",
-            "--ops-listen",
-            f"127.0.0.1:{ops_port}",
-            "--namespace",
+        started = await start_replica(
+            self.kube,
             self.namespace,
-            "--cache-dir",
-            str(self.directory / f"cache-{identity}"),
-            "--leader-elect",
-            "--leader-election-namespace",
-            self.namespace,
-            "--leader-election-identity",
+            self.directory,
             identity,
-            "--leader-election-lease-duration",
-            f"{LEASE_S}s",
-            "--leader-election-renew-deadline",
-            f"{RENEW_S}s",
-            "--leader-election-retry-period",
-            f"{RETRY_S}s",
-        ]
-        with log.open("w") as log_file:
-            process = await anyio.open_process(command, stdout=subprocess.DEVNULL, stderr=log_file)
-        replica = Replica(identity, process, f"http://127.0.0.1:{ops_port}", log)
+            timings=(LEASE_S, RENEW_S, RETRY_S),
+            config=self.config,
+            inventory_namespace=self.namespace,
+            extra_args=["--leader-elect"],
+        )
+        replica = Replica(identity, started.process, started.ops, started.log)
         self.replicas.append(replica)
         return replica
 

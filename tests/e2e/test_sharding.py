@@ -7,8 +7,6 @@ healed) soon after the lease duration. Timed over a few kills."""
 import itertools
 import json
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -24,9 +22,9 @@ from kubernetes_asyncio import client
 
 from aioreconcile.engine.sharding import place
 from aioreconcile.testing.pytest_plugin import Kube
+from tests.e2e.replicas import start_replica
 from tests.e2e.test_crd_mode import GROUP, VERSION, crds, kubectl, sync
 from tests.e2e.test_leader_election import Replica
-from tests.e2e.test_run_command import _free_port
 from tests.git.conftest import Upstream
 
 pytestmark = pytest.mark.integration
@@ -47,43 +45,23 @@ class Fleet:
     killed: dict[str, float] = field(default_factory=dict)  # identity -> wall time of the kill
 
     async def start(self, identity: str) -> Replica:
-        ops_port = _free_port()
-        log = self.directory / f"{identity}.log"
-        command = [
-            sys.executable,
-            "-m",
-            "aioreconcile",
-            "run",
-            "--kubeconfig",
-            str(self.kube.kubeconfig),
-            "--listen",
-            f"127.0.0.1:{_free_port()}",
-            "--ops-listen",
-            f"127.0.0.1:{ops_port}",
-            "--namespace",
+        started = await start_replica(
+            self.kube,
             self.namespace,
-            "--watch-namespace",
-            self.namespace,
-            "--cache-dir",
-            str(self.directory / f"cache-{identity}"),
-            "--concurrency",
-            "4",
-            "--shards",
-            str(SHARDS),
-            "--leader-election-namespace",
-            self.namespace,
-            "--leader-election-identity",
+            self.directory,
             identity,
-            "--leader-election-lease-duration",
-            f"{LEASE_S}s",
-            "--leader-election-renew-deadline",
-            f"{RENEW_S}s",
-            "--leader-election-retry-period",
-            f"{RETRY_S}s",
-        ]
-        with log.open("w") as log_file:
-            process = await anyio.open_process(command, stdout=subprocess.DEVNULL, stderr=log_file)
-        replica = Replica(identity, process, f"http://127.0.0.1:{ops_port}", log)
+            timings=(LEASE_S, RENEW_S, RETRY_S),
+            inventory_namespace=self.namespace,
+            extra_args=[
+                "--watch-namespace",
+                self.namespace,
+                "--concurrency",
+                "4",
+                "--shards",
+                str(SHARDS),
+            ],
+        )
+        replica = Replica(identity, started.process, started.ops, started.log)
         self.replicas.append(replica)
         return replica
 

@@ -8,8 +8,6 @@ import json
 import os
 import signal
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -29,6 +27,7 @@ from aioreconcile.engine.receivers import webhook_path
 from aioreconcile.reactor.requesting import REQUEST_TIMEOUT_S
 from aioreconcile.testing.faults import start_proxy
 from aioreconcile.testing.pytest_plugin import Kube
+from tests.e2e.replicas import start_replica
 from tests.e2e.test_crd_mode import (
     GROUP,
     VERSION,
@@ -40,7 +39,7 @@ from tests.e2e.test_crd_mode import (
     sync,
     token_secret,
 )
-from tests.e2e.test_run_command import _free_port, _get
+from tests.e2e.test_run_command import _get
 from tests.faults.conftest import kubeconfig_via
 from tests.git.conftest import Upstream
 
@@ -88,38 +87,15 @@ class Setup:
     replicas: list[Replica]
 
     async def start(self, identity: str) -> Replica:
-        ops, hooks = _free_port(), _free_port()
-        log = self.directory / f"{identity}.log"
-        command = [
-            sys.executable,
-            "-m",
-            "aioreconcile",
-            "run",
-            "--watch-namespace",
+        started = await start_replica(
+            self.kube,
             self.namespace,
-            "--kubeconfig",
-            str(self.kube.kubeconfig),
-            "--listen",
-            f"127.0.0.1:{hooks}",
-            "--ops-listen",
-            f"127.0.0.1:{ops}",
-            "--cache-dir",
-            str(self.directory / f"cache-{identity}"),
-            "--leader-elect",
-            "--leader-election-namespace",
-            self.namespace,
-            "--leader-election-identity",
+            self.directory,
             identity,
-            "--leader-election-lease-duration",
-            f"{LEASE_S}s",
-            "--leader-election-renew-deadline",
-            f"{RENEW_S}s",
-            "--leader-election-retry-period",
-            f"{RETRY_S}s",
-        ]
-        with log.open("w") as log_file:
-            process = await anyio.open_process(command, stdout=subprocess.DEVNULL, stderr=log_file)
-        replica = Replica(identity, process, f"http://127.0.0.1:{ops}", hooks, log)
+            timings=(LEASE_S, RENEW_S, RETRY_S),
+            extra_args=["--watch-namespace", self.namespace, "--leader-elect"],
+        )
+        replica = Replica(identity, started.process, started.ops, started.hooks, started.log)
         self.replicas.append(replica)
         return replica
 
@@ -137,6 +113,27 @@ class Setup:
                 return None
             raise
         return (found.data or {}).get("value")
+
+
+async def _apply_sync_and_receiver(kube: Kube, namespace: str, url: str) -> None:
+    """The token Secret, Sync ``app`` of ``url`` and Receiver ``hook`` triggering it."""
+    await kubectl(
+        kube,
+        "apply",
+        "-f",
+        "-",
+        stdin=json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "List",
+                "items": [
+                    token_secret(namespace, TOKEN),
+                    sync("app", namespace, url),
+                    receiver("hook", namespace, syncs=["app"]),
+                ],
+            }
+        ),
+    )
 
 
 async def _until(check: Callable[[], bool], *, seconds: float, what: str) -> float:
@@ -178,23 +175,7 @@ async def leader_and_standby(
         [],
     )
     try:
-        await kubectl(
-            kube,
-            "apply",
-            "-f",
-            "-",
-            stdin=json.dumps(
-                {
-                    "apiVersion": "v1",
-                    "kind": "List",
-                    "items": [
-                        token_secret(namespace, TOKEN),
-                        sync("app", namespace, url),
-                        receiver("hook", namespace, syncs=["app"]),
-                    ],
-                }
-            ),
-        )
+        await _apply_sync_and_receiver(kube, namespace, url)
         a = await setup.start("a")
         await _until(lambda: a.readyz() == "ok: leader", seconds=30, what="a to lead")
         await _value_is(setup, "v1", seconds=60)
@@ -415,23 +396,7 @@ async def test_a_standby_that_cannot_reach_the_apiserver_answers_503_and_records
     repo = upstream("app")
     url = f"{git_daemon}app.git"
     sha = repo.commit(_objects(namespace, "v1"))
-    await kubectl(
-        crds,
-        "apply",
-        "-f",
-        "-",
-        stdin=json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "List",
-                "items": [
-                    token_secret(namespace, TOKEN),
-                    sync("app", namespace, url),
-                    receiver("hook", namespace, syncs=["app"]),
-                ],
-            }
-        ),
-    )
+    await _apply_sync_and_receiver(crds, namespace, url)
     await client.CoordinationV1Api(crds.api).create_namespaced_lease(
         namespace,
         {
