@@ -16,6 +16,7 @@ import pytest
 import yaml
 from anyio.abc import Process
 
+from aioreconcile.testing.controller import run_argv
 from aioreconcile.testing.pytest_plugin import Kube
 from tests.e2e.test_run_command import _free_port, _get, _wait
 
@@ -77,25 +78,15 @@ async def controller(
     )
     port, ops_port = _free_port(), _free_port()
     log = tmp_path / "controller.log"
-    command = [
-        sys.executable,
-        "-m",
-        "aioreconcile",
-        "run",
-        "--config",
-        str(config),
-        "--kubeconfig",
-        str(kube.kubeconfig),
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--ops-listen",
-        f"127.0.0.1:{ops_port}",
-        "--namespace",
-        namespace,
-        "--cache-dir",
-        str(tmp_path / "cache"),
-        *extra,
-    ]
+    command = run_argv(
+        kubeconfig=kube.kubeconfig,
+        port=port,
+        ops_port=ops_port,
+        cache_dir=tmp_path / "cache",
+        config=config,
+        namespace=namespace,
+        extra_args=extra,
+    )
     env = {**os.environ, SECRET_ENV: "listener-webhook-secret"}
     with log.open("w") as log_file:
         process = await anyio.open_process(

@@ -16,6 +16,7 @@ import pytest
 import yaml
 from kubernetes_asyncio import client
 
+from aioreconcile.testing.controller import run_argv
 from aioreconcile.testing.pytest_plugin import Kube
 from tests.git.conftest import Upstream
 
@@ -87,26 +88,15 @@ async def test_sigterm_during_a_large_apply_exits_cleanly_and_reports_nothing_ha
     port, ops_port = _free_port(), _free_port()
     base = f"http://127.0.0.1:{ops_port}"  # /readyz, /metrics, /status
     log = tmp_path / "controller.log"
-    command = [
-        sys.executable,
-        "-m",
-        "aioreconcile",
-        "run",
-        "--config",
-        str(config),
-        "--kubeconfig",
-        str(kube.kubeconfig),
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--ops-listen",
-        f"127.0.0.1:{ops_port}",
-        "--namespace",
-        namespace,
-        "--cache-dir",
-        str(tmp_path / "cache"),
-        "--concurrency",
-        "4",
-    ]
+    command = run_argv(
+        kubeconfig=kube.kubeconfig,
+        port=port,
+        ops_port=ops_port,
+        cache_dir=tmp_path / "cache",
+        config=config,
+        namespace=namespace,
+        extra_args=["--concurrency", "4"],
+    )
     with log.open("w") as log_file:
         process = await anyio.open_process(command, stdout=subprocess.DEVNULL, stderr=log_file)
     try:
