@@ -69,6 +69,7 @@ import yaml
 from aioreconcile.adapters.kube.discovery import Resource
 from aioreconcile.adapters.kube.transport import MERGE_PATCH, KubeTransport
 from aioreconcile.engine.model import JsonObject
+from aioreconcile.testing.controller import controller_process
 from aioreconcile.testing.processes import ManagedProcess
 from bench import manifests
 from bench.drift import (
@@ -79,7 +80,6 @@ from bench.drift import (
     Objects,
     Repository,
     cpu_seconds,
-    free_port,
     git_daemon,
     percentile,
     proc_status_mib,
@@ -321,35 +321,21 @@ def start_controller(
             {"name": "github", "provider": "github", "secretEnv": SECRET_ENV, "syncs": names}
         ],
     }
-    config_path = workdir / "config.yaml"
-    config_path.write_text(yaml.safe_dump(config))
-    port, ops_port = free_port(), free_port()
     os.environ[SECRET_ENV] = SECRET  # inherited by the child, never on its argv
-    argv = [
-        sys.executable,
-        "-m",
-        "aioreconcile",
-        "run",
-        "--config",
-        str(config_path),
-        "--kubeconfig",
-        str(kubeconfig),
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--ops-listen",
-        f"127.0.0.1:{ops_port}",
-        "--namespace",
-        "default",
-        "--cache-dir",
-        str(workdir / "git-cache"),
-        "--log-level",
-        "info",
-    ]
+    extra = ["--log-level", "info"]
     if args.concurrency is not None:
-        argv += ["--concurrency", str(args.concurrency)]
+        extra += ["--concurrency", str(args.concurrency)]
     if args.heal_concurrency is not None:
-        argv += ["--heal-concurrency", str(args.heal_concurrency)]
-    process = ManagedProcess("controller", argv, log_path=workdir / "controller.log")
+        extra += ["--heal-concurrency", str(args.heal_concurrency)]
+    made = controller_process(
+        config,
+        kubeconfig=kubeconfig,
+        namespace="default",
+        workdir=workdir,
+        cache_dir=workdir / "git-cache",
+        extra_args=extra,
+    )
+    process, port, ops_port = made.process, made.port, made.ops_port
     started = time.perf_counter()
     process.start()  # setpriv execs: the pid is the Python interpreter's
     return Controller(process, port, ops_port, started)
