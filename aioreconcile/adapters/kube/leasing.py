@@ -50,7 +50,8 @@ DEFAULT_TIMINGS: Final = LeaseTimings()  # client-go's 15 s / 10 s / 2 s
 _CONFLICT_REREADS: Final = 1  # 409s re-read and decided again within one attempt (+1 fast)
 
 
-def _utc_now() -> datetime:
+def utc_now() -> datetime:
+    """The wall clock that stamps Lease times (``acquireTime``, ``renewTime``), in UTC."""
     return datetime.now(UTC)
 
 
@@ -71,7 +72,7 @@ class LeaseElector:
         timings: LeaseTimings = DEFAULT_TIMINGS,
         on_change: Callable[[bool], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
-        wall: Callable[[], datetime] = _utc_now,
+        wall: Callable[[], datetime] = utc_now,
         random: Callable[[], float] = _random.random,
         labels: dict[str, str] | None = None,
     ) -> None:

@@ -32,13 +32,13 @@ import logging
 import random as _random
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Final
 
 import anyio
 import anyio.abc
 
-from aioreconcile.adapters.kube.leasing import DEFAULT_TIMINGS, LeaseElector
+from aioreconcile.adapters.kube.leasing import DEFAULT_TIMINGS, LeaseElector, utc_now
 from aioreconcile.adapters.kube.transport import KubeTransport
 from aioreconcile.engine.errors import AioreconcileError
 from aioreconcile.engine.leadership import LeaseTimings, acquire_delay, expired
@@ -56,10 +56,6 @@ from aioreconcile.engine.sharding import (
 logger = logging.getLogger(__name__)
 
 _GC_LEASES: Final = 10  # a member Lease expired this many lease durations is deleted
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 class ShardElector:
@@ -81,7 +77,7 @@ class ShardElector:
         on_gain: Callable[[int], None],
         on_lose: Callable[[int], Awaitable[None]],
         clock: Callable[[], float] = time.monotonic,
-        wall: Callable[[], datetime] = _utc_now,
+        wall: Callable[[], datetime] = utc_now,
         random: Callable[[], float] = _random.random,
     ) -> None:
         if not 1 <= shards <= MAX_SHARDS:
