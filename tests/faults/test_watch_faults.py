@@ -21,7 +21,7 @@ from kubernetes_asyncio import client
 
 from aioreconcile.adapters.kube.connecting import connect
 from aioreconcile.testing.controlplane import ControlPlane, start_control_plane
-from aioreconcile.testing.faults import compact_etcd, start_proxy
+from aioreconcile.testing.faults import FaultProxy, compact_etcd, start_proxy
 from aioreconcile.testing.pytest_plugin import Kube
 from tests.faults.conftest import (
     Controller,
@@ -162,6 +162,38 @@ async def test_etcd_compaction_makes_every_watch_410_gone_and_the_relist_misses_
 READ_TIMEOUT_S = 20.0  # the least `run --watch-read-timeout` accepts
 
 
+@asynccontextmanager
+async def blackholable(
+    kube: Kube,
+    namespace: str,
+    repo: Upstream,
+    files: dict[str, str],
+    *,
+    git_server: GitServer,
+    controller_process: Callable[..., Controller],
+    tmp_path: Any,
+    apply_within: float,
+    what: str = "the apply",
+) -> AsyncIterator[tuple[FaultProxy, Controller, str]]:
+    """A controller (``--watch-read-timeout`` READ_TIMEOUT_S) reaching the apiserver through a
+    FaultProxy, syncing ``repo`` (named as its upstream) after ``files`` were committed, and
+    waited for until that commit is applied: the proxy, the controller and the commit."""
+    server = urlsplit(kube.control_plane.server)
+    assert server.hostname is not None
+    assert server.port is not None
+    async with start_proxy(server.hostname, server.port) as proxy:
+        sha = repo.commit(files)
+        controller = controller_process(
+            sync_config(f"{git_server.base}{repo.name}.git", namespace),
+            kubeconfig=kubeconfig_via(kube.kubeconfig, proxy.port, tmp_path),
+            namespace=namespace,
+            extra_args=("--watch-read-timeout", str(READ_TIMEOUT_S)),
+        )
+        await controller.start()
+        await wait_until(lambda: controller.applied(sha), seconds=apply_within, what=what)
+        yield proxy, controller, sha
+
+
 async def test_a_blackholed_watch_connection_while_idle_with_1000_objects_is_replaced_and_heals(
     kube: Kube,
     namespace: str,
@@ -171,21 +203,17 @@ async def test_a_blackholed_watch_connection_while_idle_with_1000_objects_is_rep
     tmp_path: Any,
 ) -> None:
     core = client.CoreV1Api(kube.api)
-    server = urlsplit(kube.control_plane.server)
-    assert server.hostname is not None
-    assert server.port is not None
-    async with start_proxy(server.hostname, server.port) as proxy:
-        repo = upstream("blackhole")
-        names = [f"cm-{i}" for i in range(1000)]
-        sha = repo.commit(manifests(*(config_map(n, namespace, v="git") for n in names)))
-        controller = controller_process(
-            sync_config(f"{git_server.base}blackhole.git", namespace),
-            kubeconfig=kubeconfig_via(kube.kubeconfig, proxy.port, tmp_path),
-            namespace=namespace,
-            extra_args=("--watch-read-timeout", str(READ_TIMEOUT_S)),
-        )
-        await controller.start()
-        await wait_until(lambda: controller.applied(sha), seconds=180, what="the apply")
+    names = [f"cm-{i}" for i in range(1000)]
+    async with blackholable(
+        kube,
+        namespace,
+        upstream("blackhole"),
+        manifests(*(config_map(n, namespace, v="git") for n in names)),
+        git_server=git_server,
+        controller_process=controller_process,
+        tmp_path=tmp_path,
+        apply_within=180,
+    ) as (proxy, controller, _):
         await anyio.sleep(2)  # idle
         silenced = proxy.blackhole()
         assert silenced >= 1  # the watch, and whatever pooled connection is idle
@@ -242,26 +270,22 @@ async def test_a_silent_watch_is_restarted_on_a_new_connection_not_a_silenced_po
     restarted watch: a second read timeout before the drift was seen (the flake of the test
     above, made certain). A silent watch now drops the idle pool first."""
     core = client.CoreV1Api(kube.api)
-    server = urlsplit(kube.control_plane.server)
-    assert server.hostname is not None
-    assert server.port is not None
-    async with start_proxy(server.hostname, server.port) as proxy:
-        repo = upstream("pooled")
-        names = [f"cm-{i}" for i in range(20)]
-        account = {
-            "apiVersion": "v1",
-            "kind": "ServiceAccount",
-            "metadata": {"name": "bot", "namespace": namespace, "labels": {"v": "git"}},
-        }
-        sha = repo.commit(manifests(*(config_map(n, namespace, v="git") for n in names), account))
-        controller = controller_process(
-            sync_config(f"{git_server.base}pooled.git", namespace),
-            kubeconfig=kubeconfig_via(kube.kubeconfig, proxy.port, tmp_path),
-            namespace=namespace,
-            extra_args=("--watch-read-timeout", str(READ_TIMEOUT_S)),
-        )
-        await controller.start()
-        await wait_until(lambda: controller.applied(sha), seconds=60, what="the apply")
+    names = [f"cm-{i}" for i in range(20)]
+    account = {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {"name": "bot", "namespace": namespace, "labels": {"v": "git"}},
+    }
+    async with blackholable(
+        kube,
+        namespace,
+        upstream("pooled"),
+        manifests(*(config_map(n, namespace, v="git") for n in names), account),
+        git_server=git_server,
+        controller_process=controller_process,
+        tmp_path=tmp_path,
+        apply_within=60,
+    ) as (proxy, controller, _):
 
         async def account_as_git() -> bool:
             read = await core.read_namespaced_service_account("bot", namespace)
@@ -313,21 +337,19 @@ async def test_a_push_during_a_blackhole_is_applied_within_the_read_timeout_not_
     blackhole had silenced and waited the request time limit (60 s), and every push and heal
     queued behind it. A request silent for the read timeout is now given up and retried on a
     new connection, as a silent watch is."""
-    server = urlsplit(kube.control_plane.server)
-    assert server.hostname is not None
-    assert server.port is not None
-    async with start_proxy(server.hostname, server.port) as proxy:
-        repo = upstream("blackhole-push")
-        names = [f"cm-{i}" for i in range(20)]
-        first = repo.commit(manifests(*(config_map(n, namespace, v="1") for n in names)))
-        controller = controller_process(
-            sync_config(f"{git_server.base}blackhole-push.git", namespace),
-            kubeconfig=kubeconfig_via(kube.kubeconfig, proxy.port, tmp_path),
-            namespace=namespace,
-            extra_args=("--watch-read-timeout", str(READ_TIMEOUT_S)),
-        )
-        await controller.start()
-        await wait_until(lambda: controller.applied(first), seconds=60, what="the first commit")
+    repo = upstream("blackhole-push")
+    names = [f"cm-{i}" for i in range(20)]
+    async with blackholable(
+        kube,
+        namespace,
+        repo,
+        manifests(*(config_map(n, namespace, v="1") for n in names)),
+        git_server=git_server,
+        controller_process=controller_process,
+        tmp_path=tmp_path,
+        apply_within=60,
+        what="the first commit",
+    ) as (proxy, controller, first):
         # A push just before, so the pool holds connections used a moment ago.
         second = repo.commit(manifests(*(config_map(n, namespace, v="2") for n in names)))
         assert await controller.push(second, before=first) == 202
