@@ -4,12 +4,14 @@ stderr (the JSON log) in ``<directory>/<identity>.log``, its Git cache in
 ``<directory>/cache-<identity>``. The argv comes from aioreconcile.testing.controller."""
 
 import subprocess
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
 import anyio.abc
+import pytest
 
 from aioreconcile.testing.controller import leader_election_args, run_argv
 from aioreconcile.testing.controlplane import free_port
@@ -57,3 +59,24 @@ async def start_replica(
     with log.open("w") as log_file:
         process = await anyio.open_process(command, stdout=subprocess.DEVNULL, stderr=log_file)
     return Started(process, hooks, f"http://127.0.0.1:{ops}", log)
+
+
+async def kill_all(processes: Iterable[anyio.abc.Process]) -> None:
+    """kill -9 every process still running and reap it (a test's teardown)."""
+    for process in processes:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def until(
+    check: Callable[[], bool], *, seconds: float, what: str, every: float = 0.02
+) -> float:
+    """Poll ``check`` every ``every`` s (in a thread: it does blocking HTTP); seconds it took.
+    Fails the test after ``seconds``."""
+    started = time.monotonic()
+    while not await anyio.to_thread.run_sync(check):
+        if time.monotonic() - started > seconds:
+            pytest.fail(f"timed out after {seconds} s waiting for {what}")
+        await anyio.sleep(every)
+    return time.monotonic() - started

@@ -20,7 +20,7 @@ import yaml
 from kubernetes_asyncio import client
 
 from aioreconcile.testing.pytest_plugin import Kube
-from tests.e2e.replicas import start_replica
+from tests.e2e.replicas import kill_all, start_replica, until
 from tests.e2e.test_run_command import _get
 from tests.git.conftest import Upstream
 
@@ -102,20 +102,7 @@ async def two_replicas(
     try:
         yield cluster
     finally:
-        for replica in cluster.replicas:
-            if replica.process.returncode is None:
-                replica.process.kill()
-                await replica.process.wait()
-
-
-async def _until(check: Callable[[], bool], *, seconds: float, what: str) -> float:
-    """Poll ``check`` (in a thread: it does blocking HTTP); seconds it took."""
-    started = time.monotonic()
-    while not await anyio.to_thread.run_sync(check):
-        if time.monotonic() - started > seconds:
-            pytest.fail(f"timed out after {seconds} s waiting for {what}")
-        await anyio.sleep(0.02)
-    return time.monotonic() - started
+        await kill_all(r.process for r in cluster.replicas)
 
 
 def _is(replica: Replica, readyz: str) -> bool:
@@ -161,10 +148,10 @@ async def test_only_the_leader_writes_and_a_graceful_stop_hands_over_within_a_re
     core = client.CoreV1Api(kube.api)
     async with two_replicas(kube, namespace, upstream, git_daemon, tmp_path) as cluster:
         a = await cluster.start("a")
-        await _until(lambda: a.readyz() == "ok: leader", seconds=30, what="a to lead")
+        await until(lambda: a.readyz() == "ok: leader", seconds=30, what="a to lead")
         await _wait_greeting(core, namespace, seconds=30)
         b = await cluster.start("b")
-        await _until(lambda: b.readyz() == "ok: standby", seconds=30, what="b to stand by")
+        await until(lambda: b.readyz() == "ok: standby", seconds=30, what="b to stand by")
         # Warm: the standby watches the kinds the leader's inventory lists before it leads.
         assert "starting the watch of ConfigMap" in b.log.read_text()
 
@@ -188,7 +175,7 @@ async def test_only_the_leader_writes_and_a_graceful_stop_hands_over_within_a_re
 
         a.process.send_signal(signal.SIGTERM)
         stopped = time.monotonic()
-        took = await _until(lambda: b.readyz() == "ok: leader", seconds=LEASE_S, what="b to lead")
+        took = await until(lambda: b.readyz() == "ok: leader", seconds=LEASE_S, what="b to lead")
         with anyio.fail_after(30):
             await a.process.wait()
         assert a.process.returncode == 0, a.log.read_text()[-2000:]
@@ -217,21 +204,21 @@ async def test_kill_9_of_the_leader_the_standby_takes_over_after_the_lease_and_h
     heals: list[float] = []
     async with two_replicas(kube, namespace, upstream, git_daemon, tmp_path) as cluster:
         leader = await cluster.start("r0")
-        await _until(lambda: leader.readyz() == "ok: leader", seconds=30, what="r0 to lead")
+        await until(lambda: leader.readyz() == "ok: leader", seconds=30, what="r0 to lead")
         await _wait_greeting(core, namespace, seconds=30)
         for kill in range(1, KILLS + 1):
             standby = await cluster.start(f"r{kill}")
-            await _until(partial(_is, standby, "ok: standby"), seconds=30, what="standby")
+            await until(partial(_is, standby, "ok: standby"), seconds=30, what="standby")
             await anyio.sleep(RETRY_S * 2)  # the standby has seen a renewal since it started
 
             leader.process.kill()
             killed = time.monotonic()
             await _drift(core, namespace)
-            await _until(partial(_is, standby, "ok: leader"), seconds=LEASE_S + 5, what="takeover")
+            await until(partial(_is, standby, "ok: leader"), seconds=LEASE_S + 5, what="takeover")
             leads.append(time.monotonic() - killed)
             await _wait_greeting(core, namespace, seconds=30)
             heals.append(time.monotonic() - killed)
-            await _until(partial(_applied, standby), seconds=10, what="the reconcile recorded")
+            await until(partial(_applied, standby), seconds=10, what="the reconcile recorded")
             await leader.process.wait()
             leader = standby
     print(
@@ -255,7 +242,7 @@ async def test_a_leader_that_loses_its_lease_stops_and_exits_non_zero(
 ) -> None:
     async with two_replicas(kube, namespace, upstream, git_daemon, tmp_path) as cluster:
         a = await cluster.start("a")
-        await _until(partial(_is, a, "ok: leader"), seconds=30, what="a to lead")
+        await until(partial(_is, a, "ok: leader"), seconds=30, what="a to lead")
         # Another holder writes itself in (an operator, or a replica whose clock ran fast).
         await client.CoordinationV1Api(kube.api).patch_namespaced_lease(
             "aioreconcile", namespace, {"spec": {"holderIdentity": "intruder"}}

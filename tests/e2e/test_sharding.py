@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from kubernetes_asyncio import client
 
 from aioreconcile.engine.sharding import place
 from aioreconcile.testing.pytest_plugin import Kube
-from tests.e2e.replicas import start_replica
+from tests.e2e.replicas import kill_all, start_replica, until
 from tests.e2e.test_crd_mode import GROUP, VERSION, crds, kubectl, sync
 from tests.e2e.test_leader_election import Replica
 from tests.git.conftest import Upstream
@@ -121,19 +122,10 @@ async def fleet(kube: Kube, namespace: str, directory: Path) -> AsyncIterator[Fl
     try:
         yield running
     finally:
-        for replica in running.replicas:
-            if replica.process.returncode is None:
-                replica.process.kill()
-                await replica.process.wait()
+        await kill_all(r.process for r in running.replicas)
 
 
-async def _until(check: Callable[[], bool], *, seconds: float, what: str) -> float:
-    started = time.monotonic()
-    while not await anyio.to_thread.run_sync(check):
-        if time.monotonic() - started > seconds:
-            pytest.fail(f"timed out after {seconds} s waiting for {what}")
-        await anyio.sleep(0.05)
-    return time.monotonic() - started
+_until = partial(until, every=0.05)
 
 
 def _name(i: int) -> str:

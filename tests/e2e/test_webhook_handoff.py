@@ -27,7 +27,7 @@ from aioreconcile.engine.receivers import webhook_path
 from aioreconcile.reactor.requesting import REQUEST_TIMEOUT_S
 from aioreconcile.testing.faults import start_proxy
 from aioreconcile.testing.pytest_plugin import Kube
-from tests.e2e.replicas import start_replica
+from tests.e2e.replicas import kill_all, start_replica, until
 from tests.e2e.test_crd_mode import (
     GROUP,
     VERSION,
@@ -136,15 +136,6 @@ async def _apply_sync_and_receiver(kube: Kube, namespace: str, url: str) -> None
     )
 
 
-async def _until(check: Callable[[], bool], *, seconds: float, what: str) -> float:
-    started = time.monotonic()
-    while not await anyio.to_thread.run_sync(check):
-        if time.monotonic() - started > seconds:
-            pytest.fail(f"timed out after {seconds} s waiting for {what}")
-        await anyio.sleep(0.02)
-    return time.monotonic() - started
-
-
 async def _value_is(setup: Setup, value: str, *, seconds: float) -> float:
     """Seconds until the managed ConfigMap holds ``value`` (the pushed commit is applied)."""
     started = time.monotonic()
@@ -177,7 +168,7 @@ async def leader_and_standby(
     try:
         await _apply_sync_and_receiver(kube, namespace, url)
         a = await setup.start("a")
-        await _until(lambda: a.readyz() == "ok: leader", seconds=30, what="a to lead")
+        await until(lambda: a.readyz() == "ok: leader", seconds=30, what="a to lead")
         await _value_is(setup, "v1", seconds=60)
         with anyio.fail_after(30):
             while True:
@@ -189,13 +180,10 @@ async def leader_and_standby(
                     break
                 await anyio.sleep(0.1)
         b = await setup.start("b")
-        await _until(lambda: b.readyz() == "ok: standby", seconds=30, what="b to stand by")
+        await until(lambda: b.readyz() == "ok: standby", seconds=30, what="b to stand by")
         yield setup, repo, a, b
     finally:
-        for replica in setup.replicas:
-            if replica.process.returncode is None:
-                replica.process.kill()
-                await replica.process.wait()
+        await kill_all(r.process for r in setup.replicas)
 
 
 async def _handled(setup: Setup) -> str:
@@ -289,7 +277,7 @@ async def test_a_push_a_standby_accepted_is_applied_by_the_next_leader_when_the_
         a.process.kill()
         assert code == 202, answer
         requested = (await setup.get_sync())["metadata"]["annotations"][REQUESTED_AT]
-        await _until(lambda: b.readyz() == "ok: leader", seconds=LEASE_S + 10, what="b to lead")
+        await until(lambda: b.readyz() == "ok: leader", seconds=LEASE_S + 10, what="b to lead")
         await _value_is(setup, "v2", seconds=30)
         assert await _handled(setup) == requested
 
@@ -311,7 +299,7 @@ async def test_a_push_the_leader_took_in_memory_is_applied_by_the_next_leader_if
         a.process.kill()
         assert code == 202, answer
         assert HINT not in ((await setup.get_sync())["metadata"].get("annotations") or {})
-        await _until(lambda: b.readyz() == "ok: leader", seconds=LEASE_S + 10, what="b to lead")
+        await until(lambda: b.readyz() == "ok: leader", seconds=LEASE_S + 10, what="b to lead")
         await _value_is(setup, "v2", seconds=30)
 
 
