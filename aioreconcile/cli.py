@@ -25,26 +25,19 @@ from aioreconcile.engine.sources import RenderSpec, RenderType
 _OUTPUT_HELP = "output format (default: %(default)s)"
 
 
-def _watch_read_timeout(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    least = runtime.MIN_WATCH_READ_TIMEOUT_S
-    if not least <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be at least {least:g} seconds: {text!r}")
-    return value
+def _seconds_at_least(least: float) -> Callable[[str], float]:
+    """An argparse type: a finite number of seconds, at least ``least``."""
 
+    def seconds(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+        if not least <= value < float("inf"):
+            raise argparse.ArgumentTypeError(f"must be at least {least:g} seconds: {text!r}")
+        return value
 
-def _max_retry_delay(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    least = runtime.MIN_RETRY_DELAY_S
-    if not least <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be at least {least:g} seconds: {text!r}")
-    return value
+    return seconds
 
 
 def _at_least_one(text: str) -> int:
@@ -183,7 +176,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--watch-read-timeout",
-        type=_watch_read_timeout,
+        type=_seconds_at_least(runtime.MIN_WATCH_READ_TIMEOUT_S),
         default=runtime.RunSettings.watch_read_timeout_s,
         metavar="SECONDS",
         help="a watch silent this long is taken for a dead connection and restarted, and any "
@@ -192,7 +185,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--max-retry-delay",
-        type=_max_retry_delay,
+        type=_seconds_at_least(runtime.MIN_RETRY_DELAY_S),
         default=runtime.RunSettings.max_retry_delay_s,
         metavar="SECONDS",
         help="the longest wait before a failed sync is retried (its backoff doubles from "
