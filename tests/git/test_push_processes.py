@@ -11,6 +11,8 @@ import shutil
 import subprocess
 from collections.abc import Callable, Sequence
 
+import anyio
+
 from aioreconcile.adapters.git import GitCache
 from aioreconcile.engine.config import GitSourceSpec
 from tests.git.conftest import HttpGit, Upstream
@@ -143,3 +145,34 @@ async def test_a_checkout_after_the_cache_repository_vanished_fetches_again(
 
     assert (tree / "a.yaml").read_text() == "1\n"
     assert (await src.commit_info(head)).subject
+
+
+async def test_syncs_asking_the_same_diff_together_share_one_git_process(
+    upstream: MakeUpstream, git_http: HttpGit, cache: GitCache, spawned: list[tuple[str, ...]]
+) -> None:
+    """The syncs of one push ask the same pair at once, after the shared fetch: one of them
+    runs git, the others wait for its answer (it was one ``diff`` and one ``ls-tree`` each:
+    ten processes for five syncs on two cores)."""
+    repo = upstream("many")
+    applied = repo.commit({f"apps/s{i}/x.yaml": "1\n" for i in range(5)})
+    url = with_userinfo_url(git_http) + "many.git"
+    sources = [
+        cache.source(GitSourceSpec(url=url, ref="main", path=f"apps/s{i}")) for i in range(5)
+    ]
+    assert await sources[0].fetch() == applied
+    head = repo.commit({"apps/s0/x.yaml": "2\n"})
+    assert await sources[0].fetch() == head
+    spawned.clear()
+    answers: list[object] = []
+
+    async def one(index: int) -> None:
+        answers.append(await sources[index].diff(applied, head))
+
+    async with anyio.create_task_group() as group:
+        for index in range(5):
+            group.start_soon(one, index)
+
+    assert git_commands(spawned) in (["diff-tree", "ls-tree"], ["ls-tree", "diff-tree"])
+    assert len(answers) == 5
+    assert all(a == answers[0] for a in answers)
+    assert answers[0] is not None

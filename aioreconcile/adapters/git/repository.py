@@ -31,8 +31,9 @@ import secrets
 import shutil
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Final, NamedTuple
 
@@ -154,6 +155,8 @@ class GitCache:
         # Answers about commits, by id (they cannot change), oldest first: is-ancestor and
         # diff of a pair, author and subject ("commit") and symbolic links ("links") of one.
         self.answers: OrderedDict[tuple[str, str, str, str], Answer] = OrderedDict()
+        # Questions being asked of git now, by the same key as ``answers``.
+        self.asking: dict[tuple[str, str, str, str], anyio.Event] = {}
         # (repository key, local ref) fetched by this process: the next fetch is incremental.
         self.fetched_refs: set[tuple[str, str]] = set()
 
@@ -316,9 +319,10 @@ class GitSource:
         if not (is_sha(old) and is_sha(new)):
             raise ValueError("diff compares full commit ids")
         memo = ("diff", self.key, old.lower(), new.lower())
-        known = self.cache.answers.get(memo)
-        if isinstance(known, TreeDiff):
-            return known
+        answer = await self._asked_once(memo, partial(self._diff, memo))
+        return answer if isinstance(answer, TreeDiff) else None
+
+    async def _diff(self, memo: tuple[str, str, str, str]) -> TreeDiff | None:
         if not self.repository.is_dir():
             return None
         old_links = self.cache.answers.get(("links", self.key, memo[2], ""))
@@ -361,9 +365,10 @@ class GitSource:
         if not (is_sha(ancestor) and is_sha(commit)):
             raise ValueError("is_ancestor compares full commit ids")
         memo = ("is-ancestor", self.key, ancestor.lower(), commit.lower())
-        known = self.cache.answers.get(memo)
-        if isinstance(known, bool):
-            return known
+        answer = await self._asked_once(memo, partial(self._is_ancestor, memo))
+        return answer if isinstance(answer, bool) else None
+
+    async def _is_ancestor(self, memo: tuple[str, str, str, str]) -> bool | None:
         # No lock: a read of immutable objects, safe beside a fetch (git's readers never see a
         # half-written pack); the syncs of one push ask this together.
         if not self.repository.is_dir():
@@ -377,6 +382,30 @@ class GitSource:
             return False
         self._remember(memo, True)
         return True
+
+    async def _asked_once(
+        self,
+        memo: tuple[str, str, str, str],
+        ask: Callable[[], Awaitable[Answer | None]],
+    ) -> Answer | None:
+        """The remembered answer, else ``ask()``'s. The syncs of one push ask the same pair at
+        once, right after the shared fetch: the first asks git, the others wait for its answer
+        instead of each starting the same processes (a single flight, as Go's singleflight
+        that Argo CD's repo-server puts in front of its manifest generation)."""
+        while True:
+            if memo in self.cache.answers:
+                return self.cache.answers[memo]
+            asking = self.cache.asking.get(memo)
+            if asking is None:
+                break
+            await asking.wait()  # then remembered, or nothing was (None): ask ourselves
+        done = anyio.Event()
+        self.cache.asking[memo] = done
+        try:
+            return await ask()
+        finally:
+            del self.cache.asking[memo]
+            done.set()
 
     def _remember(self, memo: tuple[str, str, str, str], answer: Answer) -> None:
         """Keep the answer about two commits: it cannot change (the ids name the content)."""
