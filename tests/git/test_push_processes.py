@@ -176,3 +176,21 @@ async def test_syncs_asking_the_same_diff_together_share_one_git_process(
     assert len(answers) == 5
     assert all(a == answers[0] for a in answers)
     assert answers[0] is not None
+
+
+async def test_fetches_let_git_look_at_its_housekeeping_once_every_sixteen(
+    upstream: MakeUpstream, git_daemon: str, cache: GitCache, spawned: list[tuple[str, ...]]
+) -> None:
+    """``git fetch`` starts ``git maintenance run --auto`` after every fetch (one process more
+    on each push, only to find nothing to do); the cache lets it run on a repository's first
+    fetch and every sixteenth after, so loose objects and packs are still collected."""
+    repo = upstream("tidy")
+    repo.commit({"a.yaml": "1\n"})
+    src = cache.source(GitSourceSpec(url=git_daemon + "tidy.git", ref="main"))
+    for _ in range(18):
+        await src.fetch()
+
+    fetches = [argv for argv in spawned if "fetch" in argv]
+    housekeeping = [i for i, argv in enumerate(fetches) if "maintenance.auto=false" not in argv]
+    assert len(fetches) == 18
+    assert housekeeping == [0, 16]

@@ -78,7 +78,15 @@ _ANSWERS_KEPT: Final = 256
 _SYMLINK_MODE: Final = "120000"
 # Per fetch: the pack kept as it came (one index-pack, not a loose object file per object:
 # ~20 ms less for a 50-file commit); no FETCH_HEAD (nothing reads it).
-_FETCH_CONFIG: Final = ("-c", "fetch.unpackLimit=1")
+# gc.bigPackThreshold: with a pack per fetch, ``gc --auto`` repacks once there are more than
+# gc.autoPackLimit (50) packs; packs over 16 MiB (a large repository's first, shallow fetch)
+# are kept out of that repack, so its cost stays that of the last ~50 pushes' objects.
+_FETCH_CONFIG: Final = ("-c", "fetch.unpackLimit=1", "-c", "gc.bigPackThreshold=16m")
+# git fetch runs ``git maintenance run --auto`` after each fetch: one process more per push,
+# nearly always to find nothing to do. Let it on the first fetch of a repository in this
+# process and then every HOUSEKEEPING_EVERY-th (it still packs loose objects and packs at git's
+# thresholds, a few fetches later at most).
+HOUSEKEEPING_EVERY: Final = 16
 _FETCH_OPTIONS: Final = ("--no-tags", "--no-write-fetch-head")
 # The head's id, parents, author and subject, in one process right after its fetch.
 _HEAD_FORMAT: Final = "--format=%H%x00%P%x00%an <%ae>%x00%s"
@@ -157,6 +165,8 @@ class GitCache:
         self.answers: OrderedDict[tuple[str, str, str, str], Answer] = OrderedDict()
         # Questions being asked of git now, by the same key as ``answers``.
         self.asking: dict[tuple[str, str, str, str], anyio.Event] = {}
+        # Fetches of each repository by this process (``HOUSEKEEPING_EVERY``).
+        self.fetches: dict[str, int] = {}
         # (repository key, local ref) fetched by this process: the next fetch is incremental.
         self.fetched_refs: set[tuple[str, str]] = set()
 
@@ -552,7 +562,7 @@ class GitSource:
         try:
             await self._network(
                 [
-                    *_FETCH_CONFIG,
+                    *self._fetch_config(),
                     "fetch",
                     *depth,
                     *_FETCH_OPTIONS,
@@ -588,6 +598,15 @@ class GitSource:
             self._remember(("is-ancestor", self.key, parent, sha), True)
         return sha
 
+    def _fetch_config(self) -> list[str]:
+        """``-c`` options of one fetch: the pack kept, and git's housekeeping only on every
+        ``HOUSEKEEPING_EVERY``-th fetch of the repository."""
+        count = self.cache.fetches.get(self.key, 0)
+        self.cache.fetches[self.key] = count + 1
+        if count % HOUSEKEEPING_EVERY == 0:
+            return [*_FETCH_CONFIG]
+        return [*_FETCH_CONFIG, "-c", "maintenance.auto=false"]
+
     async def _has_ref(self, ref: str) -> bool:
         try:
             await self._local(["rev-parse", "--verify", "--quiet", ref])
@@ -601,7 +620,15 @@ class GitSource:
         refspec = f"+{sha}:{_FETCHED_REF}"
         try:
             await self._network(
-                [*_FETCH_CONFIG, "fetch", "--depth=1", *_FETCH_OPTIONS, "--", "origin", refspec],
+                [
+                    *self._fetch_config(),
+                    "fetch",
+                    "--depth=1",
+                    *_FETCH_OPTIONS,
+                    "--",
+                    "origin",
+                    refspec,
+                ],
                 doing=f"commit {sha}",
             )
         except FetchError as e:
@@ -624,7 +651,7 @@ class GitSource:
             if depth != "--depth=1" and not (self.repository / "shallow").exists():
                 break
             await self._network(
-                [*_FETCH_CONFIG, "fetch", depth, *_FETCH_OPTIONS, "--", "origin", refspec],
+                [*self._fetch_config(), "fetch", depth, *_FETCH_OPTIONS, "--", "origin", refspec],
                 doing=ref,
             )
             if await self._has_commit(sha):
