@@ -51,7 +51,7 @@ import logging
 import random
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
@@ -699,13 +699,21 @@ class Controller:
             link_traceparent=link,
             started_at=received_at,
         )
-        with self._tracing.commit(info) as root:
-            root.set_attributes(
-                {"aioreconcile.git.fetch_seconds": round(fetch_seconds, 6)}
-                | ({"aioreconcile.push.hinted_revision": hint} if hint is not None else {})
-                | ({"aioreconcile.ref.rewound": True} if rewound else {})
-            )
-            outcome = await self._reconcile_commit(state, sha, root, started=started)
+
+        async def reconcile_commit() -> SyncOutcome | None:
+            with self._tracing.commit(info) as root:
+                root.set_attributes(
+                    {"aioreconcile.git.fetch_seconds": round(fetch_seconds, 6)}
+                    | ({"aioreconcile.push.hinted_revision": hint} if hint is not None else {})
+                    | ({"aioreconcile.ref.rewound": True} if rewound else {})
+                )
+                return await self._reconcile_commit(state, sha, root, started=started)
+
+        rendered = _skippable(state)
+        if rendered is None or rendered == sha:
+            outcome = await reconcile_commit()
+        else:
+            outcome = await self._with_diff_ahead(name, rendered, sha, reconcile_commit)
         if outcome is not None and outcome.reason in _RETRIED and outcome.transient:
             raise RetryLater(outcome.message)
 
@@ -726,6 +734,38 @@ class Controller:
                     extra={"sync": name, "hinted": hint, "revision": sha},
                 )
         return sha
+
+    async def _with_diff_ahead(
+        self,
+        name: str,
+        rendered: str,
+        sha: str,
+        reconcile_commit: Callable[[], Awaitable[SyncOutcome | None]],
+    ) -> SyncOutcome | None:
+        """``reconcile_commit()``, with the diff ``_unchanged`` will judge asked of the source
+        meanwhile, while the head is verified and laid out: two git processes side by side
+        instead of one after the other (the source answers the later call with this one's
+        answer, or waits for it). Its errors are ``_unchanged``'s to report, when it asks
+        again; ``reconcile_commit``'s are raised as they are, not in an exception group."""
+
+        async def diff_ahead() -> None:
+            try:
+                await self._sources[name].diff(rendered, sha)
+            except Exception:  # asked again when judged, and reported then
+                logger.debug("diff ahead of %s failed", name, exc_info=True)
+
+        failed: Exception | None = None
+        outcome: SyncOutcome | None = None
+        async with anyio.create_task_group() as ahead:
+            ahead.start_soon(diff_ahead)
+            try:
+                outcome = await reconcile_commit()
+            except Exception as e:
+                failed = e
+                ahead.cancel_scope.cancel()
+        if failed is not None:
+            raise failed
+        return outcome
 
     async def _rewound(self, state: SyncState, sha: str) -> bool:
         """Whether the head ``sha`` does not build on the last applied commit: the ref moved
@@ -866,14 +906,8 @@ class Controller:
         rendered and applied: it may, it cannot be told, or the sync is not in a known good
         state (never applied here, last reconcile failed, a health check under way), or its
         spec changed or a reconcile was requested (SpecChanged: render and apply in full)."""
-        rendered = state.revision
-        if (
-            rendered is None
-            or state.spec_changed
-            or state.reason != Reason.SUCCEEDED
-            or state.health is not None
-            or state.last_applied_revision is None
-        ):
+        rendered = _skippable(state)
+        if rendered is None:
             return None
         spec = state.spec
         with self._tracing.stage("git diff", {"aioreconcile.revision.rendered": rendered}) as span:
@@ -1345,6 +1379,22 @@ def _up_to_date(state: SyncState, sha: str) -> bool:
     if state.missing_path == (sha, state.spec.source.path):
         return True  # it lacks the sync's path, reported once: a commit never changes
     return state.health is not None and state.health.revision == sha
+
+
+def _skippable(state: SyncState) -> str | None:
+    """The rendered commit a new head may be judged against (``_unchanged``), or None when
+    the sync must render and apply in full whatever changed: never rendered here, spec
+    changed or a reconcile requested, last reconcile failed, a health check under way."""
+    rendered = state.revision
+    if (
+        rendered is None
+        or state.spec_changed
+        or state.reason != Reason.SUCCEEDED
+        or state.health is not None
+        or state.last_applied_revision is None
+    ):
+        return None
+    return rendered
 
 
 def _may_be_up_to_date(state: SyncState) -> bool:

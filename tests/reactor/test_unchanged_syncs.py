@@ -182,3 +182,38 @@ async def test_the_reconciled_line_carries_the_stages_of_its_own_reconcile(
     assert {"queue wait", "ref fetch", "git diff"} <= unchanged.keys()
     assert "render" not in unchanged
     assert lines[1].__dict__["detail"].startswith("unchanged: ")
+
+
+class LayingOutSource(Source):
+    """Laying a commit out takes a while; notes whether the diff of the push was asked
+    meanwhile (the real checkout and diff are git processes that can run side by side)."""
+
+    def __init__(self, head: str) -> None:
+        super().__init__(head)
+        self.diff_asked = anyio.Event()
+        self.asked_during_checkout: list[bool] = []
+
+    async def diff(self, old: str, new: str) -> TreeDiff | None:
+        self.diff_asked.set()
+        return await super().diff(old, new)
+
+    async def checkout(self, sha: str) -> Path:
+        if sha == B:
+            with anyio.move_on_after(1):
+                await self.diff_asked.wait()
+            self.asked_during_checkout.append(self.diff_asked.is_set())
+        return await super().checkout(sha)
+
+
+async def test_the_diff_of_a_push_runs_beside_laying_out_its_head() -> None:
+    """After the fetch, the diff against the rendered commit does not wait for the checkout:
+    both are git processes of their own (``_diff_ahead``); the judgement still comes after."""
+    cluster, source, renderer = FakeCluster(), LayingOutSource(A), CountingRenderer()
+    async with running(cluster, source, renderer) as made:
+        await attempted(made, A, reason=Reason.SUCCEEDED)
+        source.head = B
+        made.push(Push("app", B))
+        await attempted(made, B, reason=Reason.SUCCEEDED)
+        assert source.asked_during_checkout == [True]
+        assert made.states["app"].message.startswith("unchanged: no file under deploy changed")
+        assert renderer.rendered == [A]
