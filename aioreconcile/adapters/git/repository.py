@@ -323,9 +323,11 @@ class GitSource:
             return await self._fetch_commit(sha.lower(), ref=None)
 
     async def diff(self, old: str, new: str) -> TreeDiff | None:
-        """The paths that differ between two fetched commits (``git diff --name-only``) and
+        """The paths that differ between two fetched commits (``git diff-tree -r``, raw) and
         the symbolic links of ``new``; None when the cache lacks ``old`` (shallow, or another
-        history), so nothing can be said. Kept per pair: the syncs of a push ask the same."""
+        history), so nothing can be said. Kept per pair: the syncs of a push ask the same, at
+        once (one of them asks git). ``new``'s links are ``old``'s carried through the diff
+        when ``old``'s are known (``_carried_links``), else listed by ``ls-tree`` beside it."""
         if not (is_sha(old) and is_sha(new)):
             raise ValueError("diff compares full commit ids")
         memo = ("diff", self.key, old.lower(), new.lower())
