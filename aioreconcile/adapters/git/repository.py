@@ -402,8 +402,8 @@ class GitSource:
     ) -> Answer | None:
         """The remembered answer, else ``ask()``'s. The syncs of one push ask the same pair at
         once, right after the shared fetch: the first asks git, the others wait for its answer
-        instead of each starting the same processes (a single flight, as Go's singleflight
-        that Argo CD's repo-server puts in front of its manifest generation)."""
+        instead of each starting the same processes (a single flight, as Go's
+        ``x/sync/singleflight``)."""
         while True:
             if memo in self.cache.answers:
                 return self.cache.answers[memo]
@@ -453,7 +453,8 @@ class GitSource:
                 os.utime(target)
                 return target
             await self._ensure_repository()
-            # A head this process fetched (its author read then) is present: no check.
+            # A head this process fetched (its author read then) is present: no check (Argo
+            # CD's repo-server asks ``git cat-file -t`` before each fetch and checkout).
             known = ("commit", self.key, sha, "")
             if known not in self.cache.answers and not await self._has_commit(sha):
                 await self._fetch_commit(sha, ref=None)
