@@ -266,3 +266,19 @@ def spawned() -> Iterator[list[tuple[str, ...]]]:
         yield recorded
     finally:
         running.spawn_hooks.remove(record)
+
+
+def git_commands(recorded: Sequence[tuple[str, ...]]) -> list[str]:
+    """The git subcommand of each recorded process (after the ``-c`` and ``--`` options)."""
+    names: list[str] = []
+    for argv in recorded:
+        if argv[0] != "git":
+            continue
+        words = iter(argv[1:])
+        for word in words:
+            if word == "-c":
+                next(words)
+            elif not word.startswith("-"):
+                names.append(word)
+                break
+    return names

@@ -9,31 +9,15 @@ import itertools
 import os
 import shutil
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import anyio
 
 from aioreconcile.adapters.git import GitCache
 from aioreconcile.engine.config import GitSourceSpec
-from tests.git.conftest import HttpGit, Upstream
+from tests.git.conftest import HttpGit, Upstream, git_commands
 
 MakeUpstream = Callable[[str], Upstream]
-
-
-def git_commands(recorded: Sequence[tuple[str, ...]]) -> list[str]:
-    """The git subcommand of each recorded process (after the ``-c`` and ``--`` options)."""
-    names: list[str] = []
-    for argv in recorded:
-        if argv[0] != "git":
-            continue
-        words = iter(argv[1:])
-        for word in words:
-            if word == "-c":
-                next(words)
-            elif not word.startswith("-"):
-                names.append(word)
-                break
-    return names
 
 
 def with_userinfo_url(http: HttpGit) -> str:

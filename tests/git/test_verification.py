@@ -10,7 +10,7 @@ import pytest
 
 from aioreconcile.adapters.git import GitCache, GitSource, VerificationError
 from aioreconcile.engine.config import CommitVerification, DataRef, GitSourceSpec, VerifyMode
-from tests.git.conftest import Upstream
+from tests.git.conftest import Upstream, git_commands
 
 MakeUpstream = Callable[[str], Upstream]
 
@@ -218,3 +218,28 @@ async def test_missing_keys_by_reference_fail_verification_naming_the_object(
     await src.fetch(sha)
     with pytest.raises(VerificationError, match="ConfigMap team/release-keys"):
         await src.verify(sha)
+
+
+async def test_a_signed_head_just_fetched_is_verified_without_a_presence_check(
+    upstream: MakeUpstream,
+    git_daemon: str,
+    cache: GitCache,
+    spawned: list[tuple[str, ...]],
+    ssh_keys: tuple[Path, Path],
+) -> None:
+    """The head ``fetch()`` brought is known to be present: verification reads its header
+    and runs ``verify-commit``, without a ``cat-file -e`` first; it still refuses a stranger."""
+    trusted, stranger = ssh_keys
+    repo = upstream("app")
+    signed = repo.commit({"a.txt": "a\n"}, sign=ssh_signing(trusted))
+    src = ssh_verified_source(cache, git_daemon, trusted)
+    assert await src.fetch() == signed
+    spawned.clear()
+
+    await src.verify(signed)
+
+    assert git_commands(spawned) == ["cat-file", "verify-commit"]
+    foreign = repo.commit({"a.txt": "b\n"}, sign=ssh_signing(stranger))
+    assert await src.fetch() == foreign
+    with pytest.raises(VerificationError, match="failed ssh signature verification"):
+        await src.verify(foreign)

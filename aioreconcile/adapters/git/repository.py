@@ -453,10 +453,7 @@ class GitSource:
                 os.utime(target)
                 return target
             await self._ensure_repository()
-            # A head this process fetched (its author read then) is present: no check (Argo
-            # CD's repo-server asks ``git cat-file -t`` before each fetch and checkout).
-            known = ("commit", self.key, sha, "")
-            if known not in self.cache.answers and not await self._has_commit(sha):
+            if not self._fetched_head(sha) and not await self._has_commit(sha):
                 await self._fetch_commit(sha, ref=None)
             self.trees.mkdir(parents=True, exist_ok=True)
             token = secrets.token_hex(4)
@@ -474,7 +471,7 @@ class GitSource:
                 )
                 staging.rename(target)
             except GitCommandError as e:
-                self.cache.answers.pop(known, None)  # checked again next time
+                self.cache.answers.pop(("commit", self.key, sha, ""), None)  # checked next time
                 # Judged before the half-written tree is removed: that frees the disk again.
                 full = self.cache.out_of_space(str(e))
                 with anyio.CancelScope(shield=True):
@@ -503,9 +500,13 @@ class GitSource:
         sha = sha.lower()
         async with self.cache.lock(self.key):
             await self._ensure_repository()
-            if not await self._has_commit(sha):
+            if not self._fetched_head(sha) and not await self._has_commit(sha):
                 await self._fetch_commit(sha, ref=None)
-            header = await self._local(["cat-file", "commit", sha])
+            try:
+                header = await self._local(["cat-file", "commit", sha])
+            except GitCommandError:
+                self.cache.answers.pop(("commit", self.key, sha, ""), None)  # checked next time
+                raise
             if not re.search(rb"^gpgsig(-sha256)? ", header.split(b"\n\n", 1)[0], re.M):
                 raise VerificationError(f"commit {sha} of {self.url} is not signed")
             env = self._local_env()
@@ -600,6 +601,13 @@ class GitSource:
         for parent in parents.split():
             self._remember(("is-ancestor", self.key, parent, sha), True)
         return sha
+
+    def _fetched_head(self, sha: str) -> bool:
+        """Whether ``sha`` is a head this process fetched (its author and subject were read
+        then): present, so ``checkout`` and ``verify`` skip their ``cat-file -e`` (Argo CD's
+        repo-server asks ``git cat-file -t`` before each fetch and checkout). Forgotten when
+        the repository is created again, or when laying it out fails."""
+        return ("commit", self.key, sha, "") in self.cache.answers
 
     def _fetch_config(self) -> list[str]:
         """``-c`` options of one fetch: the pack kept, and git's housekeeping only on every
