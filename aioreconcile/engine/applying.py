@@ -34,6 +34,14 @@ class ApplyOptions:
         default=None, compare=False
     )
 
+    # The stamped body this sync last applied for a ref (None: unknown, as after a restart),
+    # for ``planning.decide``: an object whose declaration changed since is applied without a
+    # dry-run first. Asked only when the answer would otherwise be a dry-run. Never part of
+    # equality.
+    last_applied: Callable[[ObjectRef], JsonObject | None] | None = field(
+        default=None, compare=False
+    )
+
     def kept(self, entry: ChangeSetEntry, obj: JsonObject | None) -> JsonObject | None:
         """What an ``ApplyResult`` keeps of ``obj``, returned for ``entry`` (``on_live``)."""
         if obj is None or self.on_live is None:

@@ -234,7 +234,11 @@ def _map_at(metadata: JsonObject, key: str) -> JsonObject:
 
 
 def decide(
-    desired: JsonObject, live: JsonObject | None, *, field_manager: str = FIELD_MANAGER
+    desired: JsonObject,
+    live: JsonObject | None,
+    *,
+    field_manager: str = FIELD_MANAGER,
+    previous: Callable[[], JsonObject | None] | None = None,
 ) -> Decision:
     """Whether ``desired`` (a ``stamp``-ed body) must be applied over ``live``, without asking.
 
@@ -251,9 +255,16 @@ def decide(
     5. a string that the server stores exactly as written (``_STORED_AS_WRITTEN``: labels,
        annotations, a ConfigMap's data) declared and absent or different in live: ``APPLY``
        directly. A dry-run could only confirm the difference, and cost a second request;
-    6. otherwise ``VERIFY``, because the server may store a value differently from how it was
+    6. ``desired`` no longer what this sync last applied (``previous``, a ``stamp``-ed body,
+       read only here): ``APPLY``. Git changed a declared value, so a write is needed anyway;
+       the dry-run would cost a second request to learn it. Its worst case, a new value the
+       server normalises back to the stored one (``500m`` in Git after ``0.5``), is one write
+       that changes only the revision stamps, once per such commit;
+    7. otherwise ``VERIFY``, because the server may store a value differently from how it was
        written (``0.5`` -> ``500m``, ``2`` -> ``"2"``, a dropped null, a field its schema
-       prunes, a mutating webhook's rewrite); the dry-run tells.
+       prunes, a mutating webhook's rewrite); the dry-run tells. This is what keeps an object
+       whose declaration never changed from being rewritten on every commit (fluxcd/pkg
+       dry-runs every object for that reason).
 
     Step 4 only decides whether to ask the server; whether the object differs is then judged
     by ``same_content`` on what the server would store, with ``differences``, the comparison
@@ -281,6 +292,9 @@ def decide(
     if _is_subset(blank_desired, blank_live):
         return Decision.UNCHANGED
     if _stored_as_written_differs(blank_desired, blank_live):
+        return Decision.APPLY
+    last = previous() if previous is not None else None
+    if last is not None and not _equal(_blank_stamps(last), blank_desired):
         return Decision.APPLY
     return Decision.VERIFY
 

@@ -64,11 +64,14 @@ async def sync_once(
     cluster: Cluster,
     render: ManifestRenderer,
     inventory: InventoryStore | None = None,
-    before_apply: Callable[[Sequence[Manifest]], None] | None = None,
+    before_apply: Callable[[Sequence[Manifest]], Sequence[Manifest] | None] | None = None,
     tracing: Tracing | None = None,
 ) -> SyncOutcome:
     """Reconcile once. ``before_apply`` sees the rendered manifests before anything is written,
-    so a drift watcher already compares incoming events with the new desired state.
+    so a drift watcher already compares incoming events with the new desired state; it may
+    return the ones to plan and apply (None: all). The others are taken to be as the caller
+    last applied them (the controller's ``_plan_changes_only``); inventory and prune still
+    count every rendered object.
 
     With an ``inventory``, every object is stamped with its key (``INVENTORY_ANNOTATION``):
     the store names it, so the stamp and the rebuild from labels cannot disagree."""
@@ -97,10 +100,13 @@ async def sync_once(
             )
         span.set_attributes({"aioreconcile.objects": len(manifests)})
 
+    planned: Sequence[Manifest] = manifests
     if before_apply is not None:
-        before_apply(manifests)
-    with tracing.stage("apply", {"aioreconcile.objects": len(manifests)}) as span:
-        result = await _apply_staged(cluster, manifests, request.options, tracing=tracing)
+        chosen = before_apply(manifests)
+        planned = manifests if chosen is None else chosen
+    attributes = {"aioreconcile.objects": len(manifests), "aioreconcile.planned": len(planned)}
+    with tracing.stage("apply", attributes) as span:
+        result = await _apply_staged(cluster, planned, request.options, tracing=tracing)
         if result.changeset.failed:
             span.record_error(f"{len(result.changeset.failed)} object(s) failed to apply")
     applied = result.changeset

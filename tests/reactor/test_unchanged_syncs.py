@@ -53,7 +53,8 @@ class Source(FakeGitSource):
 
 class CountingRenderer(FakeRenderer):
     def __init__(self) -> None:
-        super().__init__({A: [config_map("x")], B: [config_map("x")], C: [config_map("x")]})
+        # C changes the ConfigMap's value (the file under the path that C changes).
+        super().__init__({A: [config_map("x")], B: [config_map("x")], C: [config_map("y")]})
         self.rendered: list[str] = []
 
     async def __call__(self, directory: Path, spec: RenderSpec, **kwargs: object) -> list[Manifest]:

@@ -16,6 +16,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any, Final, TypeVar
 
 import anyio
@@ -124,10 +125,16 @@ def _prepare(
     if refused is not None:
         action, why = refused
         return _entry(ref, action, started, error=why, before=before, after=before), None
+    last_applied = options.last_applied
     decision = (
         planning.Decision.APPLY
         if known_changed
-        else planning.decide(desired, live, field_manager=options.field_manager)
+        else planning.decide(
+            desired,
+            live,
+            field_manager=options.field_manager,
+            previous=None if last_applied is None else partial(last_applied, manifest.ref),
+        )
     )
     if decision is planning.Decision.UNCHANGED:
         return _entry(ref, Action.UNCHANGED, started, before=before, after=before), live
