@@ -222,6 +222,58 @@ def test_decide_walks_every_kind_of_path_element(
     assert decide(desired, live) is expected
 
 
+def _old_widget(spec: Any) -> JsonObject:
+    """``_widget`` as a previous commit stamped it (another revision)."""
+    widget = _widget(spec)
+    widget["metadata"]["annotations"][REVISION_ANNOTATION] = OLD_SHA
+    return widget
+
+
+@pytest.mark.parametrize(
+    ("previous_spec", "desired_spec", "live_spec", "expected"),
+    [
+        pytest.param(
+            {"cpu": "0.5"}, {"cpu": "1"}, {"cpu": "500m"}, Decision.APPLY, id="git-changed-it"
+        ),
+        pytest.param(
+            {"cpu": "0.5"}, {"cpu": "0.5"}, {"cpu": "500m"}, Decision.VERIFY, id="git-did-not"
+        ),
+        pytest.param(
+            {"cpu": "0.5"}, {"cpu": "1"}, {"cpu": "1"}, Decision.UNCHANGED, id="live-has-it-already"
+        ),
+        pytest.param(None, {"cpu": "1"}, {"cpu": "500m"}, Decision.VERIFY, id="nothing-known"),
+        pytest.param(
+            {"size": 1}, {"size": 1.0}, {"size": 1}, Decision.APPLY, id="a-type-change-counts"
+        ),
+    ],
+)
+def test_decide_applies_without_a_dry_run_what_git_changed_since_the_last_apply(
+    previous_spec: JsonObject | None,
+    desired_spec: JsonObject,
+    live_spec: JsonObject,
+    expected: Decision,
+) -> None:
+    """A new revision alone (the stamps' values) is not a change: ``git-did-not``."""
+    desired = _widget(desired_spec)
+    live = _as_stored(desired, stored=_widget(live_spec))
+    previous = None if previous_spec is None else _old_widget(previous_spec)
+
+    assert decide(desired, live, previous=lambda: previous) is expected
+
+
+def test_decide_asks_for_the_previous_body_only_where_it_would_dry_run() -> None:
+    asked: list[bool] = []
+
+    def previous() -> JsonObject:
+        asked.append(True)
+        return _old_widget({"cpu": "0.5"})
+
+    desired = _widget({"cpu": "1"})
+    assert decide(desired, _as_stored(desired), previous=previous) is Decision.UNCHANGED
+    assert decide(desired, None, previous=previous) is Decision.CREATE
+    assert asked == []
+
+
 def test_decide_compares_identity_too() -> None:
     desired = _widget({"a": 1})
     live = _as_stored(desired)

@@ -218,3 +218,18 @@ async def test_the_diff_of_a_push_runs_beside_laying_out_its_head() -> None:
         assert source.asked_during_checkout == [True]
         assert made.states["app"].message.startswith("unchanged: no file under deploy changed")
         assert renderer.rendered == [A]
+
+
+async def test_a_change_under_the_path_that_renders_the_same_objects_writes_nothing() -> None:
+    """B's diff touches the path, but renders what A rendered: rendered, nothing planned."""
+    cluster, source, renderer = FakeCluster(), Source(A), CountingRenderer()
+    async with running(cluster, source, renderer) as made:
+        await attempted(made, A, reason=Reason.SUCCEEDED)
+        writes = len(cluster.writes)
+        source.changed = ("deploy/settings.yaml",)
+        source.head = B
+        made.push(Push("app", B))
+        await attempted(made, B, reason=Reason.SUCCEEDED)
+        assert renderer.rendered == [A, B]
+        assert len(cluster.writes) == writes
+        assert made.states["app"].message == f"applied revision {B}"

@@ -1,0 +1,225 @@
+"""What a push plans and writes: only the documents it changed (and the objects a watch saw
+drift or vanish), and a value Git changed without a dry-run first.
+
+`aioreconcile run` in-process against the real apiserver and a real ``git daemon``. Requests
+are counted on the way out of the real transport (``KubeTransport.request``, wrapped: every
+request still goes to the apiserver and its answer comes back unchanged).
+"""
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from aioreconcile.adapters.kube.transport import KubeTransport
+from aioreconcile.testing.pytest_plugin import Kube
+from tests.e2e.test_controller import Running, config_map, deployment, secret_env
+from tests.e2e.test_push_paths import controller
+from tests.git.conftest import Upstream
+
+pytestmark = pytest.mark.integration
+__all__ = ["secret_env"]
+
+Request = tuple[str, str, dict[str, str]]  # method, path, params
+
+
+@pytest.fixture
+def requests(monkeypatch: pytest.MonkeyPatch) -> list[Request]:
+    """Every request the controller's transports send, in order."""
+    seen: list[Request] = []
+    original = KubeTransport.request
+
+    async def recording(self: KubeTransport, method: str, path: str, **kwargs: Any) -> Any:
+        seen.append((method, path, dict(kwargs.get("params") or {})))
+        return await original(self, method, path, **kwargs)
+
+    monkeypatch.setattr(KubeTransport, "request", recording)
+    return seen
+
+
+def writes_of(requests: list[Request], kind_path: str) -> list[Request]:
+    """PATCHes (server-side apply) of objects under ``.../<kind_path>/``, dry-runs included."""
+    return [r for r in requests if r[0] == "PATCH" and f"/{kind_path}/" in r[1]]
+
+
+def dry_runs(requests: list[Request]) -> list[Request]:
+    return [r for r in requests if r[2].get("dryRun") == "All"]
+
+
+def with_image(image: str, namespace: str) -> dict[str, Any]:
+    body = deployment("web", namespace)
+    body["spec"]["template"]["spec"]["containers"][0]["image"] = image
+    return body
+
+
+def cms(namespace: str, **values: str) -> dict[str, str]:
+    """One file per ConfigMap under apps/app/."""
+    return {
+        f"apps/app/{name}.yaml": yaml.safe_dump(config_map(name, namespace, v=value))
+        for name, value in values.items()
+    }
+
+
+def one_sync(**spec: Any) -> dict[str, dict[str, Any]]:
+    return {"app": {"path": "apps/app", **spec}}
+
+
+async def applied(running: Running, sha: str) -> bool:
+    return bool((await running.sync_state("app"))["lastAppliedRevision"] == sha)
+
+
+async def test_an_image_changed_in_git_is_applied_without_a_dry_run(
+    kube: Kube,
+    namespace: str,
+    upstream: Callable[[str], Upstream],
+    git_daemon: str,
+    tmp_path: Path,
+    secret_env: None,
+    requests: list[Request],
+) -> None:
+    """An image is not stored as written (a webhook may pin it), so an object that merely looks
+    different is dry-run first; one whose image Git changed needs the write anyway."""
+    repo = upstream("image")
+    first = repo.commit({"apps/app/web.yaml": yaml.safe_dump(with_image("nginx:1.27", namespace))})
+    async with controller(kube, namespace, repo, git_daemon, tmp_path, one_sync()) as running:
+        await running.wait_for(lambda: applied(running, first))
+        requests.clear()
+
+        second = repo.commit(
+            {"apps/app/web.yaml": yaml.safe_dump(with_image("nginx:1.28", namespace))}
+        )
+        await running.push_webhook(second, before=first)
+        await running.wait_for(lambda: applied(running, second))
+
+        web = await running.apps.read_namespaced_deployment("web", namespace)
+        assert web.spec.template.spec.containers[0].image == "nginx:1.28"
+        patches = writes_of(requests, "deployments")
+        assert patches, requests
+        assert dry_runs(patches) == []
+        assert len(patches) == 1
+
+
+async def test_a_push_writes_and_lists_only_what_its_commit_changed(
+    kube: Kube,
+    namespace: str,
+    upstream: Callable[[str], Upstream],
+    git_daemon: str,
+    tmp_path: Path,
+    secret_env: None,
+    requests: list[Request],
+) -> None:
+    """Three ConfigMaps and a Deployment; the push changes one ConfigMap: one PATCH, and the
+    Deployment's kind is not even listed (its document did not change)."""
+    repo = upstream("changes-only")
+    web = {"apps/app/web.yaml": yaml.safe_dump(with_image("nginx:1.27", namespace))}
+    first = repo.commit({**cms(namespace, x="1", y="1", z="1"), **web})
+    async with controller(kube, namespace, repo, git_daemon, tmp_path, one_sync()) as running:
+        await running.wait_for(lambda: applied(running, first))
+        before = await running.core.read_namespaced_config_map("y", namespace)
+        requests.clear()
+
+        second = repo.commit({**cms(namespace, x="1", y="2", z="1"), **web})
+        await running.push_webhook(second, before=first)
+        await running.wait_for(lambda: applied(running, second))
+
+        after = await running.core.read_namespaced_config_map("y", namespace)
+        assert after.data == {"v": "2"}
+        assert after.metadata.resource_version != before.metadata.resource_version
+        ours = [r for r in writes_of(requests, "configmaps") if "aioreconcile-inv" not in r[1]]
+        assert [r[1].rsplit("/", 1)[1] for r in ours] == ["y"]
+        # The apply reads and writes in the namespace; the watch (cluster-wide) is not counted.
+        assert not [r for r in requests if f"/namespaces/{namespace}/deployments" in r[1]]
+
+
+async def test_an_object_deleted_while_the_sync_idled_is_recreated_by_the_next_push(
+    kube: Kube,
+    namespace: str,
+    upstream: Callable[[str], Upstream],
+    git_daemon: str,
+    tmp_path: Path,
+    secret_env: None,
+) -> None:
+    """selfHeal: false, so nothing recreates it but the push, whose commit changes another
+    object only: the watch saw the deletion, so the push plans it though its document did not
+    change."""
+    repo = upstream("deleted")
+    first = repo.commit(cms(namespace, x="1", y="1"))
+    sync = one_sync(selfHeal=False)
+    async with controller(kube, namespace, repo, git_daemon, tmp_path, sync) as running:
+        await running.wait_for(lambda: applied(running, first))
+        await running.core.delete_namespaced_config_map("y", namespace)
+
+        async def seen() -> bool:
+            return bool((await running.sync_state("app"))["driftReported"] >= 1)
+
+        await running.wait_for(seen)
+        second = repo.commit(cms(namespace, x="2", y="1"))
+        await running.push_webhook(second, before=first)
+        await running.wait_for(lambda: applied(running, second))
+
+        y = await running.core.read_namespaced_config_map("y", namespace)
+        assert y.data == {"v": "1"}
+        x = await running.core.read_namespaced_config_map("x", namespace)
+        assert x.data == {"v": "2"}
+
+
+async def test_a_drifted_object_whose_document_did_not_change_is_restored_by_a_push(
+    kube: Kube,
+    namespace: str,
+    upstream: Callable[[str], Upstream],
+    git_daemon: str,
+    tmp_path: Path,
+    secret_env: None,
+) -> None:
+    """selfHeal: false leaves drift reported, not healed; a push (of another change) applies
+    the sync, and with it Git's value of the drifted object, as it always did."""
+    repo = upstream("drifted")
+    first = repo.commit(cms(namespace, x="1", y="1"))
+    sync = one_sync(selfHeal=False)
+    async with controller(kube, namespace, repo, git_daemon, tmp_path, sync) as running:
+        await running.wait_for(lambda: applied(running, first))
+        await running.core.patch_namespaced_config_map(
+            "y", namespace, {"data": {"v": "edited"}}, field_manager="intruder"
+        )
+
+        async def reported() -> bool:
+            return bool((await running.sync_state("app"))["driftReported"] >= 1)
+
+        await running.wait_for(reported)
+        second = repo.commit(cms(namespace, x="2", y="1"))
+        await running.push_webhook(second, before=first)
+        await running.wait_for(lambda: applied(running, second))
+
+        y = await running.core.read_namespaced_config_map("y", namespace)
+        assert y.data == {"v": "1"}
+
+
+async def test_a_document_removed_by_a_push_is_pruned(
+    kube: Kube,
+    namespace: str,
+    upstream: Callable[[str], Upstream],
+    git_daemon: str,
+    tmp_path: Path,
+    secret_env: None,
+) -> None:
+    repo = upstream("removed")
+    first = repo.commit(cms(namespace, x="1", y="1"))
+    sync = one_sync(prune=True)
+    async with controller(kube, namespace, repo, git_daemon, tmp_path, sync) as running:
+        await running.wait_for(lambda: applied(running, first))
+        x_before = await running.core.read_namespaced_config_map("x", namespace)
+
+        (repo.work / "apps/app/y.yaml").unlink()
+        second = repo.commit(cms(namespace, x="1"))
+        await running.push_webhook(second, before=first)
+        await running.wait_for(lambda: applied(running, second))
+
+        names = {
+            cm.metadata.name
+            for cm in (await running.core.list_namespaced_config_map(namespace)).items
+        }
+        assert "y" not in names
+        x = await running.core.read_namespaced_config_map("x", namespace)
+        assert x.metadata.resource_version == x_before.metadata.resource_version
