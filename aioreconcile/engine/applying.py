@@ -42,6 +42,13 @@ class ApplyOptions:
         default=None, compare=False
     )
 
+    # The resourceVersion our last write left on an object, when the caller knows that every
+    # change to it since was ours (its watch saw no drift, deletion or opt-out); None: not
+    # known. Such an object whose declaration changed (``planning.changed_since`` the
+    # ``last_applied`` body) is applied without a LIST or GET first: the read could only
+    # confirm what the watch already said. Never part of equality.
+    as_left: Callable[[ObjectRef], str | None] | None = field(default=None, compare=False)
+
     def kept(self, entry: ChangeSetEntry, obj: JsonObject | None) -> JsonObject | None:
         """What an ``ApplyResult`` keeps of ``obj``, returned for ``entry`` (``on_live``)."""
         if obj is None or self.on_live is None:

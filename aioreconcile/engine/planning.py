@@ -294,9 +294,17 @@ def decide(
     if _stored_as_written_differs(blank_desired, blank_live):
         return Decision.APPLY
     last = previous() if previous is not None else None
-    if last is not None and not _equal(_blank_stamps(last), blank_desired):
+    if last is not None and changed_since(desired, last):
         return Decision.APPLY
     return Decision.VERIFY
+
+
+def changed_since(desired: JsonObject, previous: JsonObject) -> bool:
+    """Whether ``desired`` declares anything else than ``previous`` (both ``stamp``-ed): a
+    value, a field, a type (``_equal``); a new revision or trace alone is no change. Decides
+    step 6 of ``decide``, and which objects a push may write without reading them first
+    (``ApplyOptions.as_left``)."""
+    return not _equal(_blank_stamps(previous), _blank_stamps(desired))
 
 
 def same_content(

@@ -423,14 +423,19 @@ class Controller:
             deleted = event.type is EventType.DELETED
             state.deferred[event.ref] = "" if deleted else event.resource_version
             return
+        desired = _decoded(state.desired.get(event.ref))
         verdict = judge(
             event,
-            _decoded(state.desired.get(event.ref)),
+            desired,
             stored=_decoded(state.stored.get(event.ref)),
             our_resource_version=state.written.get(event.ref),
         )
-        if verdict.drifted:
-            state.suspects.add(event.ref)  # healed or not, the next push plans it again
+        if verdict.drifted or (
+            desired is not None and refusal(desired, event.object, sync=state.spec.name) is not None
+        ):
+            # Healed or not, the next push reads and plans it again; so it does for one now
+            # opted out or labelled as another sync's, which ``judge`` leaves alone.
+            state.suspects.add(event.ref)
         if self._reported(state, event.ref, verdict):
             # A short debounce: a burst of edits to one object (a script, an operator's
             # retries) coalesces into one heal instead of racing it edit by edit.
@@ -840,6 +845,7 @@ class Controller:
         stored: dict[ObjectRef, bytes | None] = {}
         previous = state.desired  # replaced by ``remember_desired``, this one stays as it was
         changes_only = _may_plan_changes_only(state)
+        as_left: dict[ObjectRef, str] = {}  # planned objects that need no read (``_as_left``)
 
         def keep_stored(entry: ChangeSetEntry, obj: JsonObject) -> JsonObject | None:
             # The stored form as each response arrives, so the response can go at once; the
@@ -859,6 +865,7 @@ class Controller:
             concurrency=self._apply_concurrency,
             on_live=keep_stored,
             last_applied=lambda ref: _decoded(previous.get(ref)),
+            as_left=as_left.get,
         )
         request = SyncRequest(
             directory=tree / spec.source.path,
@@ -875,6 +882,8 @@ class Controller:
         def remember_desired(manifests: Sequence[Manifest]) -> Sequence[Manifest] | None:
             digests = {m.ref: _digest(m.body) for m in manifests}
             planned = _plan_changes_only(state, manifests, digests) if changes_only else None
+            if planned is not None:
+                as_left.update(_as_left(state, planned))
             kept = {m.ref for m in manifests} - {m.ref for m in planned or manifests}
             state.revision = sha
             state.suspects = set()  # planned now; events from here on count for the next push
@@ -1469,6 +1478,22 @@ def _plan_changes_only(
         for m in manifests
         if previous.get(m.ref) != digests[m.ref] or m.ref in suspects or m.ref not in stored
     ]
+
+
+def _as_left(state: SyncState, planned: Sequence[Manifest]) -> dict[ObjectRef, str]:
+    """Of the ``planned`` objects, those as our last write left them, with that write's
+    resourceVersion: written by us, with our fields stored, and no watch event since showing
+    drift, a deletion, an opt-out or another sync's label (``suspects``). Only valid on the
+    ``_plan_changes_only`` path, whose conditions include watches that were synced. Their
+    changed declaration is applied without reading them first (``ApplyOptions.as_left``):
+    for 50 changed ConfigMaps among 600 in a namespace, the LIST of all 600 (MiBs of bodies
+    and managedFields) was most of the apply."""
+    written, stored, suspects = state.written, state.stored, state.suspects
+    return {
+        m.ref: written[m.ref]
+        for m in planned
+        if m.ref in written and m.ref in stored and m.ref not in suspects
+    }
 
 
 def _digest(body: JsonObject) -> bytes:

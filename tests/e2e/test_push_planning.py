@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 import yaml
 
@@ -110,8 +111,9 @@ async def test_a_push_writes_and_lists_only_what_its_commit_changed(
     secret_env: None,
     requests: list[Request],
 ) -> None:
-    """Three ConfigMaps and a Deployment; the push changes one ConfigMap: one PATCH, and the
-    Deployment's kind is not even listed (its document did not change)."""
+    """Three ConfigMaps and a Deployment; the push changes one ConfigMap: one PATCH and no
+    read of any of them: the Deployment's document did not change, and the ConfigMap is as our
+    last write left it (the watch saw nothing else), so neither kind is listed."""
     repo = upstream("changes-only")
     web = {"apps/app/web.yaml": yaml.safe_dump(with_image("nginx:1.27", namespace))}
     first = repo.commit({**cms(namespace, x="1", y="1", z="1"), **web})
@@ -131,6 +133,8 @@ async def test_a_push_writes_and_lists_only_what_its_commit_changed(
         assert [r[1].rsplit("/", 1)[1] for r in ours] == ["y"]
         # The apply reads and writes in the namespace; the watch (cluster-wide) is not counted.
         assert not [r for r in requests if f"/namespaces/{namespace}/deployments" in r[1]]
+        lists = [r for r in requests if r[0] == "GET" and r[1].endswith("/configmaps")]
+        assert lists == []
 
 
 async def test_an_object_deleted_while_the_sync_idled_is_recreated_by_the_next_push(
@@ -223,3 +227,33 @@ async def test_a_document_removed_by_a_push_is_pruned(
         assert "y" not in names
         x = await running.core.read_namespaced_config_map("x", namespace)
         assert x.metadata.resource_version == x_before.metadata.resource_version
+
+
+async def test_an_object_opted_out_while_the_sync_idled_is_left_alone_by_the_next_push(
+    kube: Kube,
+    namespace: str,
+    upstream: Callable[[str], Upstream],
+    git_daemon: str,
+    tmp_path: Path,
+    secret_env: None,
+) -> None:
+    """Someone annotates y ``reconcile: disabled`` on the cluster (no drift of our fields), then
+    Git changes y: the push must read it again and skip it, not write it unread."""
+    repo = upstream("opted-out")
+    first = repo.commit(cms(namespace, x="1", y="1"))
+    async with controller(kube, namespace, repo, git_daemon, tmp_path, one_sync()) as running:
+        await running.wait_for(lambda: applied(running, first))
+        disabled = {"metadata": {"annotations": {"aioreconcile.dev/reconcile": "disabled"}}}
+        await running.core.patch_namespaced_config_map(
+            "y", namespace, disabled, field_manager="intruder"
+        )
+        await anyio.sleep(1)  # the watch event arrives (nothing to wait for: not a drift)
+
+        second = repo.commit(cms(namespace, x="2", y="2"))
+        await running.push_webhook(second, before=first)
+        await running.wait_for(lambda: applied(running, second))
+
+        y = await running.core.read_namespaced_config_map("y", namespace)
+        assert y.data == {"v": "1"}
+        x = await running.core.read_namespaced_config_map("x", namespace)
+        assert x.data == {"v": "2"}

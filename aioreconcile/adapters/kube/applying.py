@@ -14,7 +14,7 @@ object (``_recreate``), as Flux's ``kustomize.toolkit.fluxcd.io/force`` does.
 
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, Final, TypeVar
@@ -104,6 +104,7 @@ class _Prepared:
     live: JsonObject | None  # (a cold apply) would raise the peak by tens of MiB
     decision: planning.Decision
     started: float
+    known_version: str | None = None  # not read: the resourceVersion ``as_left`` gave
 
 
 def _prepare(
@@ -216,12 +217,16 @@ class Applier:
     ) -> tuple[list[ChangeSetEntry], dict[ObjectRef, JsonObject]]:
         """``keep``: pass each object through ``options.on_live`` as it arrives."""
         unresolved: dict[int, ChangeSetEntry] = {}
-        current = await self._live_for(members, options, unresolved)
-        # Decided here, without a task each: on a re-apply most objects need no request, and a
-        # task and a limiter slot per object cost more than the decision itself (~80 us).
         results: dict[int, tuple[ChangeSetEntry, JsonObject | None]] = {}
         pending: list[tuple[int, _Prepared]] = []
+        unread = self._unread(members, options)
+        pending += unread.items()
+        current = await self._live_for(members, options, unresolved, skip=unread.keys())
+        # Decided here, without a task each: on a re-apply most objects need no request, and a
+        # task and a limiter slot per object cost more than the decision itself (~80 us).
         for index, manifest in enumerate(members):
+            if index in unread:
+                continue
             resource = self._discovery.cached(manifest.ref)
             if index in unresolved or resource is None:
                 results[index] = unresolved[index], None
@@ -235,6 +240,7 @@ class Applier:
             if options.on_entry is not None:
                 options.on_entry(prepared[0])
         current.clear()
+        pending.sort(key=lambda item: item[0])
 
         async def one(item: tuple[int, _Prepared]) -> tuple[ChangeSetEntry, JsonObject | None]:
             result = await self._write(item[1], options)
@@ -249,20 +255,55 @@ class Applier:
         live_after = {entry.ref: obj for entry, obj in ordered if obj is not None}
         return [entry for entry, _ in ordered], live_after
 
+    def _unread(self, members: Sequence[Manifest], options: ApplyOptions) -> dict[int, _Prepared]:
+        """The members applied without reading them first (``ApplyOptions.as_left``): known to
+        be as our last write left them, and declared otherwise since (``changed_since``), so a
+        write is due whatever a read would say. A member whose kind is not cached, or whose
+        declaration did not change (only reordered), is read as usual."""
+        as_left, last_applied = options.as_left, options.last_applied
+        if as_left is None or last_applied is None:
+            return {}
+        unread: dict[int, _Prepared] = {}
+        for index, manifest in enumerate(members):
+            version = as_left(manifest.ref)
+            resource = self._discovery.cached(manifest.ref)
+            if version is None or resource is None:
+                continue
+            previous = last_applied(manifest.ref)
+            desired = _stamped(manifest, options)
+            if previous is None or not planning.changed_since(desired, previous):
+                continue
+            ref = _ref_with_version(manifest.ref, resource)
+            unread[index] = _Prepared(
+                ref,
+                resource,
+                manifest,
+                None,
+                planning.Decision.APPLY,
+                time.monotonic(),
+                known_version=version,
+            )
+        return unread
+
     async def _live_for(
         self,
         members: Sequence[Manifest],
         options: ApplyOptions,
         failures: dict[int, ChangeSetEntry],
+        *,
+        skip: Collection[int] = (),
     ) -> dict[ObjectRef, JsonObject]:
         """One LIST per (resource, namespace) in the stage; unknown kinds become failures.
 
         A LIST that fails (typically 403: a sync's service account may not list that kind, and
         RBAC ``resourceNames`` can grant get but never list) does not fail the stage: its
         objects are read one GET each, and an object whose GET fails too fails alone, with the
-        server's words, which name it (``clusterroles... "x" is forbidden: User ...``)."""
+        server's words, which name it (``clusterroles... "x" is forbidden: User ...``). Members
+        at ``skip`` are not read (``_unread``)."""
         wanted: dict[tuple[Resource, str], list[int]] = {}
         for index, manifest in enumerate(members):
+            if index in skip:
+                continue
             try:
                 resource = await self._discovery.resolve(manifest.ref)
             except AioreconcileError as e:
@@ -326,7 +367,8 @@ class Applier:
         decision is ``VERIFY``, then the apply; a recreate for a changed immutable field."""
         ref, resource, live = prepared.ref, prepared.resource, prepared.live
         desired = _stamped(prepared.manifest, options)
-        started, before = prepared.started, _resource_version(live)
+        started = prepared.started
+        before = prepared.known_version or _resource_version(live)
         try:
             decision = prepared.decision
             if decision is planning.Decision.VERIFY and live is not None:
