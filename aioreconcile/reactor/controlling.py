@@ -44,7 +44,10 @@ in its own lane (no repository lock is held past the fetch and the checkout). A 
 inputs did not change between the commit its objects come from and the new head
 (``engine.changes.judge`` on ``git diff --name-only``) records the head as applied without
 rendering or writing anything; one whose last reconcile did not succeed, or that has no desired
-state yet (a fresh start), always renders and applies in full.
+state yet (a fresh start), always renders and applies in full. One that is affected renders in
+full but plans only the documents whose rendered form changed and the objects its watch saw
+drift since (``_plan_changes_only``), and writes those it knows as it left them without reading
+them first (``_as_left``).
 """
 
 import hashlib
@@ -877,6 +880,7 @@ class Controller:
             wait=spec.wait,
             wait_timeout_s=spec.wait_timeout_s,
             wait_in_place=False,  # polled by ("health", name) keys, holding no lane meanwhile
+            refresh_discovery=not changes_only,
         )
 
         def remember_desired(manifests: Sequence[Manifest]) -> Sequence[Manifest] | None:

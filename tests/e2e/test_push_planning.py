@@ -6,6 +6,7 @@ are counted on the way out of the real transport (``KubeTransport.request``, wra
 request still goes to the apiserver and its answer comes back unchanged).
 """
 
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import anyio
 import pytest
 import yaml
+from kubernetes_asyncio import client
 
 from aioreconcile.adapters.kube.transport import KubeTransport
 from aioreconcile.testing.pytest_plugin import Kube
@@ -257,3 +259,70 @@ async def test_an_object_opted_out_while_the_sync_idled_is_left_alone_by_the_nex
         assert y.data == {"v": "1"}
         x = await running.core.read_namespaced_config_map("x", namespace)
         assert x.data == {"v": "2"}
+
+
+async def test_a_kind_installed_out_of_band_since_the_last_push_is_discovered_and_applied(
+    kube: Kube,
+    namespace: str,
+    upstream: Callable[[str], Upstream],
+    git_daemon: str,
+    tmp_path: Path,
+    secret_env: None,
+) -> None:
+    """A push on the planned-changes path renders with the discovery it has; a kind it does not
+    know (a CRD someone installed meanwhile) makes it refresh and render again, so the new
+    object, which names no namespace, gets the sync's target namespace."""
+    group = f"t{secrets.token_hex(3)}.example.com"
+    crd = {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"gadgets.{group}"},
+        "spec": {
+            "group": group,
+            "scope": "Namespaced",
+            "names": {"plural": "gadgets", "singular": "gadget", "kind": "Gadget"},
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "x-kubernetes-preserve-unknown-fields": True,
+                        }
+                    },
+                }
+            ],
+        },
+    }
+    extensions = client.ApiextensionsV1Api(kube.api)
+    repo = upstream("new-kind")
+    first = repo.commit(cms(namespace, x="1"))
+    async with controller(kube, namespace, repo, git_daemon, tmp_path, one_sync()) as running:
+        await running.wait_for(lambda: applied(running, first))
+        await extensions.create_custom_resource_definition(crd)
+        try:
+
+            async def established() -> bool:
+                got = await extensions.read_custom_resource_definition(f"gadgets.{group}")
+                conditions = got.status.conditions or []
+                return any(c.type == "Established" and c.status == "True" for c in conditions)
+
+            await running.wait_for(established)
+            gadget = {"apiVersion": f"{group}/v1", "kind": "Gadget", "metadata": {"name": "g"}}
+            second = repo.commit(
+                {**cms(namespace, x="2"), "apps/app/gadget.yaml": yaml.safe_dump(gadget)}
+            )
+            reconciles = (await running.sync_state("app"))["reconciles"]
+            await running.push_webhook(second, before=first)
+            await running.wait_for(lambda: applied(running, second))
+
+            # Applied by the push's own reconcile, not by a retry after a failed one.
+            assert (await running.sync_state("app"))["reconciles"] == reconciles + 1
+            stored = await client.CustomObjectsApi(kube.api).get_namespaced_custom_object(
+                group, "v1", namespace, "gadgets", "g"
+            )
+            assert stored["metadata"]["namespace"] == namespace
+        finally:
+            await extensions.delete_custom_resource_definition(f"gadgets.{group}")

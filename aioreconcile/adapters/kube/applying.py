@@ -3,8 +3,11 @@
 Per stage (CRDs, Namespaces, other cluster-scoped, namespaced) the live objects of this sync are
 listed once per kind and namespace, then each object is decided purely
 (``engine.planning.decide``): unchanged objects are not written at all, so their resourceVersion
-stays; objects the server may normalise are checked with a server-side dry-run first. Objects in
-a stage go concurrently under a limit; one failure never stops the others.
+stays; objects the server may normalise are checked with a server-side dry-run first, unless
+their declaration changed since the caller last applied them (``ApplyOptions.last_applied``).
+Objects the caller knows as its last write left them and whose declaration changed are written
+without being listed (``ApplyOptions.as_left``). Objects in a stage go concurrently under a
+limit; one failure never stops the others.
 
 Before that, ``planning.refusal`` may leave an existing object alone (``reconcile: disabled``:
 skipped) or fail it (another sync's object). A change the server refuses because a field is
