@@ -18,7 +18,12 @@ from aioreconcile.engine.model import Manifest, ObjectRef
 from aioreconcile.engine.outcomes import Reason
 from aioreconcile.engine.sources import RenderSpec
 from aioreconcile.engine.triggers import Push
-from aioreconcile.reactor.controlling import Controller
+from aioreconcile.reactor.controlling import (
+    Controller,
+    SyncState,
+    _may_plan_changes_only,
+    _plan_changes_only,
+)
 from tests.reactor.fakes import FakeCluster, FakeGitSource, FakeRenderer, NoWatcher
 
 A, B, C = "a" * 40, "b" * 40, "c" * 40
@@ -233,3 +238,54 @@ async def test_a_change_under_the_path_that_renders_the_same_objects_writes_noth
         assert renderer.rendered == [A, B]
         assert len(cluster.writes) == writes
         assert made.states["app"].message == f"applied revision {B}"
+
+
+def _known_state() -> SyncState:
+    """A sync whose last reconcile here succeeded in full, with its watches synced."""
+    spec = SyncSpec(name="app", source=GitSourceSpec(url="git://example/x", path="deploy"))
+    ref = config_map("x").ref
+    return SyncState(
+        spec,
+        revision=A,
+        reason=Reason.SUCCEEDED.value,
+        digests={ref: b"d"},
+        watch_synced=True,
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        pytest.param({}, True, id="last-reconcile-succeeded"),
+        pytest.param({"digests": {}, "revision": None}, False, id="fresh-start-after-restart"),
+        pytest.param({"reason": Reason.APPLY_FAILED.value}, False, id="apply-failed"),
+        pytest.param({"reason": Reason.PROGRESSING.value}, False, id="health-pending"),
+        pytest.param({"spec_changed": True}, False, id="spec-changed-or-requested"),
+        pytest.param({"watch_synced": False}, False, id="watches-not-synced"),
+    ],
+)
+def test_only_a_sync_known_as_left_plans_only_its_changes(
+    change: dict[str, object], expected: bool
+) -> None:
+    state = _known_state()
+    for name, value in change.items():
+        setattr(state, name, value)
+
+    assert _may_plan_changes_only(state) is expected
+
+
+def test_changed_new_suspect_and_unowned_documents_are_planned() -> None:
+    state = _known_state()
+    same, changed, new, suspect, unowned = (
+        Manifest(ObjectRef("", "ConfigMap", "shop", name, "v1"), {"n": name}, origin="f")
+        for name in ("same", "changed", "new", "suspect", "unowned")
+    )
+    digests = {m.ref: bytes([i]) for i, m in enumerate((same, changed, new, suspect, unowned))}
+    state.digests = dict(digests) | {changed.ref: b"old"}
+    del state.digests[new.ref]
+    state.stored = {m.ref: b"s" for m in (same, changed, new, suspect)}
+    state.suspects = {suspect.ref}
+
+    planned = _plan_changes_only(state, [same, changed, new, suspect, unowned], digests)
+
+    assert planned == [changed, new, suspect, unowned]
