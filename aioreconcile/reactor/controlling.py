@@ -231,8 +231,9 @@ class SyncState:
     # the documents whose digest changed (``_plan_changes_only``). ~90 B per object.
     digests: dict[ObjectRef, bytes] = field(default_factory=dict)
     # Objects a watch event showed drifted or deleted (or changed while we wrote) since a
-    # reconcile last planned them: the next push plans them whatever their document.
-    suspects: set[ObjectRef] = field(default_factory=set)
+    # reconcile last planned them, each with the resourceVersion of our last write then: the
+    # next push plans them whatever their document, unless we wrote them since (a heal).
+    suspects: dict[ObjectRef, str | None] = field(default_factory=dict)
     watch_synced: bool = False  # the last reconcile's wait for the watches ended synced
     health: HealthWait | None = None  # a health check under way (``wait: true``)
     writing: bool = False  # a reconcile is writing: heals and events wait (Controller._writing)
@@ -436,9 +437,10 @@ class Controller:
         if verdict.drifted or (
             desired is not None and refusal(desired, event.object, sync=state.spec.name) is not None
         ):
-            # Healed or not, the next push reads and plans it again; so it does for one now
-            # opted out or labelled as another sync's, which ``judge`` leaves alone.
-            state.suspects.add(event.ref)
+            # Unless a heal writes it after this, the next push reads and plans it again; so
+            # it does for one now opted out or labelled as another sync's (``judge`` leaves
+            # those alone, and a heal would refuse them).
+            state.suspects[event.ref] = state.written.get(event.ref)
         if self._reported(state, event.ref, verdict):
             # A short debounce: a burst of edits to one object (a script, an operator's
             # retries) coalesces into one heal instead of racing it edit by edit.
@@ -890,7 +892,7 @@ class Controller:
                 as_left.update(_as_left(state, planned))
             kept = {m.ref for m in manifests} - {m.ref for m in planned or manifests}
             state.revision = sha
-            state.suspects = set()  # planned now; events from here on count for the next push
+            state.suspects = {}  # planned now; events from here on count for the next push
             state.digests = digests
             state.desired = {
                 m.ref: previous[m.ref]  # not written: it carries the stamps it had
@@ -1064,7 +1066,7 @@ class Controller:
             deferred, state.deferred = state.deferred, {}
             for ref, version in deferred.items():
                 if ref in state.desired and (not version or version != state.written.get(ref)):
-                    state.suspects.add(ref)
+                    state.suspects[ref] = state.written.get(ref)
                     self.queue.put(("object", state.spec.name, ref))
 
     def _index(
@@ -1476,12 +1478,19 @@ def _plan_changes_only(
     kustomize-controller and Argo CD compare every object of every revision (Argo CD caches
     the rendered manifests per revision, not the comparison); here the unchanged ones are not
     even listed, which is most of a 1,000-object sync's push."""
-    previous, stored, suspects = state.digests, state.stored, state.suspects
+    previous, stored = state.digests, state.stored
     return [
         m
         for m in manifests
-        if previous.get(m.ref) != digests[m.ref] or m.ref in suspects or m.ref not in stored
+        if previous.get(m.ref) != digests[m.ref] or _suspect(state, m.ref) or m.ref not in stored
     ]
+
+
+def _suspect(state: SyncState, ref: ObjectRef) -> bool:
+    """A watch event showed ``ref`` drifted, deleted, opted out or taken by another sync, and
+    we have not written it since: a heal that wrote it (a new resourceVersion of ours) put it
+    back as declared, so a storm healed before the push costs the push no reads."""
+    return ref in state.suspects and state.suspects[ref] == state.written.get(ref)
 
 
 def _as_left(state: SyncState, planned: Sequence[Manifest]) -> dict[ObjectRef, str]:
@@ -1492,11 +1501,11 @@ def _as_left(state: SyncState, planned: Sequence[Manifest]) -> dict[ObjectRef, s
     changed declaration is applied without reading them first (``ApplyOptions.as_left``):
     for 50 changed ConfigMaps among 600 in a namespace, the LIST of all 600 (MiBs of bodies
     and managedFields) was most of the apply."""
-    written, stored, suspects = state.written, state.stored, state.suspects
+    written, stored = state.written, state.stored
     return {
         m.ref: written[m.ref]
         for m in planned
-        if m.ref in written and m.ref in stored and m.ref not in suspects
+        if m.ref in written and m.ref in stored and not _suspect(state, m.ref)
     }
 
 

@@ -326,3 +326,38 @@ async def test_a_kind_installed_out_of_band_since_the_last_push_is_discovered_an
             assert stored["metadata"]["namespace"] == namespace
         finally:
             await extensions.delete_custom_resource_definition(f"gadgets.{group}")
+
+
+async def test_an_object_healed_before_the_push_costs_the_push_no_read(
+    kube: Kube,
+    namespace: str,
+    upstream: Callable[[str], Upstream],
+    git_daemon: str,
+    tmp_path: Path,
+    secret_env: None,
+    requests: list[Request],
+) -> None:
+    """y drifts and is healed (selfHeal: true); the push changes x: y is as our heal left it,
+    so neither it nor x is read (no LIST of ConfigMaps), and x is written once."""
+    repo = upstream("healed")
+    first = repo.commit(cms(namespace, x="1", y="1"))
+    async with controller(kube, namespace, repo, git_daemon, tmp_path, one_sync()) as running:
+        await running.wait_for(lambda: applied(running, first))
+        await running.core.patch_namespaced_config_map(
+            "y", namespace, {"data": {"v": "edited"}}, field_manager="intruder"
+        )
+
+        async def healed() -> bool:
+            return bool((await running.sync_state("app"))["driftHeals"] >= 1)
+
+        await running.wait_for(healed)
+        requests.clear()
+        second = repo.commit(cms(namespace, x="2", y="1"))
+        await running.push_webhook(second, before=first)
+        await running.wait_for(lambda: applied(running, second))
+
+        x = await running.core.read_namespaced_config_map("x", namespace)
+        assert x.data == {"v": "2"}
+        ours = [r for r in writes_of(requests, "configmaps") if "aioreconcile-inv" not in r[1]]
+        assert [r[1].rsplit("/", 1)[1] for r in ours] == ["x"]
+        assert [r for r in requests if r[0] == "GET" and r[1].endswith("/configmaps")] == []

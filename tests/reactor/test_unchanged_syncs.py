@@ -284,7 +284,8 @@ def test_changed_new_suspect_and_unowned_documents_are_planned() -> None:
     state.digests = dict(digests) | {changed.ref: b"old"}
     del state.digests[new.ref]
     state.stored = {m.ref: b"s" for m in (same, changed, new, suspect)}
-    state.suspects = {suspect.ref}
+    state.written = {suspect.ref: "7", same.ref: "8"}
+    state.suspects = {suspect.ref: "7", same.ref: "6"}  # ``same`` was healed since (rv 8)
 
     planned = _plan_changes_only(state, [same, changed, new, suspect, unowned], digests)
 
