@@ -890,7 +890,8 @@ class Controller:
             planned = _plan_changes_only(state, manifests, digests) if changes_only else None
             if planned is not None:
                 as_left.update(_as_left(state, planned))
-            kept = {m.ref for m in manifests} - {m.ref for m in planned or manifests}
+            chosen = manifests if planned is None else planned
+            kept = (previous.keys() & {m.ref for m in manifests}) - {m.ref for m in chosen}
             state.revision = sha
             state.suspects = {}  # planned now; events from here on count for the next push
             state.digests = digests

@@ -2,11 +2,13 @@
 the sync has no desired state yet or its last reconcile did not succeed (then: in full)."""
 
 import logging
+import zlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
+import orjson
 import pytest
 
 from aioreconcile.engine.applying import ApplyOptions, ApplyResult
@@ -15,6 +17,7 @@ from aioreconcile.engine.changeset import Action, ChangeSet, ChangeSetEntry
 from aioreconcile.engine.config import GitSourceSpec, SyncSpec
 from aioreconcile.engine.metrics import Registry
 from aioreconcile.engine.model import Manifest, ObjectRef
+from aioreconcile.engine.naming import REVISION_ANNOTATION
 from aioreconcile.engine.outcomes import Reason
 from aioreconcile.engine.sources import RenderSpec
 from aioreconcile.engine.triggers import Push
@@ -238,6 +241,9 @@ async def test_a_change_under_the_path_that_renders_the_same_objects_writes_noth
         assert renderer.rendered == [A, B]
         assert len(cluster.writes) == writes
         assert made.states["app"].message == f"applied revision {B}"
+        # Not written, so its desired state keeps the stamps the object carries: A's.
+        desired = orjson.loads(zlib.decompress(made.states["app"].desired[config_map("").ref]))
+        assert desired["metadata"]["annotations"][REVISION_ANNOTATION] == A
 
 
 def _known_state() -> SyncState:
