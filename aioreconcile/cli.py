@@ -659,6 +659,7 @@ def _run_controller(args: argparse.Namespace) -> int:
         shards=args.shards,
         watch_read_timeout_s=args.watch_read_timeout,
         max_retry_delay_s=args.max_retry_delay,
+        freeze_startup_heap=True,
         tracing=runtime.tracing_settings(
             endpoint=getattr(args, "otlp_endpoint", None),
             service_name=getattr(args, "service_name", None),

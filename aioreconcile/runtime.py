@@ -317,6 +317,9 @@ class RunSettings:
     status_period_s: float = 1.0  # CRD mode: at most one status write per Sync per period
     event_window_s: float = 30.0  # CRD mode: Events per Sync and reason aggregated this long
     shards: int = 0  # CRD mode, with leader_election: split the Syncs in this many shards
+    # The CLI's ``run`` (a process of its own): ``gc.freeze()`` once started, see
+    # ``freeze_startup_heap``. Off for a controller run inside another program (the tests).
+    freeze_startup_heap: bool = False
 
 
 def release_memory() -> None:
@@ -334,6 +337,21 @@ def release_memory() -> None:
         return
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def freeze_startup_heap() -> None:
+    """Take everything alive at start-up out of every later garbage collection.
+
+    The modules, the tracing SDK and its exporter (~200 modules, ~10,000 tracked objects more
+    than without tracing), the config: they live as long as the process, yet every
+    ``gc.collect()`` of ``release_memory`` (one per reconcile) traversed them again; on a
+    1,000-object push that full collection took 20-28 ms of the controller's ~0.5 s, +3-5 ms
+    with tracing on (docs/tracing.md, "What it costs"). ``gc.freeze`` moves them to the
+    permanent generation, as CPython's documentation suggests for long-lived start-up state
+    (Instagram's reason for adding it); they are still freed by reference counting.
+    """
+    gc.collect()  # what start-up left as garbage is freed, not frozen
+    gc.freeze()
 
 
 def _git_cache_dir(settings: RunSettings) -> Path:
@@ -367,6 +385,8 @@ async def run_controller(
     cache = GitCache(_git_cache_dir(settings), registry=registry)
     handle = start_tracing(settings.tracing)
     install_log_correlation()
+    if settings.freeze_startup_heap:
+        freeze_startup_heap()
     try:
         await _run_controller(
             settings,

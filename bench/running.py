@@ -40,6 +40,13 @@ class Controller:
         fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return sum(int(f) for f in fields[11:15]) / _TICKS
 
+    def own_cpu_seconds(self) -> float:
+        """CPU time of the controller process alone (all its threads, exited ones too; its
+        children, git, left out), in nanoseconds' resolution: Linux's CPU clock of another
+        process (``clock_getcpuclockid``; CPUCLOCK_SCHED of the pid, ``((~pid) << 3) | 2``),
+        where /proc's utime + stime count 10 ms ticks, ~2 % of a 0.5 s push each reading."""
+        return time.clock_gettime(((~self.pid) << 3) | 2)
+
     async def status(self, session: aiohttp.ClientSession) -> dict[str, dict[str, Any]]:
         async with session.get(f"http://127.0.0.1:{self.ops_port}/status") as response:
             document: dict[str, Any] = await response.json()

@@ -37,6 +37,7 @@ import os
 import platform
 import random
 import secrets
+import shutil
 import statistics
 import sys
 import tempfile
@@ -167,7 +168,7 @@ async def push_round(
     seen.expect({objects.ref(i): objects.values[i] for i in range(objects.n)})
     await side.controller.wait_quiet()
     load = os.getloadavg()[0]
-    cpu = side.controller.cpu_seconds()
+    cpu, own = side.controller.cpu_seconds(), side.controller.own_cpu_seconds()
     t0 = time.perf_counter()
     await send_push(session, side, before, side.sha)
     with anyio.fail_after(LIMIT_S):
@@ -194,6 +195,7 @@ async def push_round(
         "applied_s": applied,
         "recorded_s": recorded,
         "cpu_s": side.controller.cpu_seconds() - cpu,
+        "cpu_self_s": side.controller.own_cpu_seconds() - own,
         "exported_s": exported,
         "spans": spans,
     }
@@ -215,7 +217,7 @@ def summarise(results: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], 
     for mode in MODES:
         mine = [r for r in results if r["mode"] == mode]
         row: dict[str, Any] = {"mode": mode, "rounds": len(mine)}
-        for key in ("applied_s", "recorded_s", "cpu_s", "exported_s"):
+        for key in ("applied_s", "recorded_s", "cpu_s", "cpu_self_s", "exported_s"):
             values = [r[key] for r in mine]
             if all(math.isnan(v) for v in values):
                 continue
@@ -226,12 +228,13 @@ def summarise(results: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], 
     by_round = {(r["round"], r["mode"]): r for r in results}
     rounds = sorted({r["round"] for r in results})
     overhead: dict[str, Any] = {}
-    for key in ("applied_s", "recorded_s", "cpu_s"):
+    for key in ("applied_s", "recorded_s", "cpu_s", "cpu_self_s"):
         pairs = [by_round[(n, "on")][key] / by_round[(n, "off")][key] for n in rounds]
         mean, low, high = ratio_interval(pairs)
         overhead[key[:-2]] = {
             "ratio_geomean": mean,
             "ci95": [low, high],
+            "sd_log_ratio": statistics.stdev(math.log(p) for p in pairs) if len(pairs) > 1 else 0.0,
             "ratio_median": statistics.median(pairs),
             "ratio_min": min(pairs),
             "ratio_max": max(pairs),
@@ -320,7 +323,8 @@ async def measure(kubeconfig: Path, args: argparse.Namespace, workdir: Path) -> 
                         )
                         print(
                             f"round {round_} {mode}: applied {result['applied_s']:.3f} s, "
-                            f"cpu {result['cpu_s']:.3f} s, load {result['load1']:.2f}",
+                            f"cpu {result['cpu_s']:.3f} s (own {result['cpu_self_s']:.3f} s), "
+                            f"load {result['load1']:.2f}",
                             file=sys.stderr,
                         )
                         if round_ >= 0:
@@ -373,13 +377,21 @@ async def main(args: argparse.Namespace) -> None:
     for name in [n for n in os.environ if n.startswith("OTEL_")]:
         del os.environ[name]  # the "off" controller must not inherit a tracing setting
     with tempfile.TemporaryDirectory(prefix="aioreconcile-bench-tracing-") as tmp:
-        if args.kubeconfig:
-            await measure(args.kubeconfig, args, Path(tmp))
-            return
-        from aioreconcile.testing import start_control_plane
+        try:
+            if args.kubeconfig:
+                await measure(args.kubeconfig, args, Path(tmp))
+                return
+            from aioreconcile.testing import start_control_plane
 
-        async with start_control_plane() as plane:
-            await measure(plane.kubeconfig, args, Path(tmp))
+            async with start_control_plane() as plane:
+                await measure(plane.kubeconfig, args, Path(tmp))
+        finally:
+            if args.keep_logs is not None:  # the controllers' JSON logs (stages_ms per push)
+                args.keep_logs.mkdir(parents=True, exist_ok=True)
+                for mode in MODES:
+                    log = Path(tmp) / f"{mode}.log"
+                    if log.exists():
+                        shutil.copyfile(log, args.keep_logs / f"{mode}.log")
 
 
 if __name__ == "__main__":
@@ -387,4 +399,7 @@ if __name__ == "__main__":
     parser.add_argument("--objects", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=20, help="pairs measured (after a warm-up)")
     parser.add_argument("--kubeconfig", type=Path, default=None)
+    parser.add_argument(
+        "--keep-logs", type=Path, default=None, help="copy the controllers' logs here at the end"
+    )
     anyio.run(main, parser.parse_args())

@@ -75,7 +75,14 @@ def _spans(scenario: str) -> list[ReadableSpan]:
             span.set_attributes({"aioreconcile.heal.ms": 12.5, "aioreconcile.retries": -3})
     else:
         with tracing.commit(info), tracing.stage("fetch", {"aioreconcile.objects": 4}) as stage:
-            stage.set_attributes({"aioreconcile.dry_run": False, "aioreconcile.paths": ["a", "b"]})
+            stage.set_attributes(
+                {
+                    "aioreconcile.dry_run": False,
+                    "aioreconcile.paths": ["a", "b"],
+                    # Longer than a one-byte length (127): the varint path of a string value.
+                    "aioreconcile.error": "denied: " + "é" * 200,
+                }
+            )
             tracing.objects(entries, operation="apply")
             stage.record_error("1 object(s) failed", error=RuntimeError("boom"))
     provider.shutdown()

@@ -3,12 +3,12 @@
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
@@ -781,3 +781,50 @@ def test_the_end_of_a_commit_asks_for_a_flush_and_a_stage_does_not(
         assert ended == []
     assert ended == ["flush"]
     provider.shutdown()
+
+
+class _Batches(InMemorySpanExporter):
+    """Records the size of every export call: one call is one OTLP request."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: list[int] = []
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.sizes.append(len(spans))
+        return super().export(spans)
+
+
+def _commit_of(tracing: OtelTracing, objects: int) -> None:
+    entries = [
+        entry("ConfigMap", f"settings-{i}", Action.CONFIGURED, before=str(i), after=str(i + 1))
+        for i in range(objects)
+    ]
+    with tracing.commit(commit_info()), tracing.stage("apply"):
+        tracing.objects(entries, operation="apply")
+
+
+def test_a_thousand_object_commit_is_exported_in_one_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The SDK's batches of 512 made three requests of a 1,000-object commit (and woke the batch
+    thread in the middle of it); the flush at the commit's end now sends it in one."""
+    monkeypatch.delenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", raising=False)
+    exporter = _Batches()
+    with start_tracing(TracingSettings.from_environ({}), exporter=exporter) as handle:
+        assert handle.tracing is not None
+        _commit_of(handle.tracing, 1000)
+        deadline = time.monotonic() + 5
+        while sum(exporter.sizes) < 1002 and time.monotonic() < deadline:
+            time.sleep(0.01)  # the flush at the commit's end runs in its own thread
+        assert exporter.sizes == [1002]  # root, stage and 1,000 objects
+
+
+def test_the_batch_size_variable_still_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "100")
+    exporter = _Batches()
+    with start_tracing(TracingSettings.from_environ({}), exporter=exporter) as handle:
+        assert handle.tracing is not None
+        _commit_of(handle.tracing, 250)
+    assert sum(exporter.sizes) == 252
+    assert max(exporter.sizes) <= 100
