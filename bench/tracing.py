@@ -30,6 +30,7 @@ the same for both modes.
 """
 
 import argparse
+import contextlib
 import hashlib
 import hmac
 import math
@@ -61,6 +62,7 @@ from bench.running import Controller, run_controller
 
 SECRET_ENV = "BENCH_WEBHOOK_SECRET"
 MODES = ("off", "on")
+UNSAMPLED = "unsampled"
 LIMIT_S = 120.0
 
 
@@ -212,9 +214,31 @@ def ratio_interval(
     return math.exp(statistics.fmean(logs)), math.exp(low), math.exp(high)
 
 
-def summarise(results: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def _ratios(results: Sequence[dict[str, Any]], numerator: str, denominator: str) -> dict[str, Any]:
+    """Per round, ``numerator``'s figure over ``denominator``'s: geometric mean, 95 % CI."""
+    by_round = {(r["round"], r["mode"]): r for r in results}
+    rounds = sorted({r["round"] for r in results})
+    ratios: dict[str, Any] = {}
+    for key in ("applied_s", "recorded_s", "cpu_s", "cpu_self_s"):
+        pairs = [by_round[(n, numerator)][key] / by_round[(n, denominator)][key] for n in rounds]
+        mean, low, high = ratio_interval(pairs)
+        ratios[key[:-2]] = {
+            "ratio_geomean": mean,
+            "ci95": [low, high],
+            "sd_log_ratio": statistics.stdev(math.log(p) for p in pairs) if len(pairs) > 1 else 0.0,
+            "ratio_median": statistics.median(pairs),
+            "ratio_min": min(pairs),
+            "ratio_max": max(pairs),
+            "pairs": pairs,
+        }
+    return ratios
+
+
+def summarise(
+    results: Sequence[dict[str, Any]], modes: Sequence[str] = MODES
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     rows = []
-    for mode in MODES:
+    for mode in modes:
         mine = [r for r in results if r["mode"] == mode]
         row: dict[str, Any] = {"mode": mode, "rounds": len(mine)}
         for key in ("applied_s", "recorded_s", "cpu_s", "cpu_self_s", "exported_s"):
@@ -225,22 +249,7 @@ def summarise(results: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], 
             row[f"{key[:-2]}_min_s"] = min(values)
             row[f"{key[:-2]}_max_s"] = max(values)
         rows.append(row)
-    by_round = {(r["round"], r["mode"]): r for r in results}
-    rounds = sorted({r["round"] for r in results})
-    overhead: dict[str, Any] = {}
-    for key in ("applied_s", "recorded_s", "cpu_s", "cpu_self_s"):
-        pairs = [by_round[(n, "on")][key] / by_round[(n, "off")][key] for n in rounds]
-        mean, low, high = ratio_interval(pairs)
-        overhead[key[:-2]] = {
-            "ratio_geomean": mean,
-            "ci95": [low, high],
-            "sd_log_ratio": statistics.stdev(math.log(p) for p in pairs) if len(pairs) > 1 else 0.0,
-            "ratio_median": statistics.median(pairs),
-            "ratio_min": min(pairs),
-            "ratio_max": max(pairs),
-            "pairs": pairs,
-        }
-    return rows, overhead
+    return rows, _ratios(results, "on", "off")
 
 
 async def measure(kubeconfig: Path, args: argparse.Namespace, workdir: Path) -> None:
@@ -251,9 +260,10 @@ async def measure(kubeconfig: Path, args: argparse.Namespace, workdir: Path) -> 
     os.environ[SECRET_ENV] = secrets.token_hex(32)
     served = workdir / "served"
     served.mkdir()
-    objects = {m: Objects(args.objects, prefix=f"bench-tr-{token}-{m}") for m in MODES}
-    repos = {m: Repository.create(served, workdir, f"tr-{m}") for m in MODES}
-    shas = {m: repos[m].commit(objects[m].files(), "initial") for m in MODES}
+    modes = (*MODES, UNSAMPLED) if args.unsampled else MODES
+    objects = {m: Objects(args.objects, prefix=f"bench-tr-{token}-{m}") for m in modes}
+    repos = {m: Repository.create(served, workdir, f"tr-{m}") for m in modes}
+    shas = {m: repos[m].commit(objects[m].files(), "initial") for m in modes}
     namespaces = [ns for o in objects.values() for ns in o.namespaces]
     results: list[dict[str, Any]] = []
     async with (
@@ -261,35 +271,35 @@ async def measure(kubeconfig: Path, args: argparse.Namespace, workdir: Path) -> 
         git_daemon(served, workdir) as base,
         await KubeTransport.connect(kubeconfig) as transport,
     ):
+        exporting = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": jaeger.otlp_http_endpoint,
+            "OTEL_SERVICE_NAME": service,
+        }
         env = {
             "off": {},
-            "on": {
-                "OTEL_EXPORTER_OTLP_ENDPOINT": jaeger.otlp_http_endpoint,
-                "OTEL_SERVICE_NAME": service,
-            },
+            "on": exporting,
+            # The SDK and the traceparent stamps, no span recorded or exported.
+            UNSAMPLED: {**exporting, "OTEL_TRACES_SAMPLER": "always_off"},
         }
         try:
             async with (
-                run_controller(
-                    _config("tr-off", f"{base}tr-off.git"),
-                    kubeconfig=kubeconfig,
-                    workdir=workdir,
-                    namespace=objects["off"].namespaces[0],
-                    name="off",
-                    env=env["off"],
-                ) as off,
-                run_controller(
-                    _config("tr-on", f"{base}tr-on.git"),
-                    kubeconfig=kubeconfig,
-                    workdir=workdir,
-                    namespace=objects["on"].namespaces[0],
-                    name="on",
-                    env=env["on"],
-                ) as on,
+                contextlib.AsyncExitStack() as stack,
                 aiohttp.ClientSession() as session,
                 anyio.create_task_group() as tasks,
             ):
-                controllers = {"off": off, "on": on}
+                controllers = {
+                    m: await stack.enter_async_context(
+                        run_controller(
+                            _config(f"tr-{m}", f"{base}tr-{m}.git"),
+                            kubeconfig=kubeconfig,
+                            workdir=workdir,
+                            namespace=objects[m].namespaces[0],
+                            name=m,
+                            env=env[m],
+                        )
+                    )
+                    for m in modes
+                }
                 sides = {
                     m: Side(
                         m,
@@ -300,9 +310,9 @@ async def measure(kubeconfig: Path, args: argparse.Namespace, workdir: Path) -> 
                         controllers[m],
                         shas[m],
                     )
-                    for m in MODES
+                    for m in modes
                 }
-                for m in MODES:
+                for m in modes:
                     await controllers[m].wait_applied(
                         session, {f"tr-{m}": shas[m]}, limit_s=600, poll_s=0.2
                     )
@@ -311,8 +321,10 @@ async def measure(kubeconfig: Path, args: argparse.Namespace, workdir: Path) -> 
                 started = time.time()
                 load_before = os.getloadavg()
                 for round_ in range(-1, args.rounds):  # round -1: the warm-up
-                    order = MODES if round_ % 2 == 0 else MODES[::-1]
-                    for mode in order:
+                    # Each mode in each position equally often: off-on, on-off, ... (with
+                    # --unsampled: off-on-unsampled, on-unsampled-off, unsampled-off-on, ...).
+                    shift = round_ % len(modes)
+                    for mode in (*modes[shift:], *modes[:shift]):
                         result = await push_round(
                             sides[mode],
                             session,
@@ -332,7 +344,15 @@ async def measure(kubeconfig: Path, args: argparse.Namespace, workdir: Path) -> 
                 tasks.cancel_scope.cancel()
         finally:
             await remove(transport, namespaces)
-    rows, overhead = summarise(results)
+    rows, overhead = summarise(results, modes)
+    decomposed = (
+        {
+            "unsampled_over_off": _ratios(results, UNSAMPLED, "off"),
+            "on_over_unsampled": _ratios(results, "on", UNSAMPLED),
+        }
+        if args.unsampled
+        else {}
+    )
     emit(
         "tracing",
         rows,
@@ -346,16 +366,26 @@ async def measure(kubeconfig: Path, args: argparse.Namespace, workdir: Path) -> 
             "objects": args.objects,
             "python": platform.python_version(),
             "overhead": overhead,
+            **decomposed,
             "rounds": results,
         },
     )
-    for key, value in overhead.items():
-        low, high = value["ci95"]
-        print(
-            f"{key}: on/off {value['ratio_geomean']:.3f} (95 % CI {low:.3f}-{high:.3f}), "
-            f"median pair {value['ratio_median']:.3f}, "
-            f"pairs {value['ratio_min']:.3f}-{value['ratio_max']:.3f}"
-        )
+    named = {"on/off": overhead}
+    if decomposed:
+        named |= {
+            "unsampled/off": decomposed["unsampled_over_off"],
+            "on/unsampled": decomposed["on_over_unsampled"],
+        }
+    for ratio, figures in named.items():
+        for key, value in figures.items():
+            low, high = value["ci95"]
+            print(
+                f"{key}: {ratio} {value['ratio_geomean']:.4f} "
+                f"(95 % CI {low:.4f}-{high:.4f}, {len(value['pairs'])} pairs), "
+                f"median pair {value['ratio_median']:.3f}, "
+                f"pairs {value['ratio_min']:.3f}-{value['ratio_max']:.3f}, "
+                f"sd of log ratio {value['sd_log_ratio']:.3f}"
+            )
 
 
 def _config(sync: str, url: str) -> dict[str, Any]:
@@ -388,7 +418,7 @@ async def main(args: argparse.Namespace) -> None:
         finally:
             if args.keep_logs is not None:  # the controllers' JSON logs (stages_ms per push)
                 args.keep_logs.mkdir(parents=True, exist_ok=True)
-                for mode in MODES:
+                for mode in (*MODES, UNSAMPLED):
                     log = Path(tmp) / f"{mode}.log"
                     if log.exists():
                         shutil.copyfile(log, args.keep_logs / f"{mode}.log")
@@ -399,6 +429,11 @@ if __name__ == "__main__":
     parser.add_argument("--objects", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=20, help="pairs measured (after a warm-up)")
     parser.add_argument("--kubeconfig", type=Path, default=None)
+    parser.add_argument(
+        "--unsampled",
+        action="store_true",
+        help="a third controller, tracing configured but OTEL_TRACES_SAMPLER=always_off",
+    )
     parser.add_argument(
         "--keep-logs", type=Path, default=None, help="copy the controllers' logs here at the end"
     )

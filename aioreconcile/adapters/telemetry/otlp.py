@@ -17,7 +17,7 @@ exporter's self-metrics) stays the library's ``OTLPSpanExporter``; only ``export
 
 import struct
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 from opentelemetry.exporter.otlp.proto.common._internal import (
@@ -34,7 +34,17 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanContext, SpanKind
+
+from aioreconcile.adapters.telemetry.tracing import (
+    SCOPE,
+    ObjectSpan,
+    change_attributes,
+    identity_attributes,
+    object_span_name,
+    object_span_times,
+)
+from aioreconcile.engine.changeset import ChangeSetEntry
 
 _KIND: Final[Mapping[SpanKind, bytes]] = {
     # Span.kind (field 6, varint): OTLP's SpanKind numbers start at INTERNAL = 1.
@@ -111,6 +121,9 @@ class SpanEncoder:
         self._keys: dict[str, bytes] = {}
         self._pairs: dict[tuple[str, str], bytes] = {}
         self._names: dict[str, bytes] = {}
+        # An object's identity attributes by (group, kind, namespace, name, version): as many
+        # as objects, so bounded like the rest (a 1,000-object sync hits it on every commit).
+        self._identities: dict[tuple[str, str, str, str, str], bytes] = {}
         # The spans of a batch are mostly of one trace and, for object spans, of one parent:
         # their encoded fields are kept from the span before.
         self._trace_id = -1
@@ -162,6 +175,60 @@ class SpanEncoder:
             field = self._names[name] = _length_delimited(b"\x2a", name.encode())
         return field
 
+    def _object_attributes(self, entry: ChangeSetEntry) -> bytes:
+        """``object_attributes(entry)`` encoded: the identity part once per object (the same
+        objects are applied commit after commit), then what happened to it."""
+        ref = entry.ref
+        key = (ref.group, ref.kind, ref.namespace, ref.name, ref.version)
+        identity = self._identities.get(key)
+        if identity is None:
+            if len(self._identities) >= _CACHE_MAX:
+                self._identities.clear()
+            encode = self._encode_key_value
+            identity = self._identities[key] = b"".join(
+                [encode(k, v) for k, v in identity_attributes(ref).items()]
+            )
+        key_value = self._key_value
+        return identity + b"".join([key_value(k, v) for k, v in change_attributes(entry).items()])
+
+    def object_spans(
+        self,
+        entries: Sequence[ChangeSetEntry],
+        operation: str,
+        parent: SpanContext,
+        new_span_id: Callable[[], int],
+        now: int,
+    ) -> bytes:
+        """The ``Span`` messages (each with its field tag, as ``ScopeSpans.spans``) of the object
+        spans ``OtelTracing`` would make for ``entries`` (none FAILED: those keep their status
+        and ``exception`` event through ``span``): the same fields ``span`` writes for such an
+        ``ObjectSpan``, with what every span of a stage shares encoded once."""
+        shared_head = b"\x0a\x10" + parent.trace_id.to_bytes(16, "big")
+        state = b""
+        if parent.trace_state:
+            joined = ",".join(f"{k}={v}" for k, v in parent.trace_state.items())
+            state = _length_delimited(b"\x1a", joined.encode())
+        shared_parent = state + b"\x22\x08" + parent.span_id.to_bytes(8, "big")
+        tail = _STATUS_UNSET + (_FLAGS_REMOTE if parent.is_remote else _FLAGS_LOCAL)
+        name, object_attributes = self._name, self._object_attributes
+        out = []
+        for entry in entries:
+            start, end = object_span_times(entry, now)
+            body = b"".join(
+                [
+                    shared_head,
+                    b"\x12\x08" + new_span_id().to_bytes(8, "big"),
+                    shared_parent,
+                    name(object_span_name(entry.ref, operation)),
+                    _INTERNAL,
+                    _PACK_TIMES(0x39, start, 0x41, end),
+                    object_attributes(entry),
+                    tail,
+                ]
+            )
+            out.append(b"\x12" + _varint(len(body)) + body)
+        return b"".join(out)
+
     def span(self, span: ReadableSpan) -> bytes:
         """One ``Span`` message (without its field tag)."""
         context = span.get_span_context()
@@ -185,11 +252,14 @@ class SpanEncoder:
         kind = span.kind
         parts.append(_INTERNAL if kind is SpanKind.INTERNAL else _KIND[kind])
         parts.append(_PACK_TIMES(0x39, span.start_time or 0, 0x41, span.end_time or 0))
-        pairs, key_value = self._pairs, self._key_value
-        for key, value in (span.attributes or {}).items():
-            # The cache lookup inlined: 5 of an object span's up to 9 attributes hit it.
-            pair = pairs.get((key, value)) if type(value) is str else None
-            parts.append(key_value(key, value) if pair is None else pair)
+        if type(span) is ObjectSpan:
+            parts.append(self._object_attributes(span.entry))
+        else:
+            pairs, key_value = self._pairs, self._key_value
+            for key, value in (span.attributes or {}).items():
+                # The cache lookup inlined: most attributes of a stage span hit it.
+                pair = pairs.get((key, value)) if type(value) is str else None
+                parts.append(key_value(key, value) if pair is None else pair)
         if span.dropped_attributes:
             parts.append(b"\x50" + _varint(span.dropped_attributes))
         if span.events:
@@ -231,10 +301,12 @@ class SpanEncoder:
                 key = next((k for k, r in resources.items() if r == resource), id(resource))
                 canonical[id(resource)] = key
                 resources.setdefault(key, resource)
+            scope_spans = grouped[key][span.instrumentation_scope or None]
+            if type(span) is EncodedObjectSpans:
+                scope_spans.append(span.data)  # already tagged Span messages
+                continue
             encoded = self.span(span)
-            grouped[key][span.instrumentation_scope or None].append(
-                b"\x12" + _varint(len(encoded)) + encoded
-            )
+            scope_spans.append(b"\x12" + _varint(len(encoded)) + encoded)
         resource_spans = []
         for key, scopes in grouped.items():
             resource = resources[key]
@@ -255,6 +327,57 @@ class SpanEncoder:
         return b"".join(resource_spans)
 
 
+class EncodedObjectSpans(ReadableSpan):
+    """A run of object spans already in OTLP wire form: one item in the batch processor's queue
+    instead of one ``ObjectSpan`` each. Only ``FastOTLPSpanExporter`` reads them (``data``:
+    tagged ``Span`` messages; ``count``: how many); ``start_tracing`` makes them for it alone.
+
+    Why: a 1,000-object commit's spans were 1,000 ``ObjectSpan``s (a ``ReadableSpan``, its
+    ``SpanContext``, attributes), each queued by ``on_end`` and read back by the encoder in the
+    exporting thread. They waited in the queue until the commit's end, so the collections of
+    the reconcile's own work walked them, and the encoding ran in a second thread contending
+    for the GIL. Written straight from the ChangeSet entries on the event loop, the same bytes
+    cost a third of that (docs/tracing.md, "What it costs"), and bytes are never walked by
+    the garbage collector. ``context`` is the parent's (sampled: the batch processor checks)."""
+
+    def __init__(
+        self,
+        data: bytes,
+        count: int,
+        *,
+        parent: SpanContext,
+        resource: Resource,
+        scope: InstrumentationScope,
+    ) -> None:
+        super().__init__(
+            name="encoded object spans",
+            context=parent,
+            resource=resource,
+            instrumentation_scope=scope,
+        )
+        self.data = data
+        self.count = count
+
+
+class PreEncoder:
+    """``tracing.ObjectSpanEncoder`` for ``FastOTLPSpanExporter``: runs on the caller's thread
+    (the event loop) with a ``SpanEncoder`` of its own, so its caches are never shared with the
+    exporting thread's encoder."""
+
+    def __init__(self, resource: Resource, new_span_id: Callable[[], int]) -> None:
+        self._encoder = SpanEncoder()
+        self._resource = resource
+        self._new_span_id = new_span_id
+
+    def __call__(
+        self, entries: Sequence[ChangeSetEntry], operation: str, parent: SpanContext, now: int
+    ) -> ReadableSpan:
+        data = self._encoder.object_spans(entries, operation, parent, self._new_span_id, now)
+        return EncodedObjectSpans(
+            data, len(entries), parent=parent, resource=self._resource, scope=SCOPE
+        )
+
+
 class FastOTLPSpanExporter(OTLPSpanExporter):
     """``OTLPSpanExporter`` (OTLP/HTTP protobuf) whose batches are encoded by ``SpanEncoder``.
 
@@ -268,12 +391,18 @@ class FastOTLPSpanExporter(OTLPSpanExporter):
         self._encoder = SpanEncoder()
         self._fast = all(hasattr(self, name) for name in ("_client", "_metrics", "_shutdown"))
 
+    @property
+    def takes_encoded(self) -> bool:
+        """Whether ``EncodedObjectSpans`` may be queued for it (its own ``export`` is used)."""
+        return self._fast
+
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if not self._fast:
             return super().export(spans)
         if self._shutdown:
             return SpanExportResult.FAILURE
-        with self._metrics.export_operation(len(spans)) as result:
+        count = sum(s.count if type(s) is EncodedObjectSpans else 1 for s in spans)
+        with self._metrics.export_operation(count) as result:
             data = self._encoder.request(spans)
             sent = self._client.export(data)
             if not sent.success:

@@ -30,7 +30,7 @@ from opentelemetry.sdk.trace.sampling import (
     TraceIdRatioBased,
 )
 
-from aioreconcile.adapters.telemetry.tracing import OtelTracing
+from aioreconcile.adapters.telemetry.tracing import ObjectSpanEncoder, OtelTracing
 from aioreconcile.engine.errors import AioreconcileError
 
 HTTP_PROTOBUF: Final = "http/protobuf"
@@ -285,6 +285,16 @@ def _exporter(settings: TracingSettings) -> SpanExporter:
     return FastOTLPSpanExporter(endpoint=endpoint)
 
 
+def _pre_encoder(exporter: SpanExporter, provider: TracerProvider) -> ObjectSpanEncoder | None:
+    """Object spans written to OTLP on the event loop, for our OTLP/HTTP exporter only (the
+    gRPC one, and a test's in-memory one, take ``ReadableSpan``s)."""
+    from aioreconcile.adapters.telemetry.otlp import FastOTLPSpanExporter, PreEncoder
+
+    if isinstance(exporter, FastOTLPSpanExporter) and exporter.takes_encoded:
+        return PreEncoder(provider.resource, provider.id_generator.generate_span_id)
+    return None
+
+
 def start_tracing(
     settings: TracingSettings, *, exporter: SpanExporter | None = None
 ) -> TracingHandle:
@@ -307,13 +317,19 @@ def start_tracing(
         resource=resource,
         shutdown_on_exit=False,
     )
+    exporter = exporter or _exporter(settings)
     processor = BatchSpanProcessor(
-        exporter or _exporter(settings),
+        exporter,
         max_queue_size=_MAX_QUEUE,
         # None: the SDK reads OTEL_BSP_MAX_EXPORT_BATCH_SIZE (and validates it)
         max_export_batch_size=None if os.environ.get(_BATCH_VARIABLE) else _MAX_BATCH,
     )
     provider.add_span_processor(processor)
     flusher = TraceFlusher(provider)
-    tracing = OtelTracing(provider, trace_ended=flusher.request, span_processor=processor)
+    tracing = OtelTracing(
+        provider,
+        trace_ended=flusher.request,
+        span_processor=processor,
+        encode_objects=_pre_encoder(exporter, provider),
+    )
     return TracingHandle(tracing, provider, flusher)

@@ -19,7 +19,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -28,6 +28,7 @@ from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util.types import Attributes
 from opentelemetry.util.types import AttributeValue as OtelAttributeValue
 
 from aioreconcile import __version__
@@ -136,16 +137,66 @@ def _identity_attributes(ref: ObjectRef) -> dict[str, OtelAttributeValue]:
     return attributes
 
 
-def object_attributes(entry: ChangeSetEntry) -> dict[str, OtelAttributeValue]:
-    """The attributes of one object span: semantic-convention names where they exist, ours
-    always (so a query never depends on the kind having a convention)."""
-    attributes = _identity_attributes(entry.ref)
-    attributes["aioreconcile.action"] = entry.action.value
+def identity_attributes(ref: ObjectRef) -> dict[str, OtelAttributeValue]:
+    """The first attributes of an object span, which object it is: the same on every span of
+    that object, so the OTLP encoder (otlp.py) encodes them once per object."""
+    return _identity_attributes(ref)
+
+
+def change_attributes(entry: ChangeSetEntry) -> dict[str, OtelAttributeValue]:
+    """The attributes of an object span after its identity: what happened to it."""
+    attributes: dict[str, OtelAttributeValue] = {"aioreconcile.action": entry.action.value}
     if entry.resource_version_before is not None:
         attributes["aioreconcile.resource_version.before"] = entry.resource_version_before
     if entry.resource_version_after is not None:
         attributes["aioreconcile.resource_version.after"] = entry.resource_version_after
     return attributes
+
+
+def object_attributes(entry: ChangeSetEntry) -> dict[str, OtelAttributeValue]:
+    """The attributes of one object span: semantic-convention names where they exist, ours
+    always (so a query never depends on the kind having a convention)."""
+    attributes = identity_attributes(entry.ref)
+    attributes |= change_attributes(entry)
+    return attributes
+
+
+SCOPE: Final = InstrumentationScope("aioreconcile", __version__)
+"""The instrumentation scope of the spans made without the SDK's tracer (object spans)."""
+
+
+def object_span_times(entry: ChangeSetEntry, now: int) -> tuple[int, int]:
+    """Start and end (ns) of an object span: the applier's recorded times, else ``now``."""
+    if entry.started_at is None:
+        return now, now
+    start = int(entry.started_at * 1e9)
+    return start, start + int(entry.duration_s * 1e9)
+
+
+ObjectSpanEncoder = Callable[[Sequence[ChangeSetEntry], str, trace.SpanContext, int], ReadableSpan]
+"""Object spans of ``entries`` (none FAILED) under ``parent`` at ``now``, already encoded, as one
+item for the span processor (``otlp.PreEncoder``)."""
+
+
+class ObjectSpan(ReadableSpan):
+    """An object span made after the fact (``OtelTracing._finished_objects``), which keeps its
+    ChangeSet entry: its attributes are ``object_attributes(entry)``, made when first read (an
+    in-memory or the gRPC exporter reads them; the OTLP/HTTP encoder does not, it encodes the
+    object's identity once per object and the entry's change, ``SpanEncoder``)."""
+
+    def __init__(self, entry: ChangeSetEntry, **fields: Any) -> None:
+        super().__init__(**fields)
+        self.entry = entry
+
+    @property
+    def attributes(self) -> Attributes:
+        if self._attributes is None:
+            self._attributes = object_attributes(self.entry)
+        return super().attributes
+
+    def to_json(self, indent: int | None = 4) -> str:
+        self.attributes  # noqa: B018 - made now, as to_json reads the field itself
+        return str(super().to_json(indent))
 
 
 def _exported(value: AttributeValue) -> OtelAttributeValue:
@@ -255,15 +306,17 @@ class OtelTracing:
         *,
         trace_ended: Callable[[], None] | None = None,
         span_processor: SpanProcessor | None = None,
+        encode_objects: ObjectSpanEncoder | None = None,
     ) -> None:
         self._tracer = provider.get_tracer("aioreconcile", __version__)
         self._trace_ended = trace_ended
         self._sink = span_processor if isinstance(provider, SdkTracerProvider) else None
+        self._encode_objects = encode_objects if self._sink is not None else None
         if self._sink is not None:
             assert isinstance(provider, SdkTracerProvider)
             self._resource = provider.resource
             self._new_span_id = provider.id_generator.generate_span_id
-            self._scope = InstrumentationScope("aioreconcile", __version__)
+            self._scope = SCOPE
 
     def commit(self, info: Commit) -> AbstractContextManager[OtelSpan]:
         """``reconcile <sync>``: the root of a commit trace, unless a webhook's sender gave a
@@ -337,8 +390,7 @@ class OtelTracing:
                 self._finished_objects(entries, operation, parent_context, now)
             return  # an unsampled parent: its children are not sampled either
         for entry in entries:
-            start = now if entry.started_at is None else int(entry.started_at * 1e9)
-            end = now if entry.started_at is None else start + int(entry.duration_s * 1e9)
+            start, end = object_span_times(entry, now)
             span = self._tracer.start_span(
                 object_span_name(entry.ref, operation),
                 context=parent,
@@ -365,9 +417,16 @@ class OtelTracing:
         trace_id, flags, state = parent.trace_id, parent.trace_flags, parent.trace_state
         on_end, new_span_id = self._sink.on_end, self._new_span_id
         resource, scope = self._resource, self._scope
+        encode = self._encode_objects
+        run: list[ChangeSetEntry] = []  # the entries encoded together, in order
         for entry in entries:
-            start = now if entry.started_at is None else int(entry.started_at * 1e9)
-            end = now if entry.started_at is None else start + int(entry.duration_s * 1e9)
+            if encode is not None and entry.action is not Action.FAILED:
+                run.append(entry)
+                continue
+            if run and encode is not None:
+                on_end(encode(run, operation, parent, now))
+                run = []
+            start, end = object_span_times(entry, now)
             status = _UNSET
             events: tuple[Event, ...] = ()
             if entry.action is Action.FAILED:
@@ -375,12 +434,12 @@ class OtelTracing:
                 status = trace.Status(trace.StatusCode.ERROR, redact_text(message))
                 events = (Event("exception", _exception_attributes(message, None), end),)
             on_end(
-                ReadableSpan(
+                ObjectSpan(
+                    entry,
                     name=object_span_name(entry.ref, operation),
                     context=trace.SpanContext(trace_id, new_span_id(), False, flags, state),
                     parent=parent,
                     resource=resource,
-                    attributes=object_attributes(entry),
                     events=events,
                     status=status,
                     start_time=start,
@@ -388,6 +447,8 @@ class OtelTracing:
                     instrumentation_scope=scope,
                 )
             )
+        if run and encode is not None:
+            on_end(encode(run, operation, parent, now))
 
     def heal(
         self,
