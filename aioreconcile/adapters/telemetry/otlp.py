@@ -11,6 +11,12 @@ span (events, links) still go through the official encoder, so their semantics a
 library's. tests/telemetry/test_otlp_encoding.py decodes both encodings with the official
 ``ExportTraceServiceRequest`` and compares them field by field.
 
+Object spans go further (``PreEncoder``): ``OtelTracing`` hands a stage's entries to it on the
+event loop, and their spans are written straight from the ChangeSet entries, the identity
+attributes of an object encoded once per object, into one queue item (``EncodedObjectSpans``)
+that ``request`` copies into the batch: about a third of the CPU of making an ``ObjectSpan`` and
+encoding it in the exporting thread (docs/tracing.md, "What it costs").
+
 The HTTP transport (endpoint, ``OTEL_EXPORTER_OTLP_HEADERS``, TLS, compression, retries, the
 exporter's self-metrics) stays the library's ``OTLPSpanExporter``; only ``export`` is replaced.
 """

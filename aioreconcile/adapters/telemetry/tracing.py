@@ -298,7 +298,12 @@ class OtelTracing:
     decides for a child of a sampled span in the same trace). The SDK's ``start_span`` +
     ``end`` cost ~22 µs each (sampler, context lookups, attribute cleaning, two processor
     calls), several times the span itself; a 1,000-object commit makes 1,000 of them. Without
-    it (tests with their own provider) object spans go through ``start_span`` as before."""
+    it (tests with their own provider) object spans go through ``start_span`` as before.
+
+    ``encode_objects`` (``start_tracing`` passes ``otlp.PreEncoder`` when its exporter is our
+    OTLP/HTTP one) goes further: the object spans of a run of entries (a failed entry keeps
+    its ``ObjectSpan``, with status and ``exception`` event) are written to OTLP bytes at once
+    and queued as one item, never made as span objects (otlp.py, ``EncodedObjectSpans``)."""
 
     def __init__(
         self,
