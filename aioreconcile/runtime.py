@@ -345,8 +345,8 @@ def freeze_startup_heap() -> None:
     The modules, the tracing SDK and its exporter (~200 modules, ~11,000 tracked objects more
     than without tracing), the config: they live as long as the process, yet every
     ``gc.collect()`` of ``release_memory`` (one per reconcile) traversed them again; on a
-    1,000-object push that full collection took 20-28 ms of the controller's ~0.5 s, +3-5 ms
-    with tracing on (docs/tracing.md, "What it costs"). ``gc.freeze`` moves them to the
+    1,000-object push that full collection took 20-28 ms of the controller's ~0.5 s, a few ms
+    more with tracing on (docs/tracing.md, "What it costs"). ``gc.freeze`` moves them to the
     permanent generation, as CPython's documentation suggests for long-lived start-up state
     (Instagram's reason for adding it); they are still freed by reference counting.
     """
