@@ -556,6 +556,27 @@ async def storm(
     }
 
 
+async def requests_by_verb(transport: KubeTransport) -> dict[str, float]:
+    """The apiserver's own count of requests for the kinds the benchmark manages
+    (``apiserver_request_total``, summed by verb; watches left out), as the server saw them."""
+    async with transport.stream("/metrics") as content:
+        text = (await content.read()).decode()
+    counts: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line.startswith("apiserver_request_total{") or 'verb="WATCH"' in line:
+            continue
+        if not any(f'resource="{r.plural}"' in line for r in RESOURCES.values()):
+            continue
+        verb = line.partition('verb="')[2].partition('"')[0]
+        counts[verb] = counts.get(verb, 0.0) + float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def cpu_of(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds used so far by each process of ``pids`` (/proc)."""
+    return {name: cpu_seconds(pid) for name, pid in pids.items()}
+
+
 async def storm_with_push(
     session: aiohttp.ClientSession,
     transport: KubeTransport,
@@ -566,12 +587,18 @@ async def storm_with_push(
     args: argparse.Namespace,
     rng: random.Random,
     tag: str,
+    plane: dict[str, int],
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """A storm over ``stormed`` and, as soon as its foreign writes are all answered (the
-    controller's heals of them under way), a push of ``pushed``."""
+    controller's heals of them under way), a push of ``pushed``. Besides the times: the CPU the
+    controller (and, when the benchmark started it, the apiserver and etcd) used from the storm's
+    start until its push was applied and every object healed, and the requests the apiserver
+    counted meanwhile by verb (the storm's PATCHes, the heals' requests, the push's)."""
     push = prepare_push(pushed, watching, args.changed, rng, tag)
     written = anyio.Event()
     storm_result: dict[str, Any] = {}
+    requests_before = await requests_by_verb(transport)
+    plane_before = cpu_of(plane)
     cpu_before = cpu_seconds(controller.pid)
 
     async def run_storm() -> None:
@@ -588,6 +615,14 @@ async def storm_with_push(
         push_result = await wait_applied(push)
         push_result["storm_healing"] = not storm_result  # the storm was still being healed
     storm_result["controller_cpu_s"] = cpu_seconds(controller.pid) - cpu_before
+    for name, used in cpu_of(plane).items():
+        storm_result[f"{name}_cpu_s"] = used - plane_before[name]
+    requests_after = await requests_by_verb(transport)
+    storm_result["requests"] = {
+        verb: n - requests_before.get(verb, 0.0)
+        for verb, n in sorted(requests_after.items())
+        if n != requests_before.get(verb, 0.0)
+    }
     await controller.wait_recorded(session, {pushed.name: push.sha}, limit_s=APPLIED_LIMIT_S)
     return storm_result, push_result
 
@@ -648,8 +683,11 @@ def spread(values: Sequence[float | None]) -> dict[str, float]:
     }
 
 
-async def measure(kubeconfig: Path, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    """Every phase of the module docstring; the document ``emit`` prints."""
+async def measure(
+    kubeconfig: Path, args: argparse.Namespace, workdir: Path, plane: dict[str, int] | None = None
+) -> dict[str, Any]:
+    """Every phase of the module docstring; the document ``emit`` prints. ``plane``: the pids
+    of the apiserver and etcd when this process started them (their CPU per storm)."""
     rng = random.Random(args.seed)
     load_before = os.getloadavg()
     served = workdir / "served"
@@ -671,7 +709,9 @@ async def measure(kubeconfig: Path, args: argparse.Namespace, workdir: Path) -> 
         try:
             controller = start_controller(kubeconfig, workdir, syncs, args)
             try:
-                document = await phases(session, transport, controller, watching, syncs, args, rng)
+                document = await phases(
+                    session, transport, controller, watching, syncs, args, rng, plane or {}
+                )
             finally:
                 await controller.process.stop(grace=30)
                 if args.keep_logs:
@@ -694,6 +734,7 @@ async def phases(
     syncs: Sequence[Sync],
     args: argparse.Namespace,
     rng: random.Random,
+    plane: dict[str, int],
 ) -> dict[str, Any]:
     seen = await controller.wait_recorded(
         session, {s.name: s.sha for s in syncs}, limit_s=args.apply_limit, poll_s=0.5
@@ -745,7 +786,7 @@ async def phases(
             if pushed is stormed:
                 raise SystemExit("a heal storm needs at least two syncs")
             stormed_result, push_result = await storm_with_push(
-                session, transport, controller, watching, stormed, pushed, args, rng, f"s{r}"
+                session, transport, controller, watching, stormed, pushed, args, rng, f"s{r}", plane
             )
             storms.append(stormed_result)
             storm_pushes.append(push_result)
@@ -777,6 +818,8 @@ async def phases(
         "storm_healed_p50_s": storm_healed["p50"],
         "storm_healed_max_s": storm_healed["max"],
         "storm_unhealed": sum(s["unhealed"] for s in storms),
+        "storm_controller_cpu_p50_s": spread([s["controller_cpu_s"] for s in storms])["p50"],
+        "storm_apiserver_cpu_p50_s": spread([s.get("apiserver_cpu_s") for s in storms])["p50"],
         "push_in_storm_p50_ms": pushes_in_storm["p50"],
         "push_in_storm_max_ms": pushes_in_storm["max"],
         "push_in_storm_queue_wait_max_ms": max(
@@ -829,7 +872,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
         quota = int(args.etcd_quota_gib * 2**30)
         async with start_control_plane(etcd_args=[f"--quota-backend-bytes={quota}"]) as plane:
-            return await measure(plane.kubeconfig, args, Path(tmp))
+            pids = {"apiserver": plane.apiserver.pid, "etcd": plane.etcd.pid}
+            return await measure(
+                plane.kubeconfig,
+                args,
+                Path(tmp),
+                {name: pid for name, pid in pids.items() if pid is not None},
+            )
 
 
 def parser() -> argparse.ArgumentParser:

@@ -125,6 +125,10 @@ _HEALS: Final = "heals"  # the queue's pool of ("object", ...) keys
 # Heals in flight while any sync writes (see the module docstring).
 HEALS_BESIDE_WRITES: Final = 2
 _WATCH_SYNC_TIMEOUT_S: Final = 30.0
+# Watch events' objects kept for the heals they queued (``Controller._observed``), at most: ~8-10
+# KB each as parsed JSON (a realistic ConfigMap, managedFields included), so ~20 MiB at most
+# during a storm; past it a heal reads the object (a GET) as it did before.
+OBSERVED_LIMIT: Final = 2048
 # While reconciles overlap, ``after_reconcile`` (run: a full gc and malloc_trim, which hold the
 # event loop) runs once when the last of them ends, and at least this often in between.
 _RELEASE_EVERY_S: Final = 10.0
@@ -373,6 +377,8 @@ class Controller:
         self._running: dict[str, set[anyio.CancelScope]] = {}  # per sync, its work under way
         self._tasks: anyio.abc.TaskGroup | None = None
         self._owners: dict[ObjectRef, str] = {}  # which sync declares each object
+        # The newest watch event's object of each object whose heal is queued (``_heal_one``).
+        self._observed: dict[ObjectKey, JsonObject] = {}
         self._fights = FightGuard()
         self._metrics = _Metrics(registry)
         # Heals have their own limit beside the syncs' (see the module docstring).
@@ -422,11 +428,14 @@ class Controller:
         state = self._owner_of(event)
         if state is None:
             return
+        deleted = event.type is EventType.DELETED
         if state.writing:
             # Judged once the reconcile has recorded what it stored (see ``_writing``).
-            deleted = event.type is EventType.DELETED
             state.deferred[event.ref] = "" if deleted else event.resource_version
             return
+        key: ObjectKey = ("object", state.spec.name, event.ref)
+        if key in self._observed:
+            self._observe(key, event)  # its heal is queued: it takes the newest state
         desired = _decoded(state.desired.get(event.ref))
         verdict = judge(
             event,
@@ -442,9 +451,19 @@ class Controller:
             # those alone, and a heal would refuse them).
             state.suspects[event.ref] = state.written.get(event.ref)
         if self._reported(state, event.ref, verdict):
+            self._observe(key, event)
             # A short debounce: a burst of edits to one object (a script, an operator's
             # retries) coalesces into one heal instead of racing it edit by edit.
-            self.queue.put(("object", state.spec.name, event.ref), delay_s=self._drift_debounce_s)
+            self.queue.put(key, delay_s=self._drift_debounce_s)
+
+    def _observe(self, key: ObjectKey, event: WatchEvent) -> None:
+        """Keep the event's object for the queued heal of ``key`` (``_heal_one``), replacing an
+        older one; a deletion is not kept: the heal reads the object, to tell an object deleted
+        from one that lost our labels (another sync may have taken it over)."""
+        if event.type is EventType.DELETED:
+            self._observed.pop(key, None)
+        elif key in self._observed or len(self._observed) < OBSERVED_LIMIT:
+            self._observed[key] = event.object
 
     def _owner_of(self, event: WatchEvent) -> SyncState | None:
         """The sync that declares the object: the one its label names if that one declares it,
@@ -1050,6 +1069,9 @@ class Controller:
         and events of its objects aside while it writes, then re-check those it did not write
         itself (an event whose resourceVersion is not the one our apply returned)."""
         state.writing = True
+        # What the watch showed before this write is not the state to heal after it.
+        for key in [k for k in self._observed if k[1] == state.spec.name]:
+            del self._observed[key]
         self._writers += 1
         if self._writers == 1:
             beside = min(HEALS_BESIDE_WRITES, self._heal_concurrency)
@@ -1285,6 +1307,7 @@ class Controller:
     # --- single-object heal --------------------------------------------------------------------
 
     async def _heal(self, sync: str, ref: ObjectRef) -> None:
+        observed = self._observed.pop(("object", sync, ref), None)
         state = self.states.get(sync)
         if state is None or state.revision is None:
             return
@@ -1293,7 +1316,7 @@ class Controller:
             return
         state.heals_running += 1
         try:
-            await self._heal_one(state, ref)
+            await self._heal_one(state, ref, observed)
         finally:
             state.heals_running -= 1
             if state.heals_running == 0 and state.heals_idle is not None:
@@ -1301,14 +1324,25 @@ class Controller:
             if state.heals_running == 0 and state.idle is not None:
                 state.idle.set()
 
-    async def _heal_one(self, state: SyncState, ref: ObjectRef) -> None:
-        """Read the object, judge it again on what we stored, and re-apply it if it drifted.
-        Desired, stored and revision cannot change meanwhile: the reconcile waits for us."""
+    async def _heal_one(
+        self, state: SyncState, ref: ObjectRef, observed: JsonObject | None
+    ) -> None:
+        """Judge the object again on what we stored, and re-apply it if it drifted. Desired,
+        stored and revision cannot change meanwhile: the reconcile waits for us.
+
+        The object judged is ``observed``, the newest watch event's object for it, when there is
+        one: no GET. controller-runtime reconciles from its informer cache and Argo CD's
+        self-heal compares against its live-state cache the same way; a server-side apply needs
+        no precondition, so an event that is already stale costs at most an apply that changes
+        nothing, and the event of that write settles it. The object is read instead when no
+        event was kept: a deletion (deleted, or merely stripped of our labels?), a heal set
+        aside while a reconcile wrote, a retry, the end of a fight pause, past
+        ``OBSERVED_LIMIT``."""
         sync, revision = state.spec.name, state.revision
         if ref not in state.desired or revision is None:
             return  # no longer declared (pruned meanwhile)
         cluster = self._cluster_for(sync)
-        live = await cluster.get(ref)
+        live = observed if observed is not None else await cluster.get(ref)
         desired = orjson.loads(zlib.decompress(state.desired[ref]))
         event = WatchEvent(
             EventType.DELETED if live is None else EventType.MODIFIED, ref, live or {}
@@ -1363,6 +1397,12 @@ class Controller:
             entry, applied = await cluster.apply_object(
                 manifest, options, live=live, known_changed=True
             )
+            ours = entry.resource_version_after is not None and (
+                entry.resource_version_after == state.written.get(ref)
+            )
+            if ours and entry.action is Action.CONFIGURED:
+                # Still as our last write left it (the event judged was stale): nothing healed.
+                entry = replace(entry, action=Action.UNCHANGED)
             self._tracing.objects([entry], operation="apply")
             if entry.action is Action.FAILED:
                 span.record_error(entry.error or "heal failed")
@@ -1381,7 +1421,7 @@ class Controller:
                         "linked_traceparent": linked,
                     },
                 )
-        if applied is not None:
+        if applied is not None and not ours:  # else stored as it was after our last write
             form = _stored_form(applied)
             if form is None:
                 state.stored.pop(ref, None)

@@ -120,14 +120,19 @@ def owned_fields(body: JsonObject) -> JsonObject:
 class FakeCluster:
     """Objects in a dict, written as server-side apply would store them (our managedFields
     entry, a new resourceVersion on every change). ``get`` waits for ``gate`` when the test
-    closes it, so a heal can be held between its read and its write; ``apply`` waits for
-    ``apply_gate`` after writing, so a reconcile can be held after its writes."""
+    closes it, so a heal that reads can be held between its read and its write;
+    ``apply_object`` (a heal's write) waits for ``heal_gate`` before writing, so a heal can be
+    held in flight; ``apply`` waits for ``apply_gate`` after writing, so a reconcile can be held
+    after its writes. ``reads`` counts the ``get`` calls."""
 
     def __init__(self) -> None:
         self.objects: dict[ObjectRef, JsonObject] = {}
         self.writes: list[tuple[ObjectRef, str]] = []  # (ref, revision stamped) in write order
         self.gate: anyio.Event | None = None
         self.reading = anyio.Event()  # set when a ``get`` starts waiting at the gate
+        self.reads = 0
+        self.heal_gate: anyio.Event | None = None
+        self.healing = anyio.Event()  # set when an ``apply_object`` starts waiting at its gate
         self.apply_gate: anyio.Event | None = None
         self.applied = anyio.Event()  # set when an ``apply`` starts waiting at its gate
         self._rv = itertools.count(100)
@@ -193,6 +198,9 @@ class FakeCluster:
         live: JsonObject | None,
         known_changed: bool = False,
     ) -> tuple[ChangeSetEntry, JsonObject | None]:
+        if self.heal_gate is not None:
+            self.healing.set()
+            await self.heal_gate.wait()
         await anyio.lowlevel.checkpoint()
         return self._store(manifest, options)
 
@@ -203,6 +211,7 @@ class FakeCluster:
         return ChangeSet.of(ChangeSetEntry(ref, Action.DELETED) for ref in refs)
 
     async def get(self, ref: ObjectRef) -> JsonObject | None:
+        self.reads += 1
         if self.gate is not None:
             self.reading.set()
             await self.gate.wait()

@@ -1,8 +1,8 @@
 """A storm of heals never holds up a push: heals and whole-sync work have separate limits.
 
 A foreign write to many managed objects at once (``kubectl label --overwrite`` over a namespace,
-a mutating webhook rolled out) makes one heal per object. The fake cluster's ``get`` is held at a
-gate, so every heal of the storm stays in flight for as long as the test wants; a push to
+a mutating webhook rolled out) makes one heal per object. The fake cluster holds every heal's
+write at a gate, so every heal of the storm stays in flight for as long as the test wants; a push to
 another sync must still be applied meanwhile, and while a sync writes, heals keep only a few
 slots, so the apiserver serves the push first.
 """
@@ -88,8 +88,8 @@ async def test_a_push_is_applied_while_a_storm_of_heals_holds_every_heal_slot() 
         await applied(made, "app", APP_A)
 
         # One foreign write relabels every object of the storm sync; each heal is held at its
-        # read, so the storm outlasts the push (far more heals than slots).
-        cluster.gate = anyio.Event()
+        # write, so the storm outlasts the push (far more heals than slots).
+        cluster.heal_gate = anyio.Event()
 
         def relabel(obj: JsonObject) -> None:
             obj["metadata"]["labels"]["part-of"] = "intruder"
@@ -98,7 +98,7 @@ async def test_a_push_is_applied_while_a_storm_of_heals_holds_every_heal_slot() 
             edited = cluster.edit(ref, relabel)
             made.on_watch_event(WatchEvent(EventType.MODIFIED, ref, edited))
         with anyio.fail_after(5):
-            await cluster.reading.wait()
+            await cluster.healing.wait()
         await anyio.wait_all_tasks_blocked()
         assert made.queue.in_flight >= CONCURRENCY  # the storm fills its slots
 
@@ -106,12 +106,12 @@ async def test_a_push_is_applied_while_a_storm_of_heals_holds_every_heal_slot() 
         made.push(Push("app", APP_B))
         with anyio.move_on_after(2) as waited:
             await applied(made, "app", APP_B)
-        storm_still_held = not cluster.gate.is_set()
-        cluster.gate.set()
+        storm_still_held = not cluster.heal_gate.is_set()
+        cluster.heal_gate.set()
 
         assert not waited.cancelled_caught, "the push waited behind the heals"
         assert storm_still_held
-        # and the storm is healed too, once its reads go on
+        # and the storm is healed too, once its writes go on
         with anyio.fail_after(5):
             while made.states["storm"].heals < STORM_OBJECTS:
                 await anyio.sleep(0.005)
@@ -130,7 +130,7 @@ async def test_heals_yield_to_a_sync_that_writes_and_take_their_full_limit_back_
         with anyio.fail_after(5):
             await cluster.applied.wait()
 
-        cluster.gate = anyio.Event()  # every heal is held at its read
+        cluster.heal_gate = anyio.Event()  # every heal is held at its write
 
         def relabel(obj: JsonObject) -> None:
             obj["metadata"]["labels"]["part-of"] = "intruder"
@@ -147,7 +147,7 @@ async def test_heals_yield_to_a_sync_that_writes_and_take_their_full_limit_back_
         await anyio.wait_all_tasks_blocked()
         assert made.queue.in_flight == HEAL_CONCURRENCY  # the storm has its whole limit back
 
-        cluster.gate.set()
+        cluster.heal_gate.set()
         with anyio.fail_after(5):
             while made.states["storm"].heals < STORM_OBJECTS:
                 await anyio.sleep(0.005)

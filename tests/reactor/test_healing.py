@@ -1,13 +1,16 @@
 """Heals and syncs of one sync never interleave: a heal never writes an older commit's content.
 
-The fake cluster's ``get`` is held at a gate the test controls, so the interleaving (heal read,
-push, sync, heal write) is played out exactly, every time.
+The fake cluster holds a heal's write at a gate the test controls, so the interleaving (heal
+under way, push, sync, heal write) is played out exactly, every time. A heal judges the newest
+watch event's object it was queued for, and reads the object only when it has none.
 """
 
+import copy
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import anyio
+import pytest
 
 from aioreconcile.engine.applying import ApplyOptions, ApplyResult
 from aioreconcile.engine.config import GitSourceSpec, SyncSpec
@@ -16,6 +19,7 @@ from aioreconcile.engine.metrics import Registry
 from aioreconcile.engine.model import JsonObject, Manifest, ObjectRef
 from aioreconcile.engine.planning import as_stored, our_fields
 from aioreconcile.engine.triggers import Push
+from aioreconcile.reactor import controlling
 from aioreconcile.reactor.controlling import Controller, SyncState, _compact
 from tests.reactor.fakes import FakeCluster, FakeGitSource, FakeRenderer, NoWatcher
 
@@ -76,12 +80,12 @@ async def test_a_heal_held_across_a_push_never_writes_the_old_commit_over_the_ne
     cluster, source = FakeCluster(), git_source()
     async with running(cluster, source) as made:
         await applied(made, A)
-        # Someone edits the object; the heal reads it and is held there.
-        cluster.gate = anyio.Event()
+        # Someone edits the object; the heal is held before its write.
+        cluster.heal_gate = anyio.Event()
         edited = cluster.edit(REF, lambda obj: obj["data"].update(v="edited"))
         made.on_watch_event(WatchEvent(EventType.MODIFIED, REF, edited))
         with anyio.fail_after(5):
-            await cluster.reading.wait()
+            await cluster.healing.wait()
 
         # Meanwhile B is pushed, and its sync gets every chance to run.
         source.head = B
@@ -89,7 +93,7 @@ async def test_a_heal_held_across_a_push_never_writes_the_old_commit_over_the_ne
         await anyio.sleep(0.05)
         await anyio.wait_all_tasks_blocked()
 
-        cluster.gate.set()  # the heal goes on
+        cluster.heal_gate.set()  # the heal goes on
         await applied(made, B)
         await anyio.sleep(0.05)
         await anyio.wait_all_tasks_blocked()
@@ -126,22 +130,86 @@ async def test_an_edit_made_while_a_sync_writes_is_judged_after_it_and_healed() 
         assert cluster.writes[-1] == (REF, B)
 
 
-async def test_a_heal_that_finds_the_object_as_stored_writes_nothing() -> None:
+async def test_a_heal_writes_from_the_event_that_queued_it_without_reading_the_object() -> None:
     cluster, source = FakeCluster(), git_source()
     async with running(cluster, source) as made:
         await applied(made, A)
-        writes = len(cluster.writes)
-        # An event about a change since undone (a stale event): the heal reads it as stored.
-        stale = cluster.edit(REF, lambda obj: obj["data"].update(v="edited"))
-        cluster.edit(REF, lambda obj: obj["data"].update(v="from-a"))
+        writes, reads = len(cluster.writes), cluster.reads
+        edited = cluster.edit(REF, lambda obj: obj["data"].update(v="edited"))
 
-        made.on_watch_event(WatchEvent(EventType.MODIFIED, REF, stale))
+        made.on_watch_event(WatchEvent(EventType.MODIFIED, REF, edited))
+        with anyio.fail_after(5):
+            while made.states["app"].heals < 1:
+                await anyio.sleep(0.005)
+
+        assert data(cluster.objects[REF]) == {"v": "from-a"}
+        assert len(cluster.writes) == writes + 1
+        assert cluster.reads == reads
+
+
+async def test_past_the_limit_of_kept_events_a_heal_reads_the_object(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(controlling, "OBSERVED_LIMIT", 0)
+    cluster, source = FakeCluster(), git_source()
+    async with running(cluster, source) as made:
+        await applied(made, A)
+        reads = cluster.reads
+        edited = cluster.edit(REF, lambda obj: obj["data"].update(v="edited"))
+
+        made.on_watch_event(WatchEvent(EventType.MODIFIED, REF, edited))
+        with anyio.fail_after(5):
+            while made.states["app"].heals < 1:
+                await anyio.sleep(0.005)
+
+        assert data(cluster.objects[REF]) == {"v": "from-a"}
+        assert cluster.reads == reads + 1
+
+
+async def test_a_heal_takes_the_newest_event_so_an_edit_undone_before_it_writes_nothing() -> None:
+    cluster, source = FakeCluster(), git_source()
+    async with running(cluster, source) as made:
+        await applied(made, A)
+        writes, reads = len(cluster.writes), cluster.reads
+        # An edit, and its undoing reported before the heal runs: the heal judges the newest.
+        edited = cluster.edit(REF, lambda obj: obj["data"].update(v="edited"))
+        undone = cluster.edit(REF, lambda obj: obj["data"].update(v="from-a"))
+
+        made.on_watch_event(WatchEvent(EventType.MODIFIED, REF, edited))
+        made.on_watch_event(WatchEvent(EventType.MODIFIED, REF, undone))
         await anyio.sleep(0.05)
         await anyio.wait_all_tasks_blocked()
 
         assert len(cluster.writes) == writes
+        assert cluster.reads == reads  # judged on the event, not read again
         assert made.states["app"].heals == 0
         assert made.states["app"].fight_pauses == 0
+
+
+async def test_a_heal_set_aside_by_a_reconcile_reads_the_object_and_finds_it_as_stored() -> None:
+    cluster, source = FakeCluster(), git_source()
+    async with running(cluster, source) as made:
+        await applied(made, A)
+        cluster.apply_gate = anyio.Event()
+        source.head = B
+        made.push(Push("app", B))
+        with anyio.fail_after(5):
+            await cluster.applied.wait()  # B is written; the sync has not recorded it yet
+        # An event about a change made (and undone) before B's write: set aside, then read.
+        stale = copy.deepcopy(cluster.objects[REF])
+        stale["data"]["v"] = "edited"
+        stale["metadata"]["resourceVersion"] = "1"
+        made.on_watch_event(WatchEvent(EventType.MODIFIED, REF, stale))
+        writes, reads = len(cluster.writes), cluster.reads
+
+        cluster.apply_gate.set()
+        await applied(made, B)
+        await anyio.sleep(0.05)
+        await anyio.wait_all_tasks_blocked()
+
+        assert cluster.reads == reads + 1
+        assert len(cluster.writes) == writes
+        assert made.states["app"].heals == 0
 
 
 async def test_an_object_another_sync_took_over_is_not_healed_nor_retried() -> None:
@@ -167,11 +235,11 @@ async def test_removing_a_sync_while_its_reconcile_waits_for_a_heal_finishes_bot
     cluster, source = FakeCluster(), git_source()
     async with running(cluster, source) as made:
         await applied(made, A)
-        cluster.gate = anyio.Event()
+        cluster.heal_gate = anyio.Event()
         edited = cluster.edit(REF, lambda obj: obj["data"].update(v="edited"))
         made.on_watch_event(WatchEvent(EventType.MODIFIED, REF, edited))
         with anyio.fail_after(5):
-            await cluster.reading.wait()  # the heal is held at its read
+            await cluster.healing.wait()  # the heal is held before its write
         source.head = B
         made.push(Push("app", B))
         await anyio.sleep(0.05)
@@ -185,7 +253,7 @@ async def test_removing_a_sync_while_its_reconcile_waits_for_a_heal_finishes_bot
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(remove)
                 await anyio.wait_all_tasks_blocked()
-                cluster.gate.set()
+                cluster.heal_gate.set()
         assert removed
         assert removed[0] is not None
         assert "app" not in made.states
