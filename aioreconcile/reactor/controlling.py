@@ -27,6 +27,12 @@ until the apply ends) and the resourceVersion of our own last write, so a watch 
 judged purely (``engine.drift.judge``) in microseconds, on stored values (``cpu: 1`` is stored
 as ``"1"``), and our own writes are never taken for drift.
 
+A heal is one request: the server-side apply. The object it judges is the one the newest watch
+event showed (``_observed``, kept only while its heal is queued), not a GET: a storm of 1,000
+heals made 1,000 GETs besides the applies. controller-runtime reconciles from its informer cache
+and Argo CD's self-heal diffs against its live-state cache for the same reason; an apply needs no
+precondition, so a stale event costs an apply that changes nothing (``_heal_one``).
+
 Heals never race their sync. A reconcile that is about to write waits for the heals of its
 sync already running, and while it writes, heals and events of its objects are set aside and
 re-checked once it has recorded what it stored; so a heal never writes an older commit's
