@@ -170,7 +170,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--heal-concurrency",
         type=_at_least_one,
-        default=16,
+        default=runtime.RunSettings.heal_concurrency,
         help="drifted objects healed at once, a limit of their own so that a storm of heals "
         "never holds up a push (default: %(default)s)",
     )

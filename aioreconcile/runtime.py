@@ -305,7 +305,7 @@ class RunSettings:
     namespace: str = "default"  # where standalone inventories (ConfigMaps) live
     cache_dir: Path | None = None
     concurrency: int = 16  # syncs reconciled at once
-    heal_concurrency: int = 16  # drift heals at once, a limit of their own (controlling.py)
+    heal_concurrency: int = 32  # drift heals at once, a limit of their own (controlling.py)
     drain_timeout_s: float = 30.0
     watch_read_timeout_s: float = WATCH_READ_TIMEOUT_S
     # The longest wait before retrying a failed sync (the cap of its jittered exponential

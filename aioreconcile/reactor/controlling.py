@@ -19,6 +19,11 @@ it a storm's heals would take as many requests as the push's apply: so while any
 heals keep at most ``HEALS_BESIDE_WRITES`` slots, and their full limit comes back when the last
 writer is done (pushes first, as the apiserver's Priority and Fairness serves a higher priority
 level from its own seats). Heals are never stopped: a storm during a long start-up still heals.
+Their limit is 32 by default: a heal is one request, and against a foreign writer with 32
+requests in flight (bench.scale's storm), 16 heals got a third of the apiserver and healed 1,000
+objects in 8.3-12.8 s, 32 in 5.4-11.7 s, 64 in 6.8-11.3 s (2 shared cores, load 5-8; 8: 10.6-13.2
+s); the total CPU per storm was the same, so a larger limit buys the heals a larger share, not
+less work (docs/controller-benchmarks.md).
 
 The desired state of every sync is kept as deflated JSON per object (``_compact``), beside
 what the server stored for our fields (``planning.as_stored`` of our own apply's response,
@@ -350,7 +355,7 @@ class Controller:
         watcher: Watcher,
         registry: Registry,
         concurrency: int = 16,
-        heal_concurrency: int = 16,
+        heal_concurrency: int = 32,
         apply_concurrency: int = 16,
         clock: Callable[[], float] = time.monotonic,
         drift_debounce_s: float = 0.02,

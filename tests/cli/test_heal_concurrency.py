@@ -27,7 +27,7 @@ def test_a_limit_below_one_or_not_a_number_is_refused(flag: str, value: str, err
 
 def test_the_default_is_16_and_a_value_reaches_the_settings() -> None:
     parser = cli._parser()
-    assert parser.parse_args(["run", "--config", "c"]).heal_concurrency == 16
+    assert parser.parse_args(["run", "--config", "c"]).heal_concurrency == 32
     given = parser.parse_args(["run", "--config", "c", "--heal-concurrency", "4"])
     assert given.heal_concurrency == 4
-    assert runtime.RunSettings(config=Path("c")).heal_concurrency == 16
+    assert runtime.RunSettings(config=Path("c")).heal_concurrency == 32
