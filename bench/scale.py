@@ -29,7 +29,10 @@ repository (interval 1h, selfHeal) and one GitHub receiver for all of them. Meas
    PATCH to the last object seen with Git's label again (``healed_after_writes_s`` from the last
    PATCH's response). As soon as the last PATCH is answered (most heals still due) another sync
    is pushed as in 4: its latency, and its queue wait from the controller's ``reconciled`` line,
-   say whether heals starve pushes;
+   say whether heals starve pushes. Per storm also the CPU seconds the controller (and the
+   apiserver and etcd, when started here) used from its first PATCH until it was healed and the
+   push applied, and the requests for the three kinds the apiserver counted meanwhile by verb
+   (``apiserver_request_total``: the storm's PATCHes, the heals' GETs and APPLYs, the push's);
 6. **push storm**: ``--push-storm`` syncs each get a commit as in 4, then their webhooks are
    sent evenly spread over one second; latency per sync, and from the first webhook to the
    last object applied.

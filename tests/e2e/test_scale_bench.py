@@ -37,6 +37,10 @@ async def test_the_scale_benchmark_applies_heals_and_pushes_everything_at_a_smal
     assert len(document["push_storm"]) == 5
     for storm, push in zip(document["storms"], document["pushes_in_storm"], strict=True):
         assert storm["objects"] == 100
+        # Each heal is its apply alone: no GET of what the watch event showed (the apiserver's
+        # own count; the push's read of its inventory is one).
+        assert storm["requests"].get("APPLY", 0.0) >= 100, storm["requests"]
+        assert storm["requests"].get("GET", 0.0) < 10, storm["requests"]
         # The push went out while heals were due, and did not wait in the queue behind them.
         assert storm["heals_outstanding_at_writes_end"] > 0
         assert push["missing"] == 0
