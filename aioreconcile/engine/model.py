@@ -96,3 +96,8 @@ class Manifest:
     ref: ObjectRef
     body: JsonObject
     origin: str
+    # blake2b-128 of the YAML document's text it was parsed from (``manifests.KnownDocuments``),
+    # None when it stands for a List's item or came from JSON; ``defaulted``: its namespace was
+    # set by ``default_namespace``, not written.
+    source: bytes | None = None
+    defaulted: bool = False

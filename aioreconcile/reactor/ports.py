@@ -10,6 +10,7 @@ from aioreconcile.engine.changes import TreeDiff
 from aioreconcile.engine.changeset import ChangeSet, ChangeSetEntry
 from aioreconcile.engine.config import DataRef, ReceiverSpec, SyncSpec
 from aioreconcile.engine.inventory import Inventory
+from aioreconcile.engine.manifests import KnownDocuments
 from aioreconcile.engine.model import JsonObject, Manifest, ObjectRef
 from aioreconcile.engine.sources import RenderSpec
 
@@ -59,7 +60,8 @@ class Cluster(Protocol):
 
 class ManifestRenderer(Protocol):
     """Turns a directory of a checked-out revision into manifests (plain, kustomize, helm);
-    ``is_namespaced`` (from discovery) lets it default namespaces."""
+    ``is_namespaced`` (from discovery) lets it default namespaces; ``known`` (the documents of
+    the last render) spares it the parse of documents whose text did not change."""
 
     async def __call__(
         self,
@@ -68,6 +70,7 @@ class ManifestRenderer(Protocol):
         *,
         root: Path | None,
         is_namespaced: Callable[[ObjectRef], bool | None],
+        known: KnownDocuments | None = None,
     ) -> list[Manifest]: ...
 
 

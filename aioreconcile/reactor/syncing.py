@@ -24,6 +24,7 @@ from aioreconcile.engine.applying import ApplyOptions, ApplyResult
 from aioreconcile.engine.changeset import ChangeSet, ChangeSetEntry
 from aioreconcile.engine.errors import AioreconcileError, ApiError, TransientError
 from aioreconcile.engine.inventory import Inventory, allow_prune, claimed_by, merge, stale
+from aioreconcile.engine.manifests import KnownDocuments
 from aioreconcile.engine.model import JsonObject, Manifest, ObjectRef
 from aioreconcile.engine.outcomes import Reason, SyncOutcome
 from aioreconcile.engine.planning import Stage, staged
@@ -62,6 +63,10 @@ class SyncRequest:
     # the sync succeeded (``_may_plan_changes_only``): two discovery GETs and their parse were
     # 3-10 ms of every push.
     refresh_discovery: bool = True
+    # The documents of the last render (the controller's, where ``_may_plan_changes_only``):
+    # those whose text is the same are not parsed again. A fresh table records this render's
+    # documents for the next; a render again after a discovery refresh parses everything.
+    known: KnownDocuments | None = None
 
 
 async def sync_once(
@@ -89,21 +94,25 @@ async def sync_once(
         try:
             if request.refresh_discovery:
                 await cluster.refresh_discovery()
+            known = request.known
             manifests = await render(
                 request.directory,
                 request.render,
                 root=request.root,
                 is_namespaced=cluster.is_namespaced,
+                known=known,
             )
             if not request.refresh_discovery and any(
                 cluster.is_namespaced(m.ref) is None for m in manifests
             ):
                 await cluster.refresh_discovery()
+                known = KnownDocuments() if known is not None else None
                 manifests = await render(
                     request.directory,
                     request.render,
                     root=request.root,
                     is_namespaced=cluster.is_namespaced,
+                    known=known,
                 )
         except AioreconcileError as e:
             span.record_error(str(e), error=e)
@@ -116,6 +125,13 @@ async def sync_once(
                 transient=_transient(e),
             )
         span.set_attributes({"aioreconcile.objects": len(manifests)})
+        if known is not None:
+            span.set_attributes(
+                {
+                    "aioreconcile.render.parsed": known.parsed,
+                    "aioreconcile.render.reused": known.reused,
+                }
+            )
 
     planned: Sequence[Manifest] = manifests
     if before_apply is not None:

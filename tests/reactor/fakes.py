@@ -14,6 +14,7 @@ from aioreconcile.engine.applying import ApplyOptions, ApplyResult
 from aioreconcile.engine.changes import TreeDiff
 from aioreconcile.engine.changeset import Action, ChangeSet, ChangeSetEntry
 from aioreconcile.engine.errors import VerificationError
+from aioreconcile.engine.manifests import KnownDocuments
 from aioreconcile.engine.model import JsonObject, Manifest, ObjectRef
 from aioreconcile.engine.naming import SYNC_LABEL
 from aioreconcile.engine.planning import stamp
@@ -258,6 +259,7 @@ class FakeRenderer:
         *,
         root: Path | None,
         is_namespaced: Callable[[ObjectRef], bool | None],
+        known: KnownDocuments | None = None,
     ) -> list[Manifest]:
         await anyio.lowlevel.checkpoint()
         assert root is not None

@@ -16,6 +16,7 @@ from aioreconcile.engine.changes import TreeDiff
 from aioreconcile.engine.changeset import Action, ChangeSet, ChangeSetEntry
 from aioreconcile.engine.config import GitSourceSpec, SyncSpec
 from aioreconcile.engine.events import EventType, WatchEvent
+from aioreconcile.engine.manifests import KnownDocuments
 from aioreconcile.engine.metrics import Registry
 from aioreconcile.engine.model import JsonObject, Manifest, ObjectRef
 from aioreconcile.engine.planning import stamp
@@ -150,6 +151,7 @@ async def render(
     *,
     root: Path | None,
     is_namespaced: Callable[[ObjectRef], bool | None],
+    known: KnownDocuments | None = None,
 ) -> list[Manifest]:
     size = 1 if directory.name == SHA1 else 2
     return [Manifest(REF, widget(size), origin="fake")]

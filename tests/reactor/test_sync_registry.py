@@ -10,6 +10,7 @@ import anyio
 
 from aioreconcile.engine.changes import TreeDiff
 from aioreconcile.engine.config import GitSourceSpec, SyncSpec
+from aioreconcile.engine.manifests import KnownDocuments
 from aioreconcile.engine.metrics import Registry
 from aioreconcile.engine.model import Manifest, ObjectRef
 from aioreconcile.engine.outcomes import Reason
@@ -44,6 +45,7 @@ class ByDirectory:
         *,
         root: Path | None,
         is_namespaced: Callable[[ObjectRef], bool | None],
+        known: KnownDocuments | None = None,
     ) -> list[Manifest]:
         await anyio.lowlevel.checkpoint()
         self.rendered.append(directory.name)

@@ -15,7 +15,7 @@ import anyio
 import anyio.to_thread
 
 from aioreconcile.adapters.render.tools import DEFAULT_TIMEOUT_S, display, find_tool, run_tool
-from aioreconcile.engine.manifests import parse_documents
+from aioreconcile.engine.manifests import KnownDocuments, parse_documents
 from aioreconcile.engine.model import JsonObject, Manifest
 from aioreconcile.engine.sources import RenderError, RenderSpec
 
@@ -45,7 +45,9 @@ class HelmRenderer:
     helm: Path | None = None
     timeout_s: float = DEFAULT_TIMEOUT_S
 
-    async def render(self, directory: Path, spec: RenderSpec, *, root: Path) -> list[Manifest]:
+    async def render(
+        self, directory: Path, spec: RenderSpec, *, root: Path, known: KnownDocuments | None = None
+    ) -> list[Manifest]:
         helm = find_tool("helm", explicit=self.helm, env=HELM_ENV)
         if helm is None:
             raise RenderError(
@@ -74,11 +76,13 @@ class HelmRenderer:
                 root=root,
             )
         return await anyio.to_thread.run_sync(
-            partial(parse_helm_output, output, directory=directory, root=root)
+            partial(parse_helm_output, output, directory=directory, root=root, known=known)
         )
 
 
-def parse_helm_output(text: str, *, directory: Path, root: Path) -> list[Manifest]:
+def parse_helm_output(
+    text: str, *, directory: Path, root: Path, known: KnownDocuments | None = None
+) -> list[Manifest]:
     """The objects helm printed, each with the template it came from as its origin.
 
     helm heads every document with ``# Source: <chart>/templates/x.yaml``; mapping that back
@@ -93,7 +97,7 @@ def parse_helm_output(text: str, *, directory: Path, root: Path) -> list[Manifes
             origin = f"{chart}/{inside_chart}"
         else:
             origin = f"{chart} (helm template)"
-        manifests.extend(parse_documents(chunk, origin=origin))
+        manifests.extend(parse_documents(chunk, origin=origin, known=known))
     return manifests
 
 

@@ -8,7 +8,7 @@ from typing import Final
 import anyio.to_thread
 
 from aioreconcile.adapters.render.tools import DEFAULT_TIMEOUT_S, display, find_tool, run_tool
-from aioreconcile.engine.manifests import parse_documents
+from aioreconcile.engine.manifests import KnownDocuments, parse_documents
 from aioreconcile.engine.model import Manifest
 from aioreconcile.engine.sources import RenderError, RenderSpec
 
@@ -28,13 +28,17 @@ class KustomizeRenderer:
     kubectl: Path | None = None
     timeout_s: float = DEFAULT_TIMEOUT_S
 
-    async def render(self, directory: Path, spec: RenderSpec, *, root: Path) -> list[Manifest]:
+    async def render(
+        self, directory: Path, spec: RenderSpec, *, root: Path, known: KnownDocuments | None = None
+    ) -> list[Manifest]:
         argv, tool = self._command(directory)
         output = await run_tool(
             argv, tool=tool, directory=directory, timeout_s=self.timeout_s, root=root
         )
         origin = f"{display(directory, root=root)} ({tool})"
-        return await anyio.to_thread.run_sync(partial(parse_documents, output, origin=origin))
+        return await anyio.to_thread.run_sync(
+            partial(parse_documents, output, origin=origin, known=known)
+        )
 
     def _command(self, directory: Path) -> tuple[list[str], str]:
         """An explicit binary beats one found by looking; kustomize beats kubectl."""

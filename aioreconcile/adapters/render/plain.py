@@ -9,7 +9,7 @@ from typing import Final
 import anyio.to_thread
 
 from aioreconcile.adapters.render.tools import display
-from aioreconcile.engine.manifests import parse_documents, parse_json
+from aioreconcile.engine.manifests import KnownDocuments, parse_documents, parse_json
 from aioreconcile.engine.model import Manifest, ManifestError
 from aioreconcile.engine.sources import RenderError, RenderSpec
 
@@ -26,11 +26,17 @@ class PlainRenderer:
     controller read its own files.
     """
 
-    async def render(self, directory: Path, spec: RenderSpec, *, root: Path) -> list[Manifest]:
-        return await anyio.to_thread.run_sync(partial(read_directory, directory, root=root))
+    async def render(
+        self, directory: Path, spec: RenderSpec, *, root: Path, known: KnownDocuments | None = None
+    ) -> list[Manifest]:
+        return await anyio.to_thread.run_sync(
+            partial(read_directory, directory, root=root, known=known)
+        )
 
 
-def read_directory(directory: Path, *, root: Path) -> list[Manifest]:
+def read_directory(
+    directory: Path, *, root: Path, known: KnownDocuments | None = None
+) -> list[Manifest]:
     """Blocking: meant for a worker thread. Paths are taken as resolved (absolute, no links)."""
     if not directory.is_dir():
         raise RenderError(f"{directory} is not a directory")
@@ -43,8 +49,10 @@ def read_directory(directory: Path, *, root: Path) -> list[Manifest]:
             text = path.read_bytes().decode("utf-8-sig")
         except UnicodeDecodeError as e:
             raise ManifestError(f"{origin}: not UTF-8 (byte {e.start})") from None
-        parse = parse_json if path.suffix == ".json" else parse_documents
-        manifests.extend(parse(text, origin=origin))
+        if path.suffix == ".json":
+            manifests.extend(parse_json(text, origin=origin))
+        else:
+            manifests.extend(parse_documents(text, origin=origin, known=known))
     return manifests
 
 

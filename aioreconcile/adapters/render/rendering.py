@@ -11,7 +11,12 @@ from aioreconcile.adapters.render.helm import HelmRenderer
 from aioreconcile.adapters.render.kustomize import KustomizeRenderer
 from aioreconcile.adapters.render.plain import PlainRenderer
 from aioreconcile.adapters.render.tools import DEFAULT_TIMEOUT_S
-from aioreconcile.engine.manifests import NamespaceScope, check_unique, default_namespace
+from aioreconcile.engine.manifests import (
+    KnownDocuments,
+    NamespaceScope,
+    check_unique,
+    default_namespace,
+)
 from aioreconcile.engine.model import Manifest, ObjectRef
 from aioreconcile.engine.sources import (
     CHART_FILE,
@@ -29,7 +34,9 @@ class Renderer(Protocol):
     repository checkout, which bounds what may be read and what origins are relative to.
     """
 
-    async def render(self, directory: Path, spec: RenderSpec, *, root: Path) -> list[Manifest]: ...
+    async def render(
+        self, directory: Path, spec: RenderSpec, *, root: Path, known: KnownDocuments | None = None
+    ) -> list[Manifest]: ...
 
 
 def default_renderers(
@@ -61,12 +68,15 @@ async def render(
     root: Path | None = None,
     is_namespaced: NamespaceScope | None = None,
     renderers: Mapping[RenderType, Renderer] | None = None,
+    known: KnownDocuments | None = None,
 ) -> list[Manifest]:
     """The objects ``directory`` stands for, ready to plan.
 
     ``root`` (default: ``directory``) is the repository checkout: nothing outside it is read,
     and origins in errors are relative to it. ``is_namespaced`` comes from discovery; without
-    it no namespace is defaulted (every kind counts as unknown, decided later). Raises
+    it no namespace is defaulted (every kind counts as unknown, decided later). ``known``: the
+    documents of the last render, not parsed again when their text is the same
+    (``engine.manifests.KnownDocuments``; it counts what was parsed). Raises
     RenderError when the directory cannot be rendered, ManifestError when an object is unusable.
     """
     chosen, checkout = await anyio.to_thread.run_sync(partial(_resolve, directory, root=root))
@@ -74,7 +84,7 @@ async def render(
     renderer = (renderers if renderers is not None else default_renderers()).get(render_type)
     if renderer is None:
         raise RenderError(f"cannot render {chosen}: no renderer for {render_type}")
-    manifests = await renderer.render(chosen, spec, root=checkout)
+    manifests = await renderer.render(chosen, spec, root=checkout, known=known)
     manifests = default_namespace(
         manifests, spec.namespace, is_namespaced=is_namespaced or _scope_unknown
     )
