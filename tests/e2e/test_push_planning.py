@@ -17,6 +17,7 @@ import yaml
 from kubernetes_asyncio import client
 
 from aioreconcile.adapters.kube.transport import KubeTransport
+from aioreconcile.engine import manifests
 from aioreconcile.testing.pytest_plugin import Kube
 from tests.e2e.test_controller import Running, config_map, deployment, secret_env
 from tests.e2e.test_push_paths import controller
@@ -361,3 +362,83 @@ async def test_an_object_healed_before_the_push_costs_the_push_no_read(
         ours = [r for r in writes_of(requests, "configmaps") if "aioreconcile-inv" not in r[1]]
         assert [r[1].rsplit("/", 1)[1] for r in ours] == ["x"]
         assert [r for r in requests if r[0] == "GET" and r[1].endswith("/configmaps")] == []
+
+
+@pytest.fixture
+def documents_parsed(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many YAML documents each call of the one YAML parse (``_load_yaml``) read; the
+    real parse still runs."""
+    counts: list[int] = []
+    original = manifests._load_yaml
+
+    def counting(text: str, *, origin: str) -> list[tuple[int, object]]:
+        loaded = original(text, origin=origin)
+        counts.append(len(loaded))
+        return loaded
+
+    monkeypatch.setattr(manifests, "_load_yaml", counting)
+    return counts
+
+
+def stream(namespace: str | None, labels: dict[str, str] | None = None, **values: str) -> str:
+    """One file holding a ConfigMap per value, ``---`` between them; no namespace written when
+    ``namespace`` is None (the sync's ``targetNamespace`` applies)."""
+    documents = []
+    for name, value in values.items():
+        body = config_map(name, namespace or "", v=value)
+        if namespace is None:
+            del body["metadata"]["namespace"]
+        if labels:
+            body["metadata"]["labels"] = labels
+        documents.append(yaml.safe_dump(body))
+    return "---\n".join(documents)
+
+
+async def test_a_push_parses_only_the_documents_whose_text_changed(
+    kube: Kube,
+    namespace: str,
+    upstream: Callable[[str], Upstream],
+    git_daemon: str,
+    tmp_path: Path,
+    secret_env: None,
+    documents_parsed: list[int],
+) -> None:
+    """Eight ConfigMaps in two files, two of them leaving their namespace to the sync's
+    ``targetNamespace``. A push that changes one document parses that one only. One that moves
+    a document to the other file and changes another (its namespace now left to the default,
+    a label added) parses the changed one only, and the cluster is as the commit says."""
+    repo = upstream("parse-only-changes")
+    values = {f"c{i}": "1" for i in range(6)}
+    defaulted = stream(None, d0="1", d1="1")
+    first = repo.commit(
+        {"apps/app/many.yaml": stream(namespace, **values), "apps/app/defaulted.yaml": defaulted}
+    )
+    async with controller(kube, namespace, repo, git_daemon, tmp_path, one_sync()) as running:
+        await running.wait_for(lambda: applied(running, first))
+        documents_parsed.clear()
+
+        values["c3"] = "2"
+        second = repo.commit(
+            {
+                "apps/app/many.yaml": stream(namespace, **values),
+                "apps/app/defaulted.yaml": defaulted,
+            }
+        )
+        await running.push_webhook(second, before=first)
+        await running.wait_for(lambda: applied(running, second))
+        assert sum(documents_parsed) == 1, documents_parsed
+        c3 = await running.core.read_namespaced_config_map("c3", namespace)
+        assert c3.data == {"v": "2"}
+
+        documents_parsed.clear()
+        unchanged = {k: v for k, v in values.items() if k not in ("c0", "c5")}
+        many = stream(None, {"edited": "yes"}, c0="1") + "---\n" + stream(namespace, **unchanged)
+        moved = defaulted + "---\n" + stream(namespace, c5="1")  # c5's text as it was
+        third = repo.commit({"apps/app/many.yaml": many, "apps/app/defaulted.yaml": moved})
+        await running.push_webhook(third, before=second)
+        await running.wait_for(lambda: applied(running, third))
+        assert sum(documents_parsed) == 1, documents_parsed  # c0
+        for name, value in {**values, "d0": "1", "d1": "1"}.items():
+            cm = await running.core.read_namespaced_config_map(name, namespace)
+            assert cm.data == {"v": value}, name
+            assert (cm.metadata.labels or {}).get("edited") == ("yes" if name == "c0" else None)
