@@ -24,10 +24,11 @@ from aioreconcile.engine.changes import inputs
 from aioreconcile.engine.manifests import (
     check_unique,
     default_namespace,
+    known_documents,
     parse_documents,
     parse_json,
 )
-from aioreconcile.engine.model import ManifestError, ObjectRef
+from aioreconcile.engine.model import Manifest, ManifestError, ObjectRef
 from aioreconcile.engine.sources import RenderSpec, RenderType
 from fuzz.harness import (
     FIXTURES,
@@ -84,9 +85,22 @@ def exercise(mode: str, text: str) -> None:
             return
         else:
             manifests = parse_documents(text, origin=ORIGIN)
+            _same_with_known(text, default_namespace(manifests, "team", is_namespaced=_scope))
         check_unique(default_namespace(manifests, "team", is_namespaced=_scope))
     except ManifestError as e:
         check_error(e, names=(ORIGIN, "charts/app"), planted=planted_as_credential(text))
+
+
+def _same_with_known(text: str, full: list[Manifest]) -> None:
+    """The push's path (``KnownDocuments``: the documents of a render whose text is known are
+    not parsed again) gives the refs, bodies and origins of the full parse."""
+    known = known_documents(full)
+    again = default_namespace(
+        parse_documents(text, origin=ORIGIN, known=known), "team", is_namespaced=_scope
+    )
+    seen = [(m.ref, repr(m.body), m.origin) for m in again]  # repr: NaN is not equal to NaN
+    if seen != [(m.ref, repr(m.body), m.origin) for m in full]:
+        raise InvariantBroken("the known-documents path differs from a full parse")
 
 
 def test_one_input(data: bytes) -> None:
