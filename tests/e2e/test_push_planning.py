@@ -380,7 +380,9 @@ def documents_parsed(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return counts
 
 
-def stream(namespace: str | None, labels: dict[str, str] | None = None, **values: str) -> str:
+def stream(
+    namespace: str | None, values: dict[str, str], labels: dict[str, str] | None = None
+) -> str:
     """One file holding a ConfigMap per value, ``---`` between them; no namespace written when
     ``namespace`` is None (the sync's ``targetNamespace`` applies)."""
     documents = []
@@ -409,9 +411,9 @@ async def test_a_push_parses_only_the_documents_whose_text_changed(
     a label added) parses the changed one only, and the cluster is as the commit says."""
     repo = upstream("parse-only-changes")
     values = {f"c{i}": "1" for i in range(6)}
-    defaulted = stream(None, d0="1", d1="1")
+    defaulted = stream(None, {"d0": "1", "d1": "1"})
     first = repo.commit(
-        {"apps/app/many.yaml": stream(namespace, **values), "apps/app/defaulted.yaml": defaulted}
+        {"apps/app/many.yaml": stream(namespace, values), "apps/app/defaulted.yaml": defaulted}
     )
     async with controller(kube, namespace, repo, git_daemon, tmp_path, one_sync()) as running:
         await running.wait_for(lambda: applied(running, first))
@@ -420,7 +422,7 @@ async def test_a_push_parses_only_the_documents_whose_text_changed(
         values["c3"] = "2"
         second = repo.commit(
             {
-                "apps/app/many.yaml": stream(namespace, **values),
+                "apps/app/many.yaml": stream(namespace, values),
                 "apps/app/defaulted.yaml": defaulted,
             }
         )
@@ -432,8 +434,8 @@ async def test_a_push_parses_only_the_documents_whose_text_changed(
 
         documents_parsed.clear()
         unchanged = {k: v for k, v in values.items() if k not in ("c0", "c5")}
-        many = stream(None, {"edited": "yes"}, c0="1") + "---\n" + stream(namespace, **unchanged)
-        moved = defaulted + "---\n" + stream(namespace, c5="1")  # c5's text as it was
+        many = stream(None, {"c0": "1"}, {"edited": "yes"}) + "---\n" + stream(namespace, unchanged)
+        moved = defaulted + "---\n" + stream(namespace, {"c5": "1"})  # c5's text as it was
         third = repo.commit({"apps/app/many.yaml": many, "apps/app/defaulted.yaml": moved})
         await running.push_webhook(third, before=second)
         await running.wait_for(lambda: applied(running, third))
