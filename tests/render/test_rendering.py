@@ -3,6 +3,7 @@
 import shutil
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from textwrap import dedent
 
@@ -19,6 +20,7 @@ from aioreconcile.adapters.render import (
     detect,
     render,
 )
+from aioreconcile.engine.manifests import KnownDocuments, known_documents
 from aioreconcile.engine.model import Manifest, ManifestError, ObjectRef
 from aioreconcile.testing.toolchain import require
 
@@ -497,3 +499,45 @@ async def test_a_hung_tool_is_killed_at_the_deadline(tmp_path: Path) -> None:
     assert time.monotonic() - started < 1
     await anyio.sleep(1.5)
     assert not marker.exists()
+
+
+# --- the last render's documents (KnownDocuments) ---------------------------------------------
+
+
+def seen(manifests: list[Manifest]) -> list[tuple[ObjectRef, object, str]]:
+    return [(m.ref, m.body, m.origin) for m in manifests]
+
+
+async def rendered(
+    directory: Path, spec: RenderSpec, known: KnownDocuments | None, *, root: Path
+) -> list[Manifest]:
+    renderers = default_renderers(helm=require("helm"), kubectl=KUBECTL)
+    return await render(
+        directory, spec, root=root, is_namespaced=scope_of, renderers=renderers, known=known
+    )
+
+
+async def test_helm_and_kustomize_output_is_parsed_only_where_its_text_changed(
+    tmp_path: Path,
+) -> None:
+    """A real helm and kubectl kustomize print the same bytes for the same input, so a second
+    render with the first's table parses nothing; a changed value parses its document only,
+    and the objects are those a render without a table gives."""
+    write(tmp_path, {**CHART, **KUSTOMIZATION})
+    chart = RenderSpec(type=RenderType.HELM, release_name="front", namespace="store")
+    overlay = RenderSpec(type=RenderType.KUSTOMIZE, namespace="shop")
+    base = tmp_path / "base" / "deployment.yaml"
+    for directory, spec in ((tmp_path / "charts" / "shop", chart), (tmp_path / "overlay", overlay)):
+        first = await rendered(directory, spec, KnownDocuments(), root=tmp_path)
+        known = known_documents(first)
+        assert seen(await rendered(directory, spec, known, root=tmp_path)) == seen(first)
+        assert (known.parsed, known.reused) == (0, len(first))
+
+        known = known_documents(first)
+        if spec is chart:
+            spec = replace(spec, values={"greeting": "changed"})
+        else:
+            base.write_text(base.read_text().replace("image: nginx", "image: nginx:2"))
+        again = await rendered(directory, spec, known, root=tmp_path)
+        assert seen(again) == seen(await rendered(directory, spec, None, root=tmp_path))
+        assert (known.parsed, known.reused) == (1, len(first) - 1)
