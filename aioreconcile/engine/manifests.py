@@ -112,11 +112,16 @@ class KnownDocuments:
 
 def known_documents(manifests: Sequence[Manifest]) -> KnownDocuments:
     """The table a render's manifests leave for the next one: only documents that stood for
-    exactly one object (a List's items, the same text twice: parsed again next time)."""
+    exactly one object (a List's items, the same text twice: parsed again next time). Not
+    CustomResourceDefinitions: ``default_namespace`` reads their bodies for their kinds' scope,
+    and a large one parsed there, on the caller's event loop, would block it."""
     refs: dict[bytes, ObjectRef] = {}
     twice: set[bytes] = set()
     for m in manifests:
-        if m.source is None:
+        if m.source is None or (m.ref.group, m.ref.kind) == (
+            _CRD_GROUP,
+            "CustomResourceDefinition",
+        ):
             continue
         if m.source in refs:
             twice.add(m.source)
