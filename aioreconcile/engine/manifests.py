@@ -106,6 +106,9 @@ class KnownDocuments:
 
     refs: dict[bytes, ObjectRef] = field(default_factory=dict)
     defaulted: set[bytes] = field(default_factory=set)
+    # Objects the caller will plan whatever their document (the controller's suspects): their
+    # documents are parsed here, off the event loop, not when their body is first read.
+    parse: frozenset[ObjectRef] = frozenset()
     parsed: int = 0
     reused: int = 0
 
@@ -210,7 +213,7 @@ def _parse_known(
         where = f"{origin}, document {number}"
         source = _text_digest(chunk)
         ref = known.refs.get(source)
-        if ref is not None:
+        if ref is not None and ref not in known.parse:
             if source in known.defaulted:
                 ref = ref.with_namespace("")
             manifests.append(_Unparsed(ref, origin=where, source=source, text=chunk))

@@ -917,7 +917,7 @@ class Controller:
             wait_timeout_s=spec.wait_timeout_s,
             wait_in_place=False,  # polled by ("health", name) keys, holding no lane meanwhile
             refresh_discovery=not changes_only,
-            known=state.known if changes_only and state.known is not None else KnownDocuments(),
+            known=_known_documents(state) if changes_only else KnownDocuments(),
         )
         known = request.known
 
@@ -1569,6 +1569,17 @@ def _as_left(state: SyncState, planned: Sequence[Manifest]) -> dict[ObjectRef, s
         for m in planned
         if m.ref in written and m.ref in stored and not _suspect(state, m.ref)
     }
+
+
+def _known_documents(state: SyncState) -> KnownDocuments:
+    """The last render's documents for this one, the objects ``_plan_changes_only`` will plan
+    whatever their text (suspect, or holding none of our fields) marked to be parsed in the
+    render's worker thread rather than on the event loop."""
+    known = state.known or KnownDocuments()
+    known.parse = frozenset(
+        r for r in known.refs.values() if r not in state.stored or _suspect(state, r)
+    )
+    return known
 
 
 def _known_digest(state: SyncState, known: KnownDocuments | None, m: Manifest) -> bytes:

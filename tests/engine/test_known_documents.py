@@ -163,3 +163,11 @@ def test_the_cached_path_gives_what_a_full_parse_gives_after_any_edit(
     except ManifestError:
         return
     assert outcome(after, again) == outcome(after, None)
+
+
+def test_a_document_the_caller_will_plan_anyway_is_parsed_in_the_render() -> None:
+    known = table_after(cm("a") + "---\n" + cm("b"))
+    known.parse = frozenset({ObjectRef("", "ConfigMap", "apps", "b", "v1")})
+    manifests = render(cm("a") + "---\n" + cm("b"), known)
+    assert seen(manifests) == seen(render(cm("a") + "---\n" + cm("b"), None))
+    assert (known.parsed, known.reused) == (1, 1)
