@@ -14,6 +14,7 @@ and prunes nothing.
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Final
 
@@ -94,26 +95,21 @@ async def sync_once(
         try:
             if request.refresh_discovery:
                 await cluster.refresh_discovery()
-            known = request.known
-            manifests = await render(
+            rendering = partial(
+                render,
                 request.directory,
                 request.render,
                 root=request.root,
                 is_namespaced=cluster.is_namespaced,
-                known=known,
             )
+            known = request.known
+            manifests = await rendering(known=known)
             if not request.refresh_discovery and any(
                 cluster.is_namespaced(m.ref) is None for m in manifests
             ):
                 await cluster.refresh_discovery()
                 known = KnownDocuments() if known is not None else None
-                manifests = await render(
-                    request.directory,
-                    request.render,
-                    root=request.root,
-                    is_namespaced=cluster.is_namespaced,
-                    known=known,
-                )
+                manifests = await rendering(known=known)
         except AioreconcileError as e:
             span.record_error(str(e), error=e)
             # Unreachable apiserver (discovery) is worth a retry; a broken source is not.
