@@ -109,10 +109,15 @@ def kubepods_cgroups() -> list[Path]:
 
 
 def cgroup_pids(root: Path) -> set[int]:
+    """Every pid in ``root``'s cgroup tree. Walked with ``os.walk``, which skips a directory
+    that vanishes while it walks (a container's cgroup as the container exits); ``rglob``
+    raised FileNotFoundError there."""
     pids: set[int] = set()
-    for procs in root.rglob("cgroup.procs"):
-        with contextlib.suppress(OSError, ValueError):
-            pids.update(int(line) for line in procs.read_text().split())
+    for directory, _, files in os.walk(root):
+        if "cgroup.procs" in files:
+            with contextlib.suppress(OSError, ValueError):
+                text = Path(directory, "cgroup.procs").read_text()
+                pids.update(int(line) for line in text.split())
     return pids
 
 
@@ -224,7 +229,8 @@ def _remove_new_cgroups(snapshot: HostSnapshot, problems: list[str]) -> None:
             continue
         kill_pids(cgroup_pids(root))
         # Children first: a cgroup directory goes with rmdir once it has no children or tasks.
-        for directory in sorted((d for d in root.rglob("*") if d.is_dir()), reverse=True):
+        walked = (Path(d, name) for d, names, _ in os.walk(root) for name in names)
+        for directory in sorted(walked, reverse=True):
             with contextlib.suppress(OSError):
                 directory.rmdir()
         for _ in range(20):

@@ -3,12 +3,15 @@
 import hashlib
 import ipaddress
 import json
+import os
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from aioreconcile.testing.hoststate import Table, comparable, parse_iptables_save
+from aioreconcile.testing.hoststate import Table, cgroup_pids, comparable, parse_iptables_save
 from aioreconcile.testing.images import ImageConfig, apt_mirror, write_image_archive, write_layer
 from aioreconcile.testing.node import POD_SUBNET, SERVICE_RANGE, cni_conflist
 from aioreconcile.testing.toolchain import ToolchainError
@@ -145,3 +148,52 @@ def test_pod_network_has_no_default_route_and_no_masquerade() -> None:
     assert routes == [ipaddress.ip_network(SERVICE_RANGE), ipaddress.ip_network("192.0.2.2/32")]
     assert all(r.prefixlen > 0 for r in routes)
     assert bridge["ipam"]["ranges"] == [[{"subnet": POD_SUBNET}]]
+
+
+def test_cgroup_pids_of_a_tree_whose_container_cgroup_vanishes_during_the_walk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The node's teardown walks kubepods while the kubelet's containers exit: a container's
+    cgroup directory removed between listing its pod's directory and entering it is gone, not
+    an error (CI, 2026-12-01: FileNotFoundError from the walk failed the node block's last
+    teardown). The removal is real; only its moment is forced, right after the listing."""
+    pod = tmp_path / "kubepods" / "besteffort" / "pod1"
+    (pod / "gone").mkdir(parents=True)
+    (pod / "kept").mkdir()
+    (pod / "cgroup.procs").write_text("11\n")
+    (pod / "kept" / "cgroup.procs").write_text("12\n13\n")
+    real_scandir = os.scandir
+
+    def scandir_then_remove(path: Any = ".") -> Any:
+        listing = real_scandir(path)
+        if Path(path) == pod and (pod / "gone").exists():
+            entries = list(listing)
+            listing.close()
+            (pod / "gone").rmdir()
+            return _Listing(entries)
+        return listing
+
+    monkeypatch.setattr(os, "scandir", scandir_then_remove)
+    assert cgroup_pids(tmp_path / "kubepods") == {11, 12, 13}
+
+
+class _Listing:
+    """What ``os.scandir`` returns, over entries already read."""
+
+    def __init__(self, entries: list[os.DirEntry[str]]) -> None:
+        self._entries = iter(entries)
+
+    def __iter__(self) -> Iterator[os.DirEntry[str]]:
+        return self
+
+    def __next__(self) -> os.DirEntry[str]:
+        return next(self._entries)
+
+    def __enter__(self) -> "_Listing":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
