@@ -1511,18 +1511,12 @@ def _may_be_up_to_date(state: SyncState) -> bool:
 
 def _may_plan_changes_only(state: SyncState) -> bool:
     """Whether a reconcile may plan only the documents that changed (``_plan_changes_only``):
-    the sync's last reconcile rendered here, succeeded in full (every object applied or found
-    as declared, pruned, healthy) under the same spec, and ended with its watches synced, so
-    a foreign change since then was seen (``SyncState.suspects``). Otherwise (a restart, a
-    failure, a health check under way, SpecChanged) everything is planned."""
-    return (
-        bool(state.digests)
-        and state.revision is not None
-        and not state.spec_changed
-        and state.reason == Reason.SUCCEEDED
-        and state.health is None
-        and state.watch_synced
-    )
+    the sync's rendered commit may be judged against (``_skippable``: rendered and applied
+    here, succeeded in full under the same spec, no health check under way), its digests are
+    known, and its last reconcile ended with its watches synced, so a foreign change since
+    then was seen (``SyncState.suspects``). Otherwise (a restart, a failure, a health check
+    under way, SpecChanged) everything is planned."""
+    return _skippable(state) is not None and bool(state.digests) and state.watch_synced
 
 
 def _plan_changes_only(

@@ -253,6 +253,7 @@ def _known_state() -> SyncState:
     return SyncState(
         spec,
         revision=A,
+        last_applied_revision=A,
         reason=Reason.SUCCEEDED.value,
         digests={ref: b"d"},
         watch_synced=True,
