@@ -71,7 +71,8 @@ class FakeClock:
 class FakeGitSource:
     """A ``GitSource`` whose ref head and history the test sets (the real adapter is tested
     against git servers in tests/git). ``refuse`` makes every commit fail verification, so a
-    reconcile stops after the fetch without needing a cluster."""
+    reconcile stops after the fetch without needing a cluster. ``fetch`` waits for
+    ``fetch_gate`` when the test sets one (a slow or hung Git server), setting ``fetching``."""
 
     def __init__(self, head: str, *, history: Iterable[tuple[str, str]] = ()) -> None:
         self.head = head
@@ -79,6 +80,8 @@ class FakeGitSource:
         self.fetches = 0
         self.resolves = 0  # ls-remote calls
         self.refuse = True
+        self.fetch_gate: anyio.Event | None = None
+        self.fetching = anyio.Event()  # set when a ``fetch`` starts waiting at its gate
 
     async def resolve(self) -> str:
         self.resolves += 1
@@ -86,6 +89,9 @@ class FakeGitSource:
 
     async def fetch(self, *, not_before: float | None = None) -> str:
         self.fetches += 1
+        if self.fetch_gate is not None:
+            self.fetching.set()
+            await self.fetch_gate.wait()
         return self.head
 
     async def diff(self, old: str, new: str) -> TreeDiff | None:

@@ -3,20 +3,23 @@
 A foreign write to many managed objects at once (``kubectl label --overwrite`` over a namespace,
 a mutating webhook rolled out) makes one heal per object. The fake cluster holds every heal's
 write at a gate, so every heal of the storm stays in flight for as long as the test wants; a push to
-another sync must still be applied meanwhile, and while a sync writes, heals keep only a few
-slots, so the apiserver serves the push first.
+another sync must still be applied meanwhile, and while a sync writes, or a push is on its way
+to writing (its fetch, for a bounded time), heals keep only a few slots, so the apiserver (and
+the cores the Git fetch runs on) serve the push first.
 """
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
+import pytest
 
 from aioreconcile.engine.config import GitSourceSpec, SyncSpec
 from aioreconcile.engine.events import EventType, WatchEvent
 from aioreconcile.engine.metrics import Registry
 from aioreconcile.engine.model import JsonObject, Manifest, ObjectRef
 from aioreconcile.engine.triggers import Push
+from aioreconcile.reactor import controlling
 from aioreconcile.reactor.controlling import HEALS_BESIDE_WRITES, Controller
 from tests.reactor.fakes import FakeCluster, FakeGitSource, FakeRenderer, NoWatcher
 
@@ -146,6 +149,88 @@ async def test_heals_yield_to_a_sync_that_writes_and_take_their_full_limit_back_
         await anyio.sleep(0.05)
         await anyio.wait_all_tasks_blocked()
         assert made.queue.in_flight == HEAL_CONCURRENCY  # the storm has its whole limit back
+
+        cluster.heal_gate.set()
+        with anyio.fail_after(5):
+            while made.states["storm"].heals < STORM_OBJECTS:
+                await anyio.sleep(0.005)
+
+
+def relabel_all(made: Controller, cluster: FakeCluster) -> None:
+    """One foreign write over every object of the storm sync, each seen by the watch."""
+
+    def relabel(obj: JsonObject) -> None:
+        obj["metadata"]["labels"]["part-of"] = "intruder"
+
+    for ref in list(made.states["storm"].desired):
+        made.on_watch_event(WatchEvent(EventType.MODIFIED, ref, cluster.edit(ref, relabel)))
+
+
+async def heals_in_flight(made: Controller) -> int:
+    await anyio.sleep(0.05)
+    await anyio.wait_all_tasks_blocked()
+    return made.queue.in_flight - 1  # the app's reconcile holds the one other slot
+
+
+@pytest.mark.parametrize(
+    ("pushed", "heals_while_fetching"),
+    [
+        pytest.param(True, HEALS_BESIDE_WRITES, id="push-fetching"),
+        pytest.param(False, HEAL_CONCURRENCY, id="poll-fetching"),
+    ],
+)
+async def test_heals_yield_to_a_push_from_its_fetch_for_a_bounded_time(
+    monkeypatch: pytest.MonkeyPatch, pushed: bool, heals_while_fetching: int
+) -> None:
+    monkeypatch.setattr(controlling, "PUSH_AHEAD_S", 0.5)
+    cluster = FakeCluster()
+    async with running(cluster) as (made, app_source):
+        await applied(made, "storm", STORM)
+        await applied(made, "app", APP_A)
+
+        # The app's Git server hangs: its reconcile waits in the fetch, before any write.
+        app_source.fetch_gate = anyio.Event()
+        app_source.head = APP_B
+        if pushed:
+            made.push(Push("app", APP_B))
+        else:
+            made.poll("app")
+        with anyio.fail_after(5):
+            await app_source.fetching.wait()
+
+        cluster.heal_gate = anyio.Event()  # every heal is held at its write
+        relabel_all(made, cluster)
+        assert await heals_in_flight(made) == heals_while_fetching
+
+        # Past the bound the hung fetch no longer slows the heals (they never stop anyway).
+        await anyio.sleep(controlling.PUSH_AHEAD_S)
+        assert await heals_in_flight(made) == HEAL_CONCURRENCY
+
+        cluster.heal_gate.set()
+        app_source.fetch_gate.set()
+        await applied(made, "app", APP_B)
+        with anyio.fail_after(5):
+            while made.states["storm"].heals < STORM_OBJECTS:
+                await anyio.sleep(0.005)
+
+
+async def test_a_push_that_ends_before_its_bound_gives_the_heals_their_limit_back() -> None:
+    cluster = FakeCluster()
+    async with running(cluster) as (made, app_source):
+        await applied(made, "storm", STORM)
+        await applied(made, "app", APP_A)
+
+        made.push(Push("app", APP_A))  # a redelivery: the head is applied already, nothing to write
+        with anyio.fail_after(5):
+            while app_source.fetches < 2:
+                await anyio.sleep(0.005)
+        await anyio.wait_all_tasks_blocked()
+
+        cluster.heal_gate = anyio.Event()
+        relabel_all(made, cluster)
+        await anyio.sleep(0.05)
+        await anyio.wait_all_tasks_blocked()
+        assert made.queue.in_flight == HEAL_CONCURRENCY  # well within PUSH_AHEAD_S of the push
 
         cluster.heal_gate.set()
         with anyio.fail_after(5):
