@@ -84,6 +84,29 @@ async def applied(made: Controller, sync: str, sha: str) -> None:
             await anyio.sleep(0.005)
 
 
+def relabel_all(made: Controller, cluster: FakeCluster) -> None:
+    """One foreign write over every object of the storm sync, each seen by the watch."""
+
+    def relabel(obj: JsonObject) -> None:
+        obj["metadata"]["labels"]["part-of"] = "intruder"
+
+    for ref in list(made.states["storm"].desired):
+        made.on_watch_event(WatchEvent(EventType.MODIFIED, ref, cluster.edit(ref, relabel)))
+
+
+async def in_flight(made: Controller) -> int:
+    """The queue's work in flight once everything that can start has started."""
+    await anyio.sleep(0.05)
+    await anyio.wait_all_tasks_blocked()
+    return made.queue.in_flight
+
+
+async def all_healed(made: Controller) -> None:
+    with anyio.fail_after(5):
+        while made.states["storm"].heals < STORM_OBJECTS:
+            await anyio.sleep(0.005)
+
+
 async def test_a_push_is_applied_while_a_storm_of_heals_holds_every_heal_slot() -> None:
     cluster = FakeCluster()
     async with running(cluster) as (made, app_source):
@@ -93,13 +116,7 @@ async def test_a_push_is_applied_while_a_storm_of_heals_holds_every_heal_slot() 
         # One foreign write relabels every object of the storm sync; each heal is held at its
         # write, so the storm outlasts the push (far more heals than slots).
         cluster.heal_gate = anyio.Event()
-
-        def relabel(obj: JsonObject) -> None:
-            obj["metadata"]["labels"]["part-of"] = "intruder"
-
-        for ref in list(made.states["storm"].desired):
-            edited = cluster.edit(ref, relabel)
-            made.on_watch_event(WatchEvent(EventType.MODIFIED, ref, edited))
+        relabel_all(made, cluster)
         with anyio.fail_after(5):
             await cluster.healing.wait()
         await anyio.wait_all_tasks_blocked()
@@ -114,10 +131,7 @@ async def test_a_push_is_applied_while_a_storm_of_heals_holds_every_heal_slot() 
 
         assert not waited.cancelled_caught, "the push waited behind the heals"
         assert storm_still_held
-        # and the storm is healed too, once its writes go on
-        with anyio.fail_after(5):
-            while made.states["storm"].heals < STORM_OBJECTS:
-                await anyio.sleep(0.005)
+        await all_healed(made)  # and the storm is healed too, once its writes go on
 
 
 async def test_heals_yield_to_a_sync_that_writes_and_take_their_full_limit_back_after() -> None:
@@ -134,42 +148,15 @@ async def test_heals_yield_to_a_sync_that_writes_and_take_their_full_limit_back_
             await cluster.applied.wait()
 
         cluster.heal_gate = anyio.Event()  # every heal is held at its write
-
-        def relabel(obj: JsonObject) -> None:
-            obj["metadata"]["labels"]["part-of"] = "intruder"
-
-        for ref in list(made.states["storm"].desired):
-            made.on_watch_event(WatchEvent(EventType.MODIFIED, ref, cluster.edit(ref, relabel)))
-        await anyio.sleep(0.05)
-        await anyio.wait_all_tasks_blocked()
-        assert made.queue.in_flight == 1 + HEALS_BESIDE_WRITES  # the push, and few heals
+        relabel_all(made, cluster)
+        assert await in_flight(made) == 1 + HEALS_BESIDE_WRITES  # the push, and few heals
 
         cluster.apply_gate.set()
         await applied(made, "app", APP_B)
-        await anyio.sleep(0.05)
-        await anyio.wait_all_tasks_blocked()
-        assert made.queue.in_flight == HEAL_CONCURRENCY  # the storm has its whole limit back
+        assert await in_flight(made) == HEAL_CONCURRENCY  # the storm has its whole limit back
 
         cluster.heal_gate.set()
-        with anyio.fail_after(5):
-            while made.states["storm"].heals < STORM_OBJECTS:
-                await anyio.sleep(0.005)
-
-
-def relabel_all(made: Controller, cluster: FakeCluster) -> None:
-    """One foreign write over every object of the storm sync, each seen by the watch."""
-
-    def relabel(obj: JsonObject) -> None:
-        obj["metadata"]["labels"]["part-of"] = "intruder"
-
-    for ref in list(made.states["storm"].desired):
-        made.on_watch_event(WatchEvent(EventType.MODIFIED, ref, cluster.edit(ref, relabel)))
-
-
-async def heals_in_flight(made: Controller) -> int:
-    await anyio.sleep(0.05)
-    await anyio.wait_all_tasks_blocked()
-    return made.queue.in_flight - 1  # the app's reconcile holds the one other slot
+        await all_healed(made)
 
 
 @pytest.mark.parametrize(
@@ -200,18 +187,16 @@ async def test_heals_yield_to_a_push_from_its_fetch_for_a_bounded_time(
 
         cluster.heal_gate = anyio.Event()  # every heal is held at its write
         relabel_all(made, cluster)
-        assert await heals_in_flight(made) == heals_while_fetching
+        assert await in_flight(made) == 1 + heals_while_fetching  # and the app's reconcile
 
         # Past the bound the hung fetch no longer slows the heals (they never stop anyway).
         await anyio.sleep(controlling.PUSH_AHEAD_S)
-        assert await heals_in_flight(made) == HEAL_CONCURRENCY
+        assert await in_flight(made) == 1 + HEAL_CONCURRENCY
 
         cluster.heal_gate.set()
         app_source.fetch_gate.set()
         await applied(made, "app", APP_B)
-        with anyio.fail_after(5):
-            while made.states["storm"].heals < STORM_OBJECTS:
-                await anyio.sleep(0.005)
+        await all_healed(made)
 
 
 async def test_a_push_that_ends_before_its_bound_gives_the_heals_their_limit_back() -> None:
@@ -228,11 +213,7 @@ async def test_a_push_that_ends_before_its_bound_gives_the_heals_their_limit_bac
 
         cluster.heal_gate = anyio.Event()
         relabel_all(made, cluster)
-        await anyio.sleep(0.05)
-        await anyio.wait_all_tasks_blocked()
-        assert made.queue.in_flight == HEAL_CONCURRENCY  # well within PUSH_AHEAD_S of the push
+        assert await in_flight(made) == HEAL_CONCURRENCY  # well within PUSH_AHEAD_S of the push
 
         cluster.heal_gate.set()
-        with anyio.fail_after(5):
-            while made.states["storm"].heals < STORM_OBJECTS:
-                await anyio.sleep(0.005)
+        await all_healed(made)
