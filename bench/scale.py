@@ -916,4 +916,7 @@ async def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    anyio.run(main, parser().parse_args())
+    arguments = parser().parse_args()
+    if arguments.keep_logs:  # made first: a missing directory must not lose a run at its end
+        Path(arguments.keep_logs).mkdir(parents=True, exist_ok=True)
+    anyio.run(main, arguments)
