@@ -19,7 +19,11 @@ timed), waits until that controller is quiet, then sends a signed push webhook (
   quiet again, after the ``on`` controller's trace is complete in Jaeger: the export of the
   round's spans (about N + 15) is inside it;
 - ``exported`` (``on`` only): t0 until Jaeger's query API returns the commit's trace with its
-  root and all N object spans.
+  root and all N object spans;
+- ``apiserver_cpu``, ``etcd_cpu`` (when the benchmark started them) and ``jaeger_cpu``: each
+  process's CPU over the same window as ``cpu``: what a push costs the rest of the machine (the
+  ``traceparent`` stamp makes each apply body, stored object and watch event larger). Jaeger's
+  includes its answers to the benchmark's own trace queries, so it is not the export's alone.
 
 Each round runs both controllers, the order swapped every round (off-on, on-off, ...), so a pair
 shares the machine's conditions (``--unsampled``: the six orders of three in turn). The overhead
@@ -57,7 +61,15 @@ import orjson
 from aioreconcile.adapters.kube.transport import KubeTransport
 from aioreconcile.adapters.telemetry.jaeger_query import search_url
 from aioreconcile.engine.model import JsonObject
-from bench.drift import Objects, Repository, git_daemon, key_of, remove, watch_configmaps
+from bench.drift import (
+    Objects,
+    Repository,
+    cpu_seconds,
+    git_daemon,
+    key_of,
+    remove,
+    watch_configmaps,
+)
 from bench.reporting import emit
 from bench.running import Controller, run_controller
 
@@ -65,6 +77,10 @@ SECRET_ENV = "BENCH_WEBHOOK_SECRET"
 MODES = ("off", "on")
 UNSAMPLED = "unsampled"
 LIMIT_S = 120.0
+TIMED = ("applied_s", "recorded_s", "cpu_s", "cpu_self_s")  # per round, compared in pairs
+# The other processes' CPU when measured; Jaeger's is ~0 with tracing off, so it is no ratio.
+PLANE_CPU = ("apiserver_cpu_s", "etcd_cpu_s")
+OTHERS_CPU = (*PLANE_CPU, "jaeger_cpu_s")
 
 
 @dataclass
@@ -162,6 +178,7 @@ async def push_round(
     round_: int,
     jaeger_query: str,
     service: str,
+    others: dict[str, int],
 ) -> dict[str, Any]:
     objects = side.objects
     for i in range(objects.n):
@@ -172,6 +189,7 @@ async def push_round(
     await side.controller.wait_quiet()
     load = os.getloadavg()[0]
     cpu, own = side.controller.cpu_seconds(), side.controller.own_cpu_seconds()
+    others_before = {name: cpu_seconds(pid) for name, pid in others.items()}
     t0 = time.perf_counter()
     await send_push(session, side, before, side.sha)
     with anyio.fail_after(LIMIT_S):
@@ -201,7 +219,7 @@ async def push_round(
         "cpu_self_s": side.controller.own_cpu_seconds() - own,
         "exported_s": exported,
         "spans": spans,
-    }
+    } | {f"{name}_cpu_s": cpu_seconds(pid) - others_before[name] for name, pid in others.items()}
 
 
 def ratio_interval(
@@ -220,7 +238,9 @@ def _ratios(results: Sequence[dict[str, Any]], numerator: str, denominator: str)
     by_round = {(r["round"], r["mode"]): r for r in results}
     rounds = sorted({r["round"] for r in results})
     ratios: dict[str, Any] = {}
-    for key in ("applied_s", "recorded_s", "cpu_s", "cpu_self_s"):
+    # The apiserver's and etcd's CPU in /proc ticks (10 ms): a ratio only when no round is 0.
+    plane = [k for k in PLANE_CPU if all(r.get(k, 0.0) > 0 for r in results)]
+    for key in (*TIMED, *plane):
         pairs = [by_round[(n, numerator)][key] / by_round[(n, denominator)][key] for n in rounds]
         mean, low, high = ratio_interval(pairs)
         ratios[key[:-2]] = {
@@ -242,7 +262,7 @@ def summarise(
     for mode in modes:
         mine = [r for r in results if r["mode"] == mode]
         row: dict[str, Any] = {"mode": mode, "rounds": len(mine)}
-        for key in ("applied_s", "recorded_s", "cpu_s", "cpu_self_s", "exported_s"):
+        for key in (*TIMED, "exported_s", *[k for k in OTHERS_CPU if all(k in r for r in mine)]):
             values = [r[key] for r in mine]
             if all(math.isnan(v) for v in values):
                 continue
@@ -253,7 +273,10 @@ def summarise(
     return rows, _ratios(results, "on", "off")
 
 
-async def measure(kubeconfig: Path, args: argparse.Namespace, workdir: Path) -> None:
+async def measure(
+    kubeconfig: Path, args: argparse.Namespace, workdir: Path, plane: dict[str, int] | None = None
+) -> None:
+    """The rounds; ``plane``: the pids of the apiserver and etcd when started here."""
     from aioreconcile.testing import start_jaeger
 
     token = secrets.token_hex(3)
@@ -319,6 +342,9 @@ async def measure(kubeconfig: Path, args: argparse.Namespace, workdir: Path) -> 
                     )
                 seen = Seen()
                 await tasks.start(watch_configmaps, transport, seen.on_event)
+                others = dict(plane or {})
+                if jaeger.process.pid is not None:
+                    others["jaeger"] = jaeger.process.pid
                 started = time.time()
                 load_before = os.getloadavg()
                 orders = list(itertools.permutations(modes))
@@ -336,6 +362,7 @@ async def measure(kubeconfig: Path, args: argparse.Namespace, workdir: Path) -> 
                             round_=round_,
                             jaeger_query=jaeger.query_url,
                             service=service,
+                            others=others,
                         )
                         print(
                             f"round {round_} {mode}: applied {result['applied_s']:.3f} s, "
@@ -418,7 +445,13 @@ async def main(args: argparse.Namespace) -> None:
             from aioreconcile.testing import start_control_plane
 
             async with start_control_plane() as plane:
-                await measure(plane.kubeconfig, args, Path(tmp))
+                pids = {"apiserver": plane.apiserver.pid, "etcd": plane.etcd.pid}
+                await measure(
+                    plane.kubeconfig,
+                    args,
+                    Path(tmp),
+                    {name: pid for name, pid in pids.items() if pid is not None},
+                )
         finally:
             if args.keep_logs is not None:  # the controllers' JSON logs (stages_ms per push)
                 args.keep_logs.mkdir(parents=True, exist_ok=True)
