@@ -1,7 +1,10 @@
 """What a source may contain: parsing, lists, identity, duplicates and namespaces, as data."""
 
 import copy
+import gc
+import math
 import time
+from collections.abc import Callable
 from textwrap import dedent
 
 import pytest
@@ -537,3 +540,95 @@ def test_aliases_shared_many_times_are_checked_once_each() -> None:
     (manifest,) = parse_documents(text, origin="app.yaml")
     assert time.monotonic() - began < 1.0
     assert manifest.ref.name == "a"
+
+
+# --- what a render holds between the parse and the apply (issue 14, the idle memory) ----------
+
+REALISTIC_STREAM = "---\n".join(
+    dedent(
+        f"""\
+        apiVersion: apps/v1
+        kind: Deployment
+        metadata:
+          name: web-{i}
+          namespace: shop
+          labels: {{app: web-{i}, tier: front}}
+        spec:
+          replicas: 2
+          selector: {{matchLabels: {{app: web-{i}}}}}
+          template:
+            metadata: {{labels: {{app: web-{i}}}}}
+            spec:
+              containers:
+              - name: web
+                image: registry.example/web:{i}
+                env: [{{name: A, value: "1"}}, {{name: B, value: "2"}}]
+                ports: [{{containerPort: 8080, name: http}}, {{containerPort: 9090}}]
+                resources: {{limits: {{cpu: 500m}}, requests: {{cpu: 100m}}}}
+        """
+    )
+    for i in range(100)
+)
+
+
+def test_parsed_manifests_hold_no_parsed_containers_between_reads() -> None:
+    """A render's manifests are held from the parse to the end of the apply: as dicts and
+    lists, their bodies were millions of small objects at 10,000 objects, among which the
+    long-lived ones made meanwhile pinned the allocator's arenas. Each is now one ``bytes``
+    (docs/controller-benchmarks.md, 2026-12-01, issue 14). Counted by the collector, which
+    tracks every dict and list: per manifest, the manifest, its ``__dict__`` and its ref."""
+    gc.collect()
+    before = len(gc.get_objects())
+    manifests = parse_documents(REALISTIC_STREAM, origin="app.yaml")
+    gc.collect()
+    held = len(gc.get_objects()) - before
+    assert len(manifests) == 100
+    assert held / len(manifests) < 5
+
+
+def test_a_body_read_is_a_copy_that_a_reader_may_change() -> None:
+    (manifest,) = parse_documents(REALISTIC_STREAM.split("---\n")[0], origin="app.yaml")
+    read = manifest.body
+    read["spec"]["replicas"] = 5
+    read["metadata"]["labels"]["tier"] = "changed"
+    assert manifest.body["spec"]["replicas"] == 2
+    assert manifest.body["metadata"]["labels"] == {"app": "web-0", "tier": "front"}
+
+
+@pytest.mark.parametrize(
+    ("value", "check"),
+    [
+        (".nan", lambda v: isinstance(v, float) and math.isnan(v)),
+        (".inf", lambda v: v == math.inf),
+        ("1180591620717411303424", lambda v: v == 2**70),  # beyond 64 bits
+        ("-0.0", lambda v: v == 0.0 and math.copysign(1.0, v) == -1.0),
+        ("2026-12-01T15:00:00Z", lambda v: v == "2026-12-01T15:00:00Z"),
+        ("0x1F", lambda v: v == 31 and type(v) is int),
+        ("true", lambda v: v is True),
+    ],
+)
+def test_values_json_cannot_carry_exactly_read_back_as_parsed(
+    value: str, check: Callable[[object], bool]
+) -> None:
+    """Such a body is kept as parsed, not packed (JSON has no NaN nor infinity, orjson no
+    integer beyond 64 bits); every read gives back what YAML read, twice over."""
+    text = f"apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: a}}\nx: {value}\n"
+    (manifest,) = parse_documents(text, origin="app.yaml")
+    assert check(manifest.body["x"])
+    assert check(manifest.body["x"])
+
+
+def test_a_defaulted_namespace_is_in_every_read_of_the_body() -> None:
+    (parsed,) = parse_documents(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\ndata: {k: v}\n", origin="a.yaml"
+    )
+    (defaulted,) = default_namespace([parsed], "team", is_namespaced=scope_of)
+    assert defaulted.defaulted
+    for _ in range(2):
+        assert defaulted.body == {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "a", "namespace": "team"},
+            "data": {"k": "v"},
+        }
+    assert parsed.body["metadata"] == {"name": "a"}
