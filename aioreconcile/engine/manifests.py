@@ -9,7 +9,7 @@ import hashlib
 import json
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, cast
+from typing import Any, Final
 
 import orjson
 import yaml
@@ -17,7 +17,14 @@ from yaml.constructor import ConstructorError
 from yaml.nodes import MappingNode, Node, ScalarNode
 from yaml.reader import ReaderError
 
-from aioreconcile.engine.model import JsonObject, Manifest, ManifestError, ObjectRef
+from aioreconcile.engine.model import (
+    JsonObject,
+    Manifest,
+    ManifestError,
+    ObjectRef,
+    deflated,
+    inflated,
+)
 
 NamespaceScope = Callable[[ObjectRef], bool | None]
 """Whether a kind is namespaced, as discovery knows it; ``None`` for a kind it doesn't know yet."""
@@ -251,8 +258,8 @@ def _with_source(manifest: Manifest, source: bytes) -> Manifest:
 
 
 class _Packed(Manifest):
-    """A parsed document whose body is kept as its JSON encoding (orjson) and decoded on each
-    read, so each read returns a fresh copy.
+    """A parsed document whose body is kept deflated (``model.deflated``: orjson, then zlib)
+    and inflated on each read, so each read returns a fresh copy.
 
     Why: a render's manifests are held from the parse to the end of the apply. As dicts, the
     bodies of 10,000 realistic objects are ~56 MiB of small objects (~5.6 KB each); the
@@ -261,8 +268,10 @@ class _Packed(Manifest):
     the system only when all of it is free: the controller kept ~82 arenas (26 MiB in use) at
     idle after applying 10,000 objects. As one ``bytes`` each, the dicts live only while their
     document is parsed and while a reader uses them (docs/controller-benchmarks.md, issue 14).
-    A body read costs a decode (a few µs for a few KiB); the controller reads each two or three
-    times per reconcile. Flux's kustomize-controller likewise keeps its objects as
+    Deflated, 10,000 realistic bodies are ~6 MiB (orjson's own ``bytes`` would keep a ~4 KiB
+    buffer each: measured, that made the idle RSS worse, 210 MiB). A read costs an inflate
+    and a decode (~10 µs for a few KiB); the controller reads each two or three times per
+    reconcile. Flux's kustomize-controller likewise keeps its objects as
     ``unstructured`` JSON between the build and the apply."""
 
     def __init__(
@@ -285,7 +294,7 @@ class _Packed(Manifest):
 
     @property
     def body(self) -> JsonObject:
-        return cast(JsonObject, orjson.loads(self.__dict__["packed"]))
+        return inflated(self.__dict__["packed"])
 
 
 def _packed(manifest: Manifest) -> Manifest:
@@ -294,10 +303,10 @@ def _packed(manifest: Manifest) -> Manifest:
     encoding is checked by decoding it, off the event loop, in the parse."""
     body = manifest.body
     try:
-        packed = orjson.dumps(body)
+        packed = deflated(body)
     except orjson.JSONEncodeError:
         return manifest
-    if orjson.loads(packed) != body:
+    if inflated(packed) != body:
         return manifest
     return _Packed(
         manifest.ref,
@@ -447,7 +456,7 @@ def _with_namespace(manifest: Manifest, namespace: str) -> Manifest:
         return _Packed(
             ref,
             origin=manifest.origin,
-            packed=orjson.dumps(body),
+            packed=deflated(body),
             source=manifest.source,
             defaulted=True,
         )

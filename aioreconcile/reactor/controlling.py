@@ -67,7 +67,6 @@ import hashlib
 import logging
 import random
 import time
-import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, asynccontextmanager, contextmanager, nullcontext
 from contextvars import ContextVar
@@ -89,7 +88,7 @@ from aioreconcile.engine.errors import AioreconcileError, SourcePathMissing, Ver
 from aioreconcile.engine.events import EventType, WatchEvent
 from aioreconcile.engine.manifests import KnownDocuments, known_documents
 from aioreconcile.engine.metrics import Counter, Gauge, Histogram, Registry
-from aioreconcile.engine.model import JsonObject, Manifest, ObjectRef
+from aioreconcile.engine.model import JsonObject, Manifest, ObjectRef, deflated, inflated
 from aioreconcile.engine.naming import SYNC_LABEL, TRACEPARENT_ANNOTATION
 from aioreconcile.engine.outcomes import Reason, SyncOutcome
 from aioreconcile.engine.planning import as_stored, our_fields, refusal, stamp
@@ -1410,7 +1409,7 @@ class Controller:
             return  # no longer declared (pruned meanwhile)
         cluster = self._cluster_for(sync)
         live = observed if observed is not None else await cluster.get(ref)
-        desired = orjson.loads(zlib.decompress(state.desired[ref]))
+        desired = inflated(state.desired[ref])
         event = WatchEvent(
             EventType.DELETED if live is None else EventType.MODIFIED, ref, live or {}
         )
@@ -1668,7 +1667,7 @@ def _stored_form(obj: JsonObject) -> bytes | None:
 
 
 def _decoded(encoded: bytes | None) -> JsonObject | None:
-    return orjson.loads(zlib.decompress(encoded)) if encoded is not None else None
+    return inflated(encoded) if encoded is not None else None
 
 
 def _compact(obj: JsonObject) -> bytes:
@@ -1676,9 +1675,9 @@ def _compact(obj: JsonObject) -> bytes:
 
     Realistic manifests (bench/manifests.py) shrink from ~2.1 KB to ~0.55 KB (desired) and from
     ~2.1 KB to ~0.5 KB (stored), ~33 MiB less at 10,000 objects, for ~20-40 us per object when
-    it is remembered and ~10 us when it is judged (docs/controller-benchmarks.md). zlib's
-    result is exact-size (orjson's own ``bytes`` keeps its ~4 KiB working buffer)."""
-    return zlib.compress(orjson.dumps(obj), 1)
+    it is remembered and ~10 us when it is judged (docs/controller-benchmarks.md): the
+    engine's ``deflated``, which the parse keeps bodies in too."""
+    return deflated(obj)
 
 
 def _ref_type(ref: str) -> str:
