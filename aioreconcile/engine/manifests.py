@@ -271,8 +271,11 @@ class _Packed(Manifest):
     Deflated, 10,000 realistic bodies are ~6 MiB (orjson's own ``bytes`` would keep a ~4 KiB
     buffer each: measured, that made the idle RSS worse, 210 MiB). A read costs an inflate
     and a decode (~10 µs for a few KiB); the controller reads each two or three times per
-    reconcile. Flux's kustomize-controller likewise keeps its objects as
-    ``unstructured`` JSON between the build and the apply."""
+    reconcile. The controller keeps its desired and stored forms the same way (``SyncState``).
+    The parse checks the encoding by reading it back (``_packed``), so a body reads the same
+    either way."""
+
+    packed: bytes
 
     def __init__(
         self,
