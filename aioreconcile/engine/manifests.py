@@ -270,10 +270,10 @@ class _Packed(Manifest):
     document is parsed and while a reader uses them (docs/controller-benchmarks.md, issue 14).
     Deflated, 10,000 realistic bodies are ~6 MiB (orjson's own ``bytes`` would keep a ~4 KiB
     buffer each: measured, that made the idle RSS worse, 210 MiB). A read costs an inflate
-    and a decode (~10 µs for a few KiB); the controller reads each two or three times per
-    reconcile. The controller keeps its desired and stored forms the same way (``SyncState``).
-    The parse checks the encoding by reading it back (``_packed``), so a body reads the same
-    either way."""
+    and a decode (~6 µs for a few KiB); the controller reads each up to four times per
+    reconcile (digest, desired form, the apply's decision and request). The controller keeps
+    its desired and stored forms the same way (``SyncState``). The parse checks the encoding
+    by reading it back (``_packed``), so a body reads the same either way."""
 
     packed: bytes
 
