@@ -178,6 +178,14 @@ class WorkQueue(Generic[K]):
     def in_flight(self) -> int:
         return len(self._running)
 
+    def busy_besides(self, key: K) -> bool:
+        """Whether work other than ``key`` runs now or is due (a retry or a delayed put not
+        yet due is not work now). Cheap while others run: the first one found answers."""
+        if any(running != key for running in self._running):
+            return True
+        now = self._clock.now()
+        return any(due <= now and waiting != key for waiting, due in self._due.items())
+
     def put(self, key: K, *, delay_s: float = 0.0) -> None:
         """Ask for ``key`` to be processed after ``delay_s``; never blocks.
 

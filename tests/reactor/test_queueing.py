@@ -588,3 +588,27 @@ async def test_a_key_falling_due_between_two_clock_readings_never_means_a_negati
             while not ran:
                 await anyio.lowlevel.checkpoint()
     assert ran == ["a"]
+
+
+async def test_busy_besides_a_key_sees_other_running_and_due_work_but_not_later_work(
+    recorder: Recorder, clock: FakeClock
+) -> None:
+    queue = make_queue(recorder, clock, concurrency=1)
+    recorder.gates["a"] = anyio.Event()
+    async with running(queue):
+        queue.put("a")
+        await clock.settle()
+        assert not queue.busy_besides("a")  # only "a" runs
+        assert queue.busy_besides("b")
+
+        queue.put("later", delay_s=30)  # a retry or delayed put, not work now
+        assert not queue.busy_besides("a")
+
+        queue.put("b")  # due now, waiting for the one slot
+        await clock.settle()
+        assert queue.busy_besides("a")
+
+        recorder.gates["a"].set()
+        await clock.settle()
+        assert recorder.keys() == ["a", "b"]
+        assert not queue.busy_besides("b")  # "b" has run; "later" is not due
