@@ -286,18 +286,18 @@ class _Packed(Manifest):
         source: bytes | None = None,
         defaulted: bool = False,
     ) -> None:
-        for name, value in (
-            ("ref", ref),
-            ("origin", origin),
-            ("source", source),
-            ("defaulted", defaulted),
-            ("packed", packed),
-        ):
-            object.__setattr__(self, name, value)
+        _set_fields(self, ref=ref, origin=origin, source=source, defaulted=defaulted, packed=packed)
 
     @property
     def body(self) -> JsonObject:
         return inflated(self.__dict__["packed"])
+
+
+def _set_fields(manifest: Manifest, **fields: object) -> None:
+    """Set the fields of a frozen ``Manifest`` subclass (``_Packed``, ``_Unparsed``) that keeps
+    its body its own way instead of in the dataclass' ``body`` field."""
+    for name, value in fields.items():
+        object.__setattr__(manifest, name, value)
 
 
 def _packed(manifest: Manifest) -> Manifest:
@@ -328,16 +328,16 @@ class _Unparsed(Manifest):
     def __init__(
         self, ref: ObjectRef, *, origin: str, source: bytes, text: str, namespace: str = ""
     ) -> None:
-        for name, value in (
-            ("ref", ref),
-            ("origin", origin),
-            ("source", source),
-            ("defaulted", bool(namespace)),
-            ("_text", text),
-            ("_namespace", namespace),
-            ("_body", None),
-        ):
-            object.__setattr__(self, name, value)
+        _set_fields(
+            self,
+            ref=ref,
+            origin=origin,
+            source=source,
+            defaulted=bool(namespace),
+            _text=text,
+            _namespace=namespace,
+            _body=None,
+        )
 
     @property
     def body(self) -> JsonObject:

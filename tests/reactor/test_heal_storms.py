@@ -49,6 +49,7 @@ def source(head: str, *, history: tuple[tuple[str, str], ...] = ()) -> FakeGitSo
 async def running(
     cluster: FakeCluster, *, after_reconcile: Callable[[], None] | None = None
 ) -> AsyncIterator[tuple[Controller, FakeGitSource]]:
+    """A controller with the storm's sync and the app's applied, and the app's Git source."""
     app_source = source(APP_A, history=((APP_A, APP_B),))
     storm = [config_map(f"cm-{i:03d}", "storm", "git") for i in range(STORM_OBJECTS)]
     made = Controller(
@@ -76,6 +77,8 @@ async def running(
     async with anyio.create_task_group() as tasks:
         await tasks.start(made.run)
         try:
+            await applied(made, "storm", STORM)
+            await applied(made, "app", APP_A)
             yield made, app_source
         finally:
             tasks.cancel_scope.cancel()
@@ -113,9 +116,6 @@ async def all_healed(made: Controller) -> None:
 async def test_a_push_is_applied_while_a_storm_of_heals_holds_every_heal_slot() -> None:
     cluster = FakeCluster()
     async with running(cluster) as (made, app_source):
-        await applied(made, "storm", STORM)
-        await applied(made, "app", APP_A)
-
         # One foreign write relabels every object of the storm sync; each heal is held at its
         # write, so the storm outlasts the push (far more heals than slots).
         cluster.heal_gate = anyio.Event()
@@ -140,9 +140,6 @@ async def test_a_push_is_applied_while_a_storm_of_heals_holds_every_heal_slot() 
 async def test_heals_yield_to_a_sync_that_writes_and_take_their_full_limit_back_after() -> None:
     cluster = FakeCluster()
     async with running(cluster) as (made, app_source):
-        await applied(made, "storm", STORM)
-        await applied(made, "app", APP_A)
-
         # The app's push is held after its writes, before it records them: it is writing.
         cluster.apply_gate = anyio.Event()
         app_source.head = APP_B
@@ -175,9 +172,6 @@ async def test_heals_yield_to_a_push_from_its_fetch_for_a_bounded_time(
     monkeypatch.setattr(controlling, "PUSH_AHEAD_S", 0.5)
     cluster = FakeCluster()
     async with running(cluster) as (made, app_source):
-        await applied(made, "storm", STORM)
-        await applied(made, "app", APP_A)
-
         # The app's Git server hangs: its reconcile waits in the fetch, before any write.
         app_source.fetch_gate = anyio.Event()
         app_source.head = APP_B
@@ -205,9 +199,6 @@ async def test_heals_yield_to_a_push_from_its_fetch_for_a_bounded_time(
 async def test_a_push_that_ends_before_its_bound_gives_the_heals_their_limit_back() -> None:
     cluster = FakeCluster()
     async with running(cluster) as (made, app_source):
-        await applied(made, "storm", STORM)
-        await applied(made, "app", APP_A)
-
         made.push(Push("app", APP_A))  # a redelivery: the head is applied already, nothing to write
         with anyio.fail_after(5):
             while app_source.fetches < 2:
@@ -230,8 +221,6 @@ async def test_the_memory_release_after_a_push_waits_for_the_storms_heals() -> N
         made,
         app_source,
     ):
-        await applied(made, "storm", STORM)
-        await applied(made, "app", APP_A)
         await in_flight(made)
         before = len(released)
 
