@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
@@ -322,9 +323,13 @@ class RunSettings:
     freeze_startup_heap: bool = False
 
 
+# How often ``MemoryRelease`` collects the whole heap, frozen part included, at most.
+FULL_COLLECTION_EVERY_S = 600.0
+
+
 def release_memory() -> None:
-    """After a reconcile, hand the heap it freed back to the OS (the controller calls it once
-    for a burst of overlapping reconciles, ``Controller._release``: it holds the event loop).
+    """After a reconcile, hand the heap it freed back to the OS (the controller calls it when
+    no other work runs, ``Controller._release_due``: it holds the event loop).
 
     Rendering and applying thousands of objects peaks well above what the controller keeps;
     CPython's allocator and glibc keep that memory mapped, so an idle controller would show the
@@ -333,6 +338,45 @@ def release_memory() -> None:
     (bench/drift.py ``--no-trim``) shows what the controller holds without it.
     """
     gc.collect()
+    _trim()
+
+
+class MemoryRelease:
+    """``release_memory`` for ``run``, whose heap at start-up is frozen (``freeze_startup_heap``):
+    each release also freezes what survived it, and collects only what is not frozen, so neither
+    it nor the collections CPython starts by itself walk the whole heap again.
+
+    Why: at 100,000 objects the controller holds ~1 million objects the collector tracks (the
+    refs, the per-object tables, the watch caches); a full collection took 164-230 ms with the
+    event loop held, and CPython's own full collections (run once the objects that survived
+    into the oldest generation since the last one exceed a quarter of it: a heal storm's watch
+    events do) stalled heals and webhooks as long (docs/controller-benchmarks.md). Instagram
+    froze its long-lived heap for the same reason (``gc.freeze``, CPython's documentation).
+    Frozen objects are still freed by reference counting; only a reference cycle among them that
+    became garbage waits, until the next full collection: the first release, then at most every
+    ``full_every_s`` (``gc.unfreeze`` first)."""
+
+    def __init__(
+        self,
+        *,
+        full_every_s: float = FULL_COLLECTION_EVERY_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._full_every_s = full_every_s
+        self._clock = clock
+        self._full_at: float | None = None
+
+    def __call__(self) -> None:
+        now = self._clock()
+        if self._full_at is None or now - self._full_at >= self._full_every_s:
+            gc.unfreeze()
+            self._full_at = now
+        gc.collect()
+        gc.freeze()
+        _trim()
+
+
+def _trim() -> None:
     if os.environ.get("AIORECONCILE_MALLOC_TRIM", "").lower() == "off":
         return
     with contextlib.suppress(OSError, AttributeError):
@@ -446,7 +490,7 @@ async def _run_controller(
             concurrency=settings.concurrency,
             retry=Backoff(cap_s=settings.max_retry_delay_s),
             heal_concurrency=settings.heal_concurrency,
-            after_reconcile=release_memory,
+            after_reconcile=MemoryRelease() if settings.freeze_startup_heap else release_memory,
             tracing=tracing.tracing or NoTracing(),
             on_change=lambda state: crds[0].on_change(state) if crds else None,
         )
@@ -907,6 +951,7 @@ __all__ = [
     "DirectorySettings",
     "LeaderElectionSettings",
     "ListenerLimits",
+    "MemoryRelease",
     "ObjectDiff",
     "Ports",
     "RunSettings",
