@@ -530,6 +530,17 @@ def _contains_itself(value: object) -> bool:
     refuses such a document; every walk of it (List expansion, hashing, JSON) would not end.
     Depth-first, without recursion (a deep document must not raise RecursionError here), and
     each node once: aliases may share one node a million times over without a cycle."""
+    return _reaches_again(value, shared=False)
+
+
+def _shares_a_node(value: object) -> bool:
+    """Whether a dict or list is reached twice in ``value`` (a YAML alias of a node)."""
+    return _reaches_again(value, shared=True)
+
+
+def _reaches_again(value: object, *, shared: bool) -> bool:
+    """Whether a dict or list of ``value`` contains itself, or (``shared``) is reached twice
+    at all. Depth-first, without recursion, each node walked once."""
     on_path: set[int] = set()
     done: set[int] = set()
     stack: list[tuple[object, bool]] = [(value, False)]
@@ -548,6 +559,8 @@ def _contains_itself(value: object) -> bool:
         if id(node) in on_path:
             return True
         if id(node) in done:
+            if shared:
+                return True
             continue
         on_path.add(id(node))
         stack.append((node, True))
@@ -591,26 +604,6 @@ def _manifests_of(document: object, *, origin: str, text: str = "") -> list[Mani
         _manifest(obj, origin=where, pack=pack)
         for obj, where in expand_lists(document, origin=origin)
     ]
-
-
-def _shares_a_node(value: object) -> bool:
-    """Whether a dict or list is reached twice in ``value`` (a YAML alias of a node); each
-    node is walked once, without recursion."""
-    seen: set[int] = set()
-    stack: list[object] = [value]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            children: Iterable[object] = node.values()
-        elif isinstance(node, list):
-            children = node
-        else:
-            continue
-        if id(node) in seen:
-            return True
-        seen.add(id(node))
-        stack.extend(children)
-    return False
 
 
 def _manifest(obj: JsonObject, *, origin: str, pack: bool = True) -> Manifest:
